@@ -1,0 +1,1 @@
+"""Adapters that run Transformers' own modeling code inside the anymodel engine."""

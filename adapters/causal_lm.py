@@ -1,0 +1,77 @@
+"""TransformersForCausalLM: a Transformers base model + LM head, attention set to ours.
+
+The engine calls `forward(input_ids[1, T], positions[1, T], attn_metadata) -> hidden[T, H]` and
+then `compute_logits(hidden[S, H]) -> logits[S, V]` only at the positions that sample. The
+metadata travels to our attention function through the base model's `**kwargs`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TransformersForCausalLM(nn.Module):
+    def __init__(self, base_model: nn.Module, lm_head: nn.Module, config) -> None:
+        super().__init__()
+        self.model = base_model
+        self.lm_head = lm_head
+        self.config = config
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        # Output-side knobs that live in the *ForCausalLM class, not in the base model.
+        self.final_logit_softcapping = getattr(text, "final_logit_softcapping", None)
+        self.logit_scale = getattr(text, "logit_scale", None)  # Cohere: logits * scale
+        self.logits_scaling = getattr(text, "logits_scaling", None)  # Granite: logits / scaling
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn_metadata) -> torch.Tensor:
+        out = self.model(
+            input_ids=input_ids,
+            position_ids=positions,
+            attn_metadata=attn_metadata,
+            use_cache=False,
+            return_dict=True,
+        )
+        return out.last_hidden_state[0]
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(hidden)
+        if self.logit_scale is not None:
+            logits = logits * self.logit_scale
+        if self.logits_scaling is not None:
+            logits = logits / self.logits_scaling
+        if self.final_logit_softcapping:
+            cap = self.final_logit_softcapping
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+
+def load_causal_lm(cls: type, has_lm_head: bool, model_dir, config, dtype: torch.dtype) -> TransformersForCausalLM:
+    """Load the checkpoint through Transformers (meta-device init, its own name conversions and
+    tied weights), then keep only the base model and the output embedding."""
+    from anymodel.attention_backend.interface import register
+
+    attn = register()
+    hf = cls.from_pretrained(model_dir, config=config, dtype=dtype, attn_implementation=attn)
+    hf.eval()
+    if has_lm_head:
+        return TransformersForCausalLM(hf.base_model, hf.get_output_embeddings(), hf.config)
+    return TransformersForCausalLM(hf, _load_lm_head(hf, model_dir, dtype), hf.config)
+
+
+def _load_lm_head(base: nn.Module, model_dir, dtype: torch.dtype) -> nn.Module:
+    """A base-only class (custom `AutoModel`): read `lm_head.weight`, or tie to the embeddings."""
+    from safetensors import safe_open
+    from pathlib import Path
+
+    embed = base.get_input_embeddings()
+    text = base.config.get_text_config()
+    head = nn.Linear(embed.weight.shape[1], embed.weight.shape[0], bias=False, dtype=dtype)
+    for file in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(file, framework="pt") as f:
+            if "lm_head.weight" in f.keys():
+                head.weight.data.copy_(f.get_tensor("lm_head.weight"))
+                return head
+    if getattr(text, "tie_word_embeddings", True):
+        head.weight = embed.weight
+        return head
+    raise ValueError(f"model {str(model_dir)!r}: no `lm_head.weight` in the checkpoint and embeddings are not tied")

@@ -1,0 +1,8 @@
+"""anymodel: serve any Hugging Face Transformers model over a paged KV cache."""
+
+from anymodel.llm import LLM
+from anymodel.outputs import CompletionOutput, RequestOutput
+from anymodel.params import PoolingParams, SamplingParams
+
+__all__ = ["LLM", "SamplingParams", "PoolingParams", "RequestOutput", "CompletionOutput"]
+__version__ = "0.1.0"

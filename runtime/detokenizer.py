@@ -1,0 +1,60 @@
+"""Incremental detokenization and stop-string matching, one instance per generated sequence.
+
+Decoding token by token breaks multi-byte characters and tokenizers that merge spaces, so each
+step decodes a short window: tokens[prefix:read] (already emitted) versus tokens[prefix:] (with the
+new ones), and emits the difference once it no longer ends in an incomplete character (U+FFFD).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+_WINDOW = 5  # tokens of left context kept for the decode window
+
+
+@dataclass
+class Detokenizer:
+    tokenizer: object
+    skip_special_tokens: bool = True
+    stop: list[str] = field(default_factory=list)
+    include_stop_str_in_output: bool = False
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    prefix_offset: int = 0
+    read_offset: int = 0
+
+    def add_tokens(self, new_ids: list[int]) -> str | None:
+        """Append tokens; returns the stop string if one appeared (text is then cut there)."""
+        self.token_ids.extend(new_ids)
+        before = len(self.text)
+        prefix_text = self._decode(self.token_ids[self.prefix_offset : self.read_offset])
+        full_text = self._decode(self.token_ids[self.prefix_offset :])
+        if len(full_text) > len(prefix_text) and not full_text.endswith("\ufffd"):
+            self.text += full_text[len(prefix_text) :]
+            self.read_offset = len(self.token_ids)
+            self.prefix_offset = max(self.read_offset - _WINDOW, 0)
+        return self._check_stop(before)
+
+    def flush(self) -> None:
+        """At the end, emit whatever is left even if it ends in an incomplete character."""
+        rest = self._decode(self.token_ids[self.prefix_offset :])
+        done = self._decode(self.token_ids[self.prefix_offset : self.read_offset])
+        if len(rest) > len(done):
+            self.text += rest[len(done) :]
+            self.read_offset = len(self.token_ids)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens) if ids else ""
+
+    def _check_stop(self, before: int) -> str | None:
+        if not self.stop or len(self.text) == before:
+            return None
+        longest = max(len(s) for s in self.stop)
+        start = max(before - longest + 1, 0)
+        hits = [(self.text.find(s, start), s) for s in self.stop]
+        hits = [(i, s) for i, s in hits if i >= 0]
+        if not hits:
+            return None
+        i, s = min(hits)
+        self.text = self.text[: i + len(s)] if self.include_stop_str_in_output else self.text[:i]
+        return s

@@ -1,0 +1,32 @@
+"""The single-process executor: one worker in this process."""
+
+from __future__ import annotations
+
+from anymodel.executor.worker import Worker
+
+
+class UniProcExecutor:
+    def __init__(self, args, model_dir, config) -> None:
+        self.worker = Worker(args, model_dir, config)
+
+    @property
+    def device(self):
+        return self.worker.device
+
+    def discover_layers(self):
+        return self.worker.runner.discover_layers()
+
+    def bytes_per_block(self, layers) -> int:
+        return self.worker.runner.bytes_per_block(layers)
+
+    def allocate_kv_cache(self, layers, num_blocks: int) -> None:
+        self.worker.runner.allocate_kv_cache(layers, num_blocks)
+
+    def execute_model(self, sched):
+        return self.worker.runner.execute(sched)
+
+    def apply_model(self, fn) -> list:
+        return [fn(self.worker.model)]
+
+    def shutdown(self) -> None:
+        pass

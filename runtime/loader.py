@@ -1,0 +1,141 @@
+"""Resolve a model (local dir / Hub id), its config, tokenizer and class, and load weights.
+
+Order matters: hf_overrides are applied to the config before anything is resolved from it, and no
+repository code is imported unless the user passed trust_remote_code=True.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger("anymodel")
+
+_REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.py", "*.txt", "*.model", "*.tiktoken", "tokenizer*", "1_Pooling/*"]
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length")
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+BACKEND_REQUIREMENTS = (
+    "1. its modules pass **kwargs down to the attention call;\n"
+    "2. attention is called through ALL_ATTENTION_FUNCTIONS[config._attn_implementation];\n"
+    "3. the base model class sets `_supports_attention_backend = True`."
+)
+
+
+def resolve_model_dir(model: str | None, revision: str | None = None) -> Path:
+    """A local directory as given, or a Hub snapshot (honours HF_HOME and HF_HUB_OFFLINE)."""
+    if model is None:
+        from anymodel.demo import DEMO_MODEL_DIR
+
+        return DEMO_MODEL_DIR
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or not _REPO_ID.match(model) or model.startswith((".", "/", "~")):
+        raise ValueError(f"model {model!r}: no such directory (expected a local model directory or a Hub repo id)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=model, revision=revision, allow_patterns=_HUB_PATTERNS))
+    except Exception as exc:  # offline, unknown repo, gated...
+        raise ValueError(f"model {model!r} is neither a local directory nor an available Hub repository: {exc}") from exc
+
+
+def load_config(model_dir: Path, trust_remote_code: bool, hf_overrides=None):
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    config_file = model_dir / "config.json"
+    if not config_file.exists():
+        raise ValueError(f"model {str(model_dir)!r} has no config.json")
+    raw = json.loads(config_file.read_text())
+    if raw.get("auto_map") and raw.get("model_type") not in CONFIG_MAPPING_NAMES and not trust_remote_code:
+        raise ValueError(
+            f"model {str(model_dir)!r} ships its own modeling code (auto_map: {sorted(raw['auto_map'])}); "
+            "anymodel runs repository code only with trust_remote_code=True (--trust-remote-code)"
+        )
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    return apply_hf_overrides(config, hf_overrides)
+
+
+def apply_hf_overrides(config, hf_overrides):
+    if hf_overrides is None:
+        return config
+    if callable(hf_overrides):
+        return hf_overrides(config)
+    for key, value in hf_overrides.items():
+        sub = getattr(config, key, None)
+        if isinstance(value, dict) and sub is not None and hasattr(sub, "to_dict"):
+            apply_hf_overrides(sub, value)  # nested sub-config, e.g. {"text_config": {...}}
+        else:
+            setattr(config, key, value)
+    return config
+
+
+def resolve_dtype(dtype: str, config) -> torch.dtype:
+    if dtype != "auto":
+        return _DTYPES[dtype]
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    found = getattr(text, "dtype", None) or getattr(config, "dtype", None)
+    if isinstance(found, str):
+        found = _DTYPES.get(found)
+    return found if isinstance(found, torch.dtype) and found.is_floating_point else torch.float32
+
+
+def derive_max_model_len(config, requested: int | None) -> int:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    limits = [getattr(text, k) for k in _CONTEXT_KEYS if isinstance(getattr(text, k, None), int)]
+    limit = min(limits) if limits else None
+    if requested is None:
+        return limit or 2048
+    if limit is not None and requested > limit:
+        raise ValueError(f"max_model_len ({requested}) exceeds the model's context length ({limit}); allowed: <= {limit}")
+    return requested
+
+
+def load_tokenizer(name_or_dir, trust_remote_code: bool, revision: str | None = None):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(name_or_dir, trust_remote_code=trust_remote_code, revision=revision)
+
+
+def eos_token_ids(model_dir: Path, tokenizer) -> frozenset[int]:
+    ids = set()
+    gen_file = model_dir / "generation_config.json"
+    if gen_file.exists():
+        eos = json.loads(gen_file.read_text()).get("eos_token_id")
+        ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(tokenizer.eos_token_id)
+    return frozenset(ids)
+
+
+@dataclass
+class ModelClass:
+    cls: type
+    has_lm_head: bool  # cls is a *ForCausalLM (else a base model to which we add the head)
+
+    @property
+    def backend_compatible(self) -> bool:
+        return bool(getattr(self.cls, "_supports_attention_backend", False))
+
+
+def resolve_causal_lm_class(config, model_dir: Path, trust_remote_code: bool) -> ModelClass:
+    auto_map = getattr(config, "auto_map", None) or {}
+    if trust_remote_code and ("AutoModelForCausalLM" in auto_map or "AutoModel" in auto_map):
+        from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+        key = "AutoModelForCausalLM" if "AutoModelForCausalLM" in auto_map else "AutoModel"
+        return ModelClass(get_class_from_dynamic_module(auto_map[key], str(model_dir)), key != "AutoModel")
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING
+
+    if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING:
+        return ModelClass(MODEL_FOR_CAUSAL_LM_MAPPING[type(config)], True)
+    if type(config) in MODEL_MAPPING:
+        return ModelClass(MODEL_MAPPING[type(config)], False)
+    raise ValueError(f"architecture {getattr(config, 'architectures', None)} has no causal-LM class in Transformers")

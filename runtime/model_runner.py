@@ -1,0 +1,153 @@
+"""Model runner: flattens a scheduled step into one row of tokens, runs the model, samples.
+
+    input_ids [1, T], positions [1, T]  ->  model  ->  hidden [T, H]
+    hidden[logits_indices] [S, H]       ->  compute_logits  ->  sampler  ->  S new tokens
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from anymodel.attention_backend.metadata import AttentionMetadata
+from anymodel.request import Request
+from anymodel.sampler import SamplingRow, sample, top_logprobs
+from anymodel.scheduler import SchedulerOutput
+
+logger = logging.getLogger("anymodel")
+
+
+@dataclass
+class RunnerOutput:
+    sampled: dict[str, int] = field(default_factory=dict)
+    logprobs: dict[str, dict[int, tuple[float, int]]] = field(default_factory=dict)
+    # request id -> (first prompt index covered, [{token: (logprob, rank)}] for consecutive prompt tokens)
+    prompt_logprobs: dict[str, tuple[int, list[dict[int, tuple[float, int]]]]] = field(default_factory=dict)
+    hidden: dict[str, torch.Tensor] = field(default_factory=dict)  # pooling requests: [T, H]
+
+
+@dataclass
+class StepInputs:
+    input_ids: torch.Tensor  # [1, T]
+    positions: torch.Tensor  # [1, T]
+    meta: AttentionMetadata
+
+
+class ModelRunner:
+    def __init__(self, model: torch.nn.Module, device: torch.device, block_size: int, backend, seed: int = 0) -> None:
+        self.model = model
+        self.device = device
+        self.block_size = block_size
+        self.backend = backend
+        self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.generator = torch.Generator().manual_seed(seed)
+
+    # ---- KV cache -------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def discover_layers(self) -> list[tuple[int, int, torch.dtype]]:
+        """One tiny forward without a cache: which calls attend, with how many KV heads of which size."""
+        meta = self._metadata([2], [2], [[0]], torch.tensor([0, 1]))
+        meta.kv_caches = None
+        self.model(torch.tensor([[0, 0]], device=self.device), torch.tensor([[0, 1]], device=self.device), meta)
+        return meta.discovered
+
+    def bytes_per_block(self, layers) -> int:
+        return sum(2 * self.block_size * h * d * torch.empty(0, dtype=dt).element_size() for h, d, dt in layers)
+
+    def allocate_kv_cache(self, layers, num_blocks: int) -> None:
+        # torch.empty: pages are only touched when written, so an unused cache costs no memory on CPU.
+        self.kv_caches = [
+            tuple(torch.empty(num_blocks, self.block_size, h, d, dtype=dt, device=self.device) for _ in range(2))
+            for h, d, dt in layers
+        ]
+
+    # ---- one step -------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def execute(self, sched: SchedulerOutput) -> RunnerOutput:
+        inputs = self.prepare_inputs(sched)
+        hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)  # [T, H]
+        out = RunnerOutput()
+        starts = inputs.meta.query_start_loc.tolist()
+        for i, s in enumerate(sched.scheduled):
+            if s.request.is_pooling:
+                out.hidden[s.request.request_id] = hidden[starts[i] : starts[i + 1]]
+        self._sample(sched, hidden, starts, out)
+        return out
+
+    def prepare_inputs(self, sched: SchedulerOutput) -> StepInputs:
+        ids, positions, qlens, seq_lens = [], [], [], []
+        for s in sched.scheduled:
+            r, start = s.request, s.request.num_computed_tokens
+            end = start + s.num_tokens
+            ids.extend(r.all_token_ids[start:end])
+            positions.extend(range(start, end))
+            qlens.append(s.num_tokens)
+            seq_lens.append(end)
+        tables = [sched.block_tables[s.request.request_id] for s in sched.scheduled]
+        pos = torch.tensor(positions, dtype=torch.long)
+        meta = self._metadata(qlens, seq_lens, tables, pos)
+        return StepInputs(
+            torch.tensor([ids], dtype=torch.long, device=self.device), pos[None].to(self.device), meta
+        )
+
+    def _metadata(self, qlens, seq_lens, tables, positions: torch.Tensor) -> AttentionMetadata:
+        width = max(len(t) for t in tables)
+        block_tables = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32)
+        qlens_t = torch.tensor(qlens, dtype=torch.int32)
+        req_of_token = torch.repeat_interleave(torch.arange(len(qlens)), qlens_t.long())
+        bs = self.block_size
+        slots = block_tables[req_of_token, positions // bs].long() * bs + positions % bs
+        meta = AttentionMetadata(
+            query_start_loc=torch.nn.functional.pad(qlens_t.cumsum(0, dtype=torch.int32), (1, 0)),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
+            block_tables=block_tables,
+            slot_mapping=slots,
+            max_query_len=max(qlens),
+            max_seq_len=max(seq_lens),
+            block_size=bs,
+            kv_caches=self.kv_caches,
+            backend=self.backend,
+        )
+        return meta.to(self.device) if self.device.type != "cpu" else meta
+
+    # ---- sampling -------------------------------------------------------------------------------
+    def _sample(self, sched: SchedulerOutput, hidden: torch.Tensor, starts: list[int], out: RunnerOutput) -> None:
+        sample_idx, rows, reqs, prompt_lp = [], [], [], []
+        for i, s in enumerate(sched.scheduled):
+            r = s.request
+            if r.is_pooling:
+                continue
+            if r.params.prompt_logprobs is not None and r.num_computed_tokens < r.num_prompt_tokens - 1:
+                prompt_lp.append((i, s))
+            if s.samples:
+                sample_idx.append(starts[i + 1] - 1)
+                rows.append(_sampling_row(r))
+                reqs.append(r)
+        if rows:
+            logits = self.model.compute_logits(hidden[sample_idx])
+            result = sample(logits, rows, self.generator)
+            for r, tok, lp in zip(reqs, result.token_ids, result.logprobs):
+                out.sampled[r.request_id] = tok
+                if lp is not None:
+                    out.logprobs[r.request_id] = lp
+        for i, s in prompt_lp:
+            out.prompt_logprobs[s.request.request_id] = self._prompt_logprobs(s, hidden[starts[i] : starts[i + 1]])
+
+    def _prompt_logprobs(self, s, hidden: torch.Tensor):
+        """Logprob of each next prompt token predicted inside this chunk."""
+        r, start = s.request, s.request.num_computed_tokens
+        stop = min(start + s.num_tokens, r.num_prompt_tokens - 1)  # positions predicting a prompt token
+        logprobs = torch.log_softmax(self.model.compute_logits(hidden[: stop - start]).float(), dim=-1)
+        targets = r.prompt_token_ids[start + 1 : stop + 1]
+        k = r.params.prompt_logprobs
+        return start + 1, [top_logprobs(logprobs[j], t, k) for j, t in enumerate(targets)]
+
+
+def _sampling_row(r: Request) -> SamplingRow:
+    p = r.params
+    blocked = []
+    if r.num_output_tokens < p.min_tokens:
+        blocked = sorted(set(p.stop_token_ids) | (set() if p.ignore_eos else set(r.eos_token_ids)))
+    return SamplingRow(p, r.prompt_token_ids, r.output_token_ids, blocked, r.generator)

@@ -1,0 +1,157 @@
+"""Turns sampled tokens into finished-or-not requests and vLLM-shaped outputs.
+
+A user request is a RequestGroup of n child Requests (one per sample); each child has its own
+detokenizer and stop checks. Stop order per new token: stop_token_ids, EOS, stop strings, length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from anymodel.detokenizer import Detokenizer
+from anymodel.outputs import CompletionOutput, Logprob, RequestOutput
+from anymodel.params import RequestOutputKind, SamplingParams
+from anymodel.request import Request, RequestStatus
+
+
+@dataclass
+class ChildState:
+    request: Request
+    detok: Detokenizer
+    logprobs: list[dict[int, Logprob]] | None
+    cumulative_logprob: float = 0.0
+    sent_tokens: int = 0  # for DELTA outputs
+    sent_chars: int = 0
+
+
+@dataclass(eq=False)
+class RequestGroup:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    children: list[Request]
+    tokenizer: object
+    states: list[ChildState] = field(default_factory=list)
+    prompt_logprobs: list | None = None
+
+    def __post_init__(self) -> None:
+        p = self.params
+        for child in self.children:
+            detok = Detokenizer(self.tokenizer, p.skip_special_tokens, list(p.stop), p.include_stop_str_in_output)
+            self.states.append(ChildState(child, detok, [] if p.logprobs is not None else None))
+        if p.prompt_logprobs is not None:
+            self.prompt_logprobs = [None] * len(self.prompt_token_ids)
+
+    @property
+    def finished(self) -> bool:
+        return all(c.is_finished for c in self.children)
+
+
+class OutputProcessor:
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.groups: dict[str, RequestGroup] = {}
+        self._child: dict[str, tuple[RequestGroup, ChildState]] = {}
+
+    def add(self, group: RequestGroup) -> None:
+        if group.request_id in self.groups:
+            raise ValueError(f"request_id {group.request_id!r} is already in use")
+        self.groups[group.request_id] = group
+        for state in group.states:
+            self._child[state.request.request_id] = (group, state)
+
+    def pop(self, request_id: str) -> RequestGroup | None:
+        group = self.groups.pop(request_id, None)
+        for state in group.states if group else []:
+            self._child.pop(state.request.request_id, None)
+        return group
+
+    def apply(self, sched, result) -> list[tuple[Request, RequestStatus]]:
+        """Record this step's tokens; returns the children that finished (to free their blocks)."""
+        finished = []
+        for rid, (start, entries) in result.prompt_logprobs.items():
+            group, _ = self._child[rid]
+            for j, entry in enumerate(entries):
+                group.prompt_logprobs[start + j] = self._logprob_dict(entry)
+        for rid, token in result.sampled.items():
+            group, state = self._child[rid]
+            status = self._append(state, token, result.logprobs.get(rid))
+            if status is not None:
+                finished.append((state.request, status))
+        return finished
+
+    def _append(self, state: ChildState, token: int, logprobs) -> RequestStatus | None:
+        r, p = state.request, state.request.params
+        r.append_token(token)
+        if logprobs is not None:
+            state.logprobs.append(self._logprob_dict(logprobs))
+            state.cumulative_logprob += logprobs[token][0]
+        stop_str = state.detok.add_tokens([token])
+        can_stop = r.num_output_tokens >= p.min_tokens
+        if can_stop and token in p.stop_token_ids:
+            r.stop_reason = token
+        elif can_stop and not p.ignore_eos and token in r.eos_token_ids:
+            r.stop_reason = None
+        elif can_stop and stop_str is not None:
+            r.stop_reason = stop_str
+            return RequestStatus.FINISHED_STOPPED
+        elif r.num_output_tokens >= r.max_tokens:
+            state.detok.flush()
+            return RequestStatus.FINISHED_LENGTH
+        else:
+            return None
+        state.detok.flush()
+        return RequestStatus.FINISHED_STOPPED
+
+    def _logprob_dict(self, entry: dict[int, tuple[float, int]]) -> dict[int, Logprob]:
+        return {t: Logprob(lp, rank, self.tokenizer.decode([t])) for t, (lp, rank) in entry.items()}
+
+    def collect(self, sched) -> list[RequestOutput]:
+        """Outputs for the groups that progressed this step; finished groups are dropped."""
+        outputs, seen = [], set()
+        for s in sched.scheduled:
+            entry = self._child.get(s.request.request_id)
+            if entry is None or id(entry[0]) in seen:
+                continue
+            group = entry[0]
+            seen.add(id(group))
+            out = self._make_output(group)
+            if out is not None:
+                outputs.append(out)
+            if group.finished:
+                self.pop(group.request_id)
+        return outputs
+
+    def _make_output(self, group: RequestGroup) -> RequestOutput | None:
+        kind = group.params.output_kind
+        if kind is RequestOutputKind.FINAL_ONLY and not group.finished:
+            return None
+        completions = [self._completion(i, st, kind is RequestOutputKind.DELTA) for i, st in enumerate(group.states)]
+        return RequestOutput(
+            request_id=group.request_id,
+            prompt=group.prompt,
+            prompt_token_ids=group.prompt_token_ids,
+            outputs=completions,
+            finished=group.finished,
+            prompt_logprobs=group.prompt_logprobs,
+            num_cached_tokens=group.children[0].num_cached_tokens,
+        )
+
+    def _completion(self, index: int, st: ChildState, delta: bool) -> CompletionOutput:
+        r = st.request
+        tokens, text, logprobs = r.output_token_ids, st.detok.text, st.logprobs
+        if delta:
+            tokens, text = tokens[st.sent_tokens :], text[st.sent_chars :]
+            logprobs = logprobs[st.sent_tokens :] if logprobs is not None else None
+            st.sent_tokens, st.sent_chars = r.num_output_tokens, len(st.detok.text)
+        finish = r.status.value if r.is_finished else None
+        return CompletionOutput(
+            index=index,
+            text=text,
+            token_ids=list(tokens),
+            cumulative_logprob=st.cumulative_logprob if st.logprobs is not None else None,
+            logprobs=logprobs,
+            finish_reason=finish,
+            stop_reason=r.stop_reason,
+        )

@@ -1,0 +1,119 @@
+"""Logits -> tokens (+ logprobs): a pure function of (logits, per-row parameters, token history).
+
+Rows are the positions that sample this step, one per request. Order of processing:
+penalties -> min_tokens masking -> greedy argmax, or temperature -> top-k -> top-p -> min-p ->
+sample (per-request torch.Generator when the request has a seed). Logprobs are reported from the
+model's raw distribution (log_softmax of the logits before any processing), as vLLM does by default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from anymodel.params import SamplingParams
+
+
+@dataclass
+class SamplingRow:
+    params: SamplingParams
+    prompt_token_ids: list[int]
+    output_token_ids: list[int]
+    blocked_token_ids: list[int]  # e.g. EOS while fewer than min_tokens were produced
+    generator: torch.Generator | None
+
+
+@dataclass
+class SamplerOutput:
+    token_ids: list[int]  # [S]
+    logprobs: list[dict[int, tuple[float, int]] | None]  # per row: token -> (logprob, rank)
+
+
+def sample(logits: torch.Tensor, rows: list[SamplingRow], default_generator: torch.Generator | None = None) -> SamplerOutput:
+    """logits [S, V] (any float dtype) -> one token per row."""
+    logits = logits.float()
+    raw_logprobs = torch.log_softmax(logits, dim=-1) if any(r.params.logprobs is not None for r in rows) else None
+    logits = _apply_penalties(logits, rows)
+    for i, row in enumerate(rows):
+        if row.blocked_token_ids:
+            logits[i, row.blocked_token_ids] = float("-inf")
+    tokens = torch.empty(len(rows), dtype=torch.long)
+    greedy = [i for i, r in enumerate(rows) if r.params.greedy]
+    random = [i for i, r in enumerate(rows) if not r.params.greedy]
+    if greedy:
+        tokens[greedy] = logits[greedy].argmax(dim=-1)
+    if random:
+        tokens[random] = _sample_random(logits[random], [rows[i] for i in random], default_generator)
+    token_list = tokens.tolist()
+    return SamplerOutput(token_list, _gather_logprobs(raw_logprobs, rows, token_list))
+
+
+def _apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    for i, row in enumerate(rows):
+        p = row.params
+        if not p.has_penalties:
+            continue
+        if p.repetition_penalty != 1.0:  # HF semantics, over prompt and output tokens
+            seen = torch.tensor(sorted(set(row.prompt_token_ids) | set(row.output_token_ids)), dtype=torch.long)
+            vals = logits[i, seen]
+            logits[i, seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+        if row.output_token_ids and (p.presence_penalty or p.frequency_penalty):  # OpenAI semantics, output only
+            ids, counts = torch.tensor(row.output_token_ids, dtype=torch.long).unique(return_counts=True)
+            logits[i, ids] -= p.frequency_penalty * counts.float() + p.presence_penalty
+    return logits
+
+
+def _sample_random(logits: torch.Tensor, rows: list[SamplingRow], default_generator) -> torch.Tensor:
+    temps = torch.tensor([r.params.temperature for r in rows], dtype=logits.dtype)
+    logits = logits / temps[:, None]
+    top_k = [r.params.top_k for r in rows]
+    if any(top_k):
+        logits = _top_k(logits, top_k)
+    top_p = torch.tensor([r.params.top_p for r in rows], dtype=logits.dtype)
+    if (top_p < 1).any():
+        logits = _top_p(logits, top_p)
+    probs = torch.softmax(logits, dim=-1)
+    min_p = torch.tensor([r.params.min_p for r in rows], dtype=logits.dtype)
+    if (min_p > 0).any():
+        probs = probs.masked_fill(probs < min_p[:, None] * probs.max(dim=-1, keepdim=True).values, 0.0)
+    # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p; rows with a seed use their own stream.
+    noise = torch.empty_like(probs)
+    for i, row in enumerate(rows):
+        noise[i].exponential_(generator=row.generator or default_generator)
+    return (probs / noise).argmax(dim=-1)
+
+
+def _top_k(logits: torch.Tensor, top_k: list[int]) -> torch.Tensor:
+    V = logits.shape[-1]
+    k = torch.tensor([min(k, V) if k > 0 else V for k in top_k])
+    sorted_logits = logits.sort(dim=-1, descending=True).values
+    kth = sorted_logits.gather(1, (k - 1)[:, None])
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def _top_p(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    sorted_logits, order = logits.sort(dim=-1, descending=False)
+    cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    drop = cum <= (1 - top_p)[:, None]
+    drop[:, -1] = False  # always keep the most likely token
+    return logits.masked_fill(torch.zeros_like(drop).scatter(1, order, drop), float("-inf"))
+
+
+def _gather_logprobs(raw: torch.Tensor | None, rows: list[SamplingRow], tokens: list[int]):
+    out: list[dict[int, tuple[float, int]] | None] = []
+    for i, row in enumerate(rows):
+        k = row.params.logprobs
+        out.append(None if k is None or raw is None else top_logprobs(raw[i], tokens[i], k))
+    return out
+
+
+def top_logprobs(logprobs: torch.Tensor, token: int, k: int) -> dict[int, tuple[float, int]]:
+    """logprobs [V] -> {token: (logprob, rank)} for the chosen token and the top k (rank 1 = best)."""
+    chosen = logprobs[token]
+    result = {token: (float(chosen), int((logprobs > chosen).sum()) + 1)}
+    if k > 0:
+        vals, ids = logprobs.topk(k)
+        for rank, (v, t) in enumerate(zip(vals.tolist(), ids.tolist()), start=1):
+            result.setdefault(t, (v, rank))
+    return result
