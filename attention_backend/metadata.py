@@ -32,6 +32,8 @@ class AttentionMetadata:
     # One (key_cache, value_cache) pair per attention layer, each [num_blocks, block_size, Hkv, D].
     # None during the discovery pass, when the runner learns which modules attend and their shapes.
     kv_caches: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    # Request ids in row order: lets per-request state (the compat path's HF caches) follow requests.
+    request_ids: list[str] | None = None
     # The kernels to use: a module or object with `store_kv` and `paged_attention` (see torch_ref).
     backend: Any = None
     # Attention calls so far in this forward: the call order names the layer (and its cache).
@@ -69,5 +71,6 @@ class AttentionMetadata:
             max_seq_len=self.max_seq_len,
             block_size=self.block_size,
             kv_caches=self.kv_caches,
+            request_ids=self.request_ids,
             backend=self.backend,
         )

@@ -35,7 +35,8 @@ class Engine:
         self.eos_token_ids = loader.eos_token_ids(model_dir, self.tokenizer)
         self.vocab_size = self.hf_config.get_text_config().vocab_size
         self.executor = make_executor(args, model_dir, self.hf_config)
-        self.kv = KVCacheManager(self._init_kv_cache(), args.block_size, args.enable_prefix_caching)
+        self.paged, prefix_ok = self.executor.apply_model(model_traits)[0]
+        self.kv = KVCacheManager(self._init_kv_cache(), args.block_size, args.enable_prefix_caching and prefix_ok)
         budget = args.max_num_batched_tokens or max(2048, self.max_model_len)
         self.scheduler = Scheduler(self.kv, args.max_num_seqs, budget, args.enable_chunked_prefill)
         self.outputs = OutputProcessor(self.tokenizer)
@@ -43,10 +44,10 @@ class Engine:
         self._counters = {"prompt": 0, "generation": 0, "prefix_hits": 0}
 
     def _init_kv_cache(self) -> int:
-        layers = self.executor.discover_layers()
-        if not layers:
+        layers = self.executor.discover_layers() if self.paged else []
+        if self.paged and not layers:
             raise ValueError("the model made no attention call through the registered attention function")
-        per_block = self.executor.bytes_per_block(layers)
+        per_block = self.executor.bytes_per_block(layers) if layers else self._estimated_bytes_per_block()
         if self.args.num_kv_blocks is not None:
             num_blocks = self.args.num_kv_blocks
         else:
@@ -55,9 +56,15 @@ class Engine:
             num_blocks = min(memory // per_block, cap)
         if num_blocks < 1:
             raise ValueError(f"kv_cache_memory ({self.args.kv_cache_memory} bytes) holds no KV block ({per_block} bytes each)")
-        self.executor.allocate_kv_cache(layers, num_blocks)
+        if layers:
+            self.executor.allocate_kv_cache(layers, num_blocks)
         logger.info("anymodel: %d KV blocks of %d tokens (%d layers)", num_blocks, self.args.block_size, len(layers))
         return num_blocks
+
+    def _estimated_bytes_per_block(self) -> int:
+        """For models that keep their own cache (compat path): K and V of every layer, full width."""
+        text = self.hf_config.get_text_config()
+        return 2 * self.args.block_size * text.num_hidden_layers * text.hidden_size * 4
 
     # ---- public API -----------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt, params: SamplingParams | PoolingParams | None = None) -> None:
@@ -72,7 +79,7 @@ class Engine:
 
     def step(self) -> list[RequestOutput]:
         sched = self.scheduler.schedule()
-        if sched.is_empty:
+        if sched.is_empty and not sched.released_req_ids:
             return []
         result = self.executor.execute_model(sched)
         self.scheduler.update(sched)
@@ -80,7 +87,16 @@ class Engine:
         for req, status in finished:
             self.scheduler.finish(req, status)
         self._counters["generation"] += len(result.sampled)
-        return self.outputs.collect(sched)
+        outputs = self.outputs.collect(sched)
+        if finished and not self.has_unfinished():
+            self._release_idle()
+        return outputs
+
+    def _release_idle(self) -> None:
+        """Nothing left to run: let workers drop the state of the requests that just finished."""
+        sched = self.scheduler.schedule()
+        if sched.released_req_ids:
+            self.executor.execute_model(sched)
 
     def abort(self, request_ids) -> None:
         for rid in [request_ids] if isinstance(request_ids, str) else request_ids:
@@ -160,3 +176,8 @@ class Engine:
             eos_token_ids=self.eos_token_ids,
             arrival_time=time.monotonic(),
         )
+
+
+def model_traits(model) -> tuple[bool, bool]:
+    """(reads our paged KV cache, allows prefix caching): False for the compat path."""
+    return getattr(model, "uses_paged_kv_cache", True), getattr(model, "supports_prefix_caching", True)

@@ -66,6 +66,11 @@ class ModelRunner:
     # ---- one step -------------------------------------------------------------------------------
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:
+        release = getattr(self.model, "release", None)
+        if release is not None and sched.released_req_ids:
+            release(sched.released_req_ids)
+        if sched.is_empty:
+            return RunnerOutput()
         inputs = self.prepare_inputs(sched)
         hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)  # [T, H]
         out = RunnerOutput()
@@ -88,6 +93,7 @@ class ModelRunner:
         tables = [sched.block_tables[s.request.request_id] for s in sched.scheduled]
         pos = torch.tensor(positions, dtype=torch.long)
         meta = self._metadata(qlens, seq_lens, tables, pos)
+        meta.request_ids = [s.request.request_id for s in sched.scheduled]
         return StepInputs(
             torch.tensor([ids], dtype=torch.long, device=self.device), pos[None].to(self.device), meta
         )

@@ -33,6 +33,8 @@ class SchedulerOutput:
     scheduled: list[ScheduledRequest] = field(default_factory=list)
     block_tables: dict[str, list[int]] = field(default_factory=dict)
     preempted: list[Request] = field(default_factory=list)
+    # Requests finished or aborted since the previous step: workers drop their per-request state.
+    finished_req_ids: set[str] = field(default_factory=set)
 
     @property
     def num_tokens(self) -> int:
@@ -41,6 +43,11 @@ class SchedulerOutput:
     @property
     def is_empty(self) -> bool:
         return not self.scheduled
+
+    @property
+    def released_req_ids(self) -> set[str]:
+        """Requests whose per-request worker state is no longer valid (finished or preempted)."""
+        return self.finished_req_ids | {r.request_id for r in self.preempted}
 
 
 class Scheduler:
@@ -58,6 +65,7 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.num_preemptions = 0
+        self._finished_ids: set[str] = set()
 
     def add(self, request: Request) -> None:
         self.waiting.append(request)
@@ -67,7 +75,8 @@ class Scheduler:
         return len(self.waiting) + len(self.running)
 
     def schedule(self) -> SchedulerOutput:
-        out = SchedulerOutput()
+        out = SchedulerOutput(finished_req_ids=self._finished_ids)
+        self._finished_ids = set()
         budget = self._schedule_running(out, self.max_num_batched_tokens)
         if not out.preempted:
             self._schedule_waiting(out, budget)
@@ -130,6 +139,7 @@ class Scheduler:
     def finish(self, req: Request, status: RequestStatus) -> None:
         """Remove a request (finished or aborted) and free its blocks at once."""
         req.status = status
+        self._finished_ids.add(req.request_id)
         if req in self.running:
             self.running.remove(req)
         elif req in self.waiting:

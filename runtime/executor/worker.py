@@ -40,9 +40,14 @@ def _build_transformers_model(args, model_dir, config, dtype):
 
     spec = loader.resolve_causal_lm_class(config, model_dir, args.trust_remote_code)
     if not spec.backend_compatible:
+        if args.enable_compat_path and spec.has_lm_head:
+            from anymodel.adapters.compat import load_compat_causal_lm
+
+            return load_compat_causal_lm(spec.cls, model_dir, config, dtype)
         raise ValueError(
             f"{spec.cls.__name__} is not compatible with the Transformers backend; a compatible model meets all of:\n"
             + loader.BACKEND_REQUIREMENTS
+            + "\n(enable_compat_path=True runs it, slowly, through its own attention)"
         )
     logger.info("anymodel: Transformers backend, %s", spec.cls.__name__)
     return load_causal_lm(spec.cls, spec.has_lm_head, model_dir, config, dtype)
