@@ -7,10 +7,13 @@ Both functions share their signature with the kernels in `triton/`:
                     sliding_window, softcap) -> out[T,Hq,D]
 
 Decode requests (one query token) are attended in one vectorised gather; each prefill chunk is
-attended on its own so that a long prompt never pads the decode batch.
+attended on its own so that a long prompt never pads the decode batch. The gather indices depend
+only on the step, not the layer, so they are planned once per step and cached on the metadata.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -29,6 +32,18 @@ def store_kv(
     value_cache.view(-1, *value_cache.shape[2:]).index_copy_(0, slot_mapping, value.to(value_cache.dtype))
 
 
+@dataclass
+class _Group:
+    """Requests attended together, padded to their longest query (Q) and context (L)."""
+
+    tok: torch.Tensor  # [S, Q] flat token index of each query row (padding repeats a valid one)
+    q_valid: torch.Tensor  # [S, Q] bool
+    slots: torch.Tensor  # [S, L] cache slot of each context position
+    q_pos: torch.Tensor  # [S, Q] absolute position of each query
+    k_pos: torch.Tensor  # [L]
+    k_valid: torch.Tensor  # [S, 1, L] position < seq_len
+
+
 def paged_attention(
     query: torch.Tensor,
     key_cache: torch.Tensor,
@@ -41,48 +56,50 @@ def paged_attention(
     softcap: float | None = None,
 ) -> torch.Tensor:
     out = torch.empty_like(query)
-    query_lens = meta.query_lens.tolist()
-    decode = [i for i, q in enumerate(query_lens) if q == 1]
-    groups = [decode] if decode else []
-    groups += [[i] for i, q in enumerate(query_lens) if q > 1]
-    for reqs in groups:
-        _attend_group(query, out, key_cache, value_cache, meta, reqs, scale, causal, sliding_window, softcap)
+    flat_k = key_cache.view(-1, *key_cache.shape[2:])
+    flat_v = value_cache.view(-1, *value_cache.shape[2:])
+    for g in _plan(meta):
+        allowed = g.k_valid
+        if causal:
+            allowed = allowed & (g.k_pos[None, None, :] <= g.q_pos[:, :, None])
+        if sliding_window is not None:
+            allowed = allowed & (g.q_pos[:, :, None] - g.k_pos[None, None, :] < sliding_window)
+        o = _masked_attention(query[g.tok], flat_k[g.slots], flat_v[g.slots], allowed, scale, softcap)
+        out[g.tok[g.q_valid]] = o[g.q_valid]
     return out
 
 
-def _attend_group(query, out, key_cache, value_cache, meta, reqs, scale, causal, sliding_window, softcap):
-    """Attend requests `reqs` together, padded to their longest query and context."""
-    device = query.device
+def _plan(meta: AttentionMetadata) -> list[_Group]:
+    plan = meta.__dict__.get("_torch_plan")
+    if plan is None or plan[0] is not meta.slot_mapping:
+        query_lens = meta.query_lens.tolist()
+        decode = [i for i, q in enumerate(query_lens) if q == 1]
+        groups = ([decode] if decode else []) + [[i] for i, q in enumerate(query_lens) if q > 1]
+        plan = (meta.slot_mapping, [_group(meta, reqs) for reqs in groups])
+        meta.__dict__["_torch_plan"] = plan
+    return plan[1]
+
+
+def _group(meta: AttentionMetadata, reqs: list[int]) -> _Group:
+    device = meta.slot_mapping.device
     idx = torch.tensor(reqs, device=device)
     starts = meta.query_start_loc[idx].long()  # [S]
     qlens = meta.query_lens[idx].long()  # [S]
     seq_lens = meta.seq_lens[idx].long()  # [S]
-    max_q = int(qlens.max())
-    max_k = int(seq_lens.max())
-
-    # Query tokens, padded: [S, Q] flat token indices (padding points at a valid token, masked later).
-    j = torch.arange(max_q, device=device)
+    j = torch.arange(int(qlens.max()), device=device)
     q_valid = j[None, :] < qlens[:, None]
     tok = torch.where(q_valid, starts[:, None] + j[None, :], starts[:, None])
-    q = query[tok]  # [S, Q, Hq, D]
-
-    # Context keys through the block table: [S, L] slots -> [S, L, Hkv, D].
     bs = meta.block_size
-    pos = torch.arange(max_k, device=device)
+    pos = torch.arange(int(seq_lens.max()), device=device)
     blocks = meta.block_tables[idx][:, pos // bs].long()  # [S, L]
-    slots = blocks * bs + pos % bs
-    k = key_cache.view(-1, *key_cache.shape[2:])[slots]
-    v = value_cache.view(-1, *value_cache.shape[2:])[slots]
-
-    q_pos = (seq_lens - qlens)[:, None] + j[None, :]  # [S, Q] absolute positions
-    allowed = pos[None, None, :] < seq_lens[:, None, None]  # [S, 1, L]
-    if causal:
-        allowed = allowed & (pos[None, None, :] <= q_pos[:, :, None])
-    if sliding_window is not None:
-        allowed = allowed & (q_pos[:, :, None] - pos[None, None, :] < sliding_window)
-
-    o = _masked_attention(q, k, v, allowed, scale, softcap)  # [S, Q, Hq, D]
-    out[tok[q_valid]] = o[q_valid]
+    return _Group(
+        tok=tok,
+        q_valid=q_valid,
+        slots=blocks * bs + pos % bs,
+        q_pos=(seq_lens - qlens)[:, None] + j[None, :],
+        k_pos=pos,
+        k_valid=pos[None, None, :] < seq_lens[:, None, None],
+    )
 
 
 def _masked_attention(q, k, v, allowed, scale, softcap):

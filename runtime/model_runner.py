@@ -57,9 +57,10 @@ class ModelRunner:
         return sum(2 * self.block_size * h * d * torch.empty(0, dtype=dt).element_size() for h, d, dt in layers)
 
     def allocate_kv_cache(self, layers, num_blocks: int) -> None:
-        # torch.empty: pages are only touched when written, so an unused cache costs no memory on CPU.
+        # Zeroed, not empty: padded gathers read slots no request wrote, and an uninitialised NaN
+        # there would survive the 0-probability multiply (0 * NaN = NaN).
         self.kv_caches = [
-            tuple(torch.empty(num_blocks, self.block_size, h, d, dtype=dt, device=self.device) for _ in range(2))
+            tuple(torch.zeros(num_blocks, self.block_size, h, d, dtype=dt, device=self.device) for _ in range(2))
             for h, d, dt in layers
         ]
 
