@@ -38,7 +38,7 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow], default_generator: tor
     for i, row in enumerate(rows):
         if row.blocked_token_ids:
             logits[i, row.blocked_token_ids] = float("-inf")
-    tokens = torch.empty(len(rows), dtype=torch.long)
+    tokens = torch.empty(len(rows), dtype=torch.long, device=logits.device)
     greedy = [i for i, r in enumerate(rows) if r.params.greedy]
     random = [i for i, r in enumerate(rows) if not r.params.greedy]
     if greedy:
@@ -55,38 +55,48 @@ def _apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Ten
         if not p.has_penalties:
             continue
         if p.repetition_penalty != 1.0:  # HF semantics, over prompt and output tokens
-            seen = torch.tensor(sorted(set(row.prompt_token_ids) | set(row.output_token_ids)), dtype=torch.long)
+            seen = sorted(set(row.prompt_token_ids) | set(row.output_token_ids))
+            seen = torch.tensor(seen, dtype=torch.long, device=logits.device)
             vals = logits[i, seen]
             logits[i, seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
         if row.output_token_ids and (p.presence_penalty or p.frequency_penalty):  # OpenAI semantics, output only
-            ids, counts = torch.tensor(row.output_token_ids, dtype=torch.long).unique(return_counts=True)
+            ids, counts = torch.tensor(row.output_token_ids, device=logits.device).unique(return_counts=True)
             logits[i, ids] -= p.frequency_penalty * counts.float() + p.presence_penalty
     return logits
 
 
 def _sample_random(logits: torch.Tensor, rows: list[SamplingRow], default_generator) -> torch.Tensor:
-    temps = torch.tensor([r.params.temperature for r in rows], dtype=logits.dtype)
+    def per_row(values):  # [S] on the logits' device
+        return torch.tensor(values, dtype=logits.dtype, device=logits.device)
+
+    temps = per_row([r.params.temperature for r in rows])
     logits = logits / temps[:, None]
     top_k = [r.params.top_k for r in rows]
     if any(top_k):
         logits = _top_k(logits, top_k)
-    top_p = torch.tensor([r.params.top_p for r in rows], dtype=logits.dtype)
+    top_p = per_row([r.params.top_p for r in rows])
     if (top_p < 1).any():
         logits = _top_p(logits, top_p)
     probs = torch.softmax(logits, dim=-1)
-    min_p = torch.tensor([r.params.min_p for r in rows], dtype=logits.dtype)
+    min_p = per_row([r.params.min_p for r in rows])
     if (min_p > 0).any():
         probs = probs.masked_fill(probs < min_p[:, None] * probs.max(dim=-1, keepdim=True).values, 0.0)
     # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p; rows with a seed use their own stream.
-    noise = torch.empty_like(probs)
+    # Seeded rows draw on the CPU (their generators live there) so results do not depend on the device.
+    noise = torch.empty_like(probs).exponential_(generator=_on_device(default_generator, probs.device))
     for i, row in enumerate(rows):
-        noise[i].exponential_(generator=row.generator or default_generator)
+        if row.generator is not None:
+            noise[i] = torch.empty(probs.shape[1]).exponential_(generator=row.generator).to(probs.device)
     return (probs / noise).argmax(dim=-1)
+
+
+def _on_device(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
+    return generator if generator is not None and generator.device.type == device.type else None
 
 
 def _top_k(logits: torch.Tensor, top_k: list[int]) -> torch.Tensor:
     V = logits.shape[-1]
-    k = torch.tensor([min(k, V) if k > 0 else V for k in top_k])
+    k = torch.tensor([min(k, V) if k > 0 else V for k in top_k], device=logits.device)
     sorted_logits = logits.sort(dim=-1, descending=True).values
     kth = sorted_logits.gather(1, (k - 1)[:, None])
     return logits.masked_fill(logits < kth, float("-inf"))
