@@ -1,0 +1,12 @@
+"""Suite-wide settings. Tiny models gain nothing from intra-op threads, and on a shared 2-core
+machine (servers, TP workers and pytest at once) spinning OpenMP threads slow every step by 10-30x."""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by server and worker subprocesses
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test touches the network
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)

@@ -1,0 +1,362 @@
+"""The offline tiny-model zoo: random Transformers checkpoints built from configs, no network.
+
+    path = build_tiny_model("qwen3", tmp_path)          # config.json + model.safetensors + tokenizer
+    prompts = mixed_prompts(path)                        # 8 prompts: 1..65 tokens
+    reference = hf_greedy(path, prompts, max_new_tokens=8)   # plain Transformers, float32
+
+Adding an architecture is one line in `ZOO`: `"name": _arch("model_type", **overrides)`.
+Every config shares `BASE` (hidden 64, 2 layers, 4 heads, GQA where supported, vocab = tokenizer
+size, 512 positions) unless the line overrides it with the architecture's own argument names.
+
+Random tiny models give near-uniform logits, where float noise flips the argmax and makes strict
+token equality flaky. `_rescale_` re-initialises every weight so the logits are peaky (top1-top2
+gap ~ 1 at the median; see tests/models/test_zoo_builds.py), and gives biases and norm weights
+non-trivial values so that code paths like qkv bias or (1 + w) Gemma norms are really exercised.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import inspect
+import json
+import math
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+from transformers import GenerationConfig, PretrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+from tests.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, VOCAB_SIZE, save_tokenizer
+
+SLIDING_WINDOW = 8  # much shorter than the longer prompts, so windowing is really exercised
+
+# Shared Llama-style defaults; `_arch` keeps only the keys the config class knows.
+BASE = dict(
+    vocab_size=VOCAB_SIZE,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    bos_token_id=BOS_ID,
+    eos_token_id=EOS_ID,
+    pad_token_id=PAD_ID,
+    tie_word_embeddings=False,
+)
+_GPT2_STYLE = dict(n_embd=64, n_layer=2, n_head=4, n_positions=512, n_inner=128)
+
+
+def _arch(model_type: str, **overrides) -> Callable[[], PretrainedConfig]:
+    def make() -> PretrainedConfig:
+        config_cls = CONFIG_MAPPING[model_type]
+        known = inspect.signature(config_cls.__init__).parameters
+        kwargs = {k: v for k, v in BASE.items() if k in known}
+        return config_cls(**{**kwargs, **overrides})
+
+    make.model_type = model_type
+    return make
+
+
+ZOO: dict[str, Callable[[], PretrainedConfig]] = {
+    "llama": _arch("llama"),
+    "mistral": _arch("mistral", sliding_window=SLIDING_WINDOW),
+    "qwen2": _arch("qwen2"),  # q/k/v projections carry a bias
+    "qwen3": _arch("qwen3", head_dim=16),  # q/k RMSNorm
+    # layers alternate sliding (window 8) and full attention; both logit softcaps on
+    "gemma2": _arch(
+        "gemma2", head_dim=16, sliding_window=SLIDING_WINDOW, query_pre_attn_scalar=24,
+        attn_logit_softcapping=20.0, final_logit_softcapping=15.0, tie_word_embeddings=True,
+        layer_types=["sliding_attention", "full_attention"],
+    ),
+    # scaling = 24**-0.5, not head_dim**-0.5
+    "gemma3_text": _arch(
+        "gemma3_text", head_dim=16, sliding_window=SLIDING_WINDOW, query_pre_attn_scalar=24,
+        tie_word_embeddings=True, layer_types=["sliding_attention", "full_attention"],
+    ),
+    "phi3": _arch("phi3", original_max_position_embeddings=512),  # fused qkv_proj, gate_up_proj
+    "gpt2": _arch("gpt2", **_GPT2_STYLE, tie_word_embeddings=True),
+    "gpt_neox": _arch("gpt_neox", rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                   "partial_rotary_factor": 0.5}),
+    "gptj": _arch("gptj", **_GPT2_STYLE, rotary_dim=8),
+    "opt": _arch("opt", ffn_dim=128, word_embed_proj_dim=64, tie_word_embeddings=True),
+    "gpt_bigcode": _arch("gpt_bigcode", **_GPT2_STYLE, multi_query=True, tie_word_embeddings=True),
+    "starcoder2": _arch("starcoder2", sliding_window=SLIDING_WINDOW, use_bias=True),
+    "olmo2": _arch("olmo2"),
+    # every multiplier away from 1.0 so a forgotten one changes the tokens
+    "granite": _arch(
+        "granite", embedding_multiplier=2.0, attention_multiplier=0.1, residual_multiplier=0.5,
+        logits_scaling=0.5,
+    ),
+    "cohere": _arch("cohere", logit_scale=0.5, use_qk_norm=False, tie_word_embeddings=True),
+    "mixtral": _arch("mixtral", num_local_experts=4, num_experts_per_tok=2),
+    "qwen2_moe": _arch(
+        "qwen2_moe", num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64,
+        shared_expert_intermediate_size=96,
+    ),
+    # compat path: attention does not go through ALL_ATTENTION_FUNCTIONS (alibi / own cache)
+    "bloom": _arch("bloom", n_layer=2, n_head=4, tie_word_embeddings=True),
+    "falcon": _arch("falcon", num_kv_heads=2, new_decoder_architecture=True, alibi=False,
+                    ffn_hidden_size=128),
+}
+
+
+# Zoo archs whose attention does not go through ALL_ATTENTION_FUNCTIONS (base model class has
+# `_supports_attention_backend = False` in transformers 5.24): served by adapters/compat.py.
+COMPAT_ARCHS = frozenset({"bloom", "falcon"})
+
+
+def attention_backend_support() -> dict[str, bool]:
+    """arch -> `_supports_attention_backend` of its base model class (no weights are built)."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    return {
+        arch: bool(getattr(MODEL_MAPPING[CONFIG_MAPPING[make.model_type]], "_supports_attention_backend", False))
+        for arch, make in ZOO.items()
+    }
+
+
+def tiny_config(arch: str) -> PretrainedConfig:
+    if arch not in ZOO:
+        supported = sorted(ZOO) + [CUSTOM_ARCH]
+        raise ValueError(f"unsupported zoo arch {arch!r}; supported: {supported}")
+    return ZOO[arch]()
+
+
+# ---------------------------------------------------------------- weights
+
+EMBED_STD = 0.5  # logits = h @ E^T with |h| ~ sqrt(hidden): logit std ~ 0.5 * 8 = 4
+MATRIX_GAIN = 2.0  # sublayer outputs outweigh the (tied) embeddings: no copy-the-last-token models
+BIAS_STD = 0.1
+NORM_STD = 0.1
+
+
+@torch.no_grad()
+def _rescale_(model: torch.nn.Module, seed: int) -> None:
+    """Deterministic re-init (tied parameters are visited once):
+    embeddings/lm_head ~ N(0, 0.5^2); other matrices ~ N(0, (2/sqrt(hidden))^2); biases ~ N(0, 0.1^2);
+    norm scales = random sign * (1 + N(0, 0.1^2)). The random signs of the final norm break the
+    E @ E^T diagonal that otherwise makes tied-embedding models repeat their last input token."""
+    gen = torch.Generator().manual_seed(seed)
+    hidden = model.config.get_text_config().hidden_size
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if out is not None:
+        embeddings.add(id(out.weight))
+    for name, p in model.named_parameters():
+        noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+        if id(p) in embeddings:
+            p.copy_(noise * EMBED_STD)
+        elif p.ndim >= 2:
+            p.copy_(noise * MATRIX_GAIN / math.sqrt(hidden))
+        elif name.endswith("bias"):
+            p.copy_(noise * BIAS_STD)
+        else:  # norm scales: effective scale = random sign * (1 + N(0, 0.1))
+            sign = torch.randint(0, 2, p.shape, generator=gen).float() * 2 - 1
+            offset = 1.0 if bool((p == 0).all()) else 0.0  # Gemma-style norms use x * (1 + w)
+            p.copy_(sign * (1 + noise * NORM_STD) - offset)
+
+
+# ---------------------------------------------------------------- building
+
+_TASKS = {
+    "causal_lm": "AutoModelForCausalLM",
+    "embed": "AutoModel",
+    "classify": "AutoModelForSequenceClassification",
+}
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core box OpenMP spinning
+    makes them ~10x slower; restore the caller's setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@_one_thread()
+def _build(arch: str, out_dir: Path, seed: int, dtype: torch.dtype, for_task: str) -> None:
+    if for_task not in _TASKS:
+        raise ValueError(f"unsupported for_task {for_task!r}; supported: {sorted(_TASKS)}")
+    torch.manual_seed(seed)
+    if arch == CUSTOM_ARCH:
+        model = _custom_model(for_task)
+    else:
+        import transformers
+
+        config = tiny_config(arch)
+        if for_task == "classify":
+            config.num_labels = 3
+        model = getattr(transformers, _TASKS[for_task]).from_config(config, dtype=torch.float32)
+    _rescale_(model, seed)
+    model.to(dtype).eval()
+    model.generation_config = GenerationConfig(
+        bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID
+    )
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    save_tokenizer(out_dir)
+    if arch == CUSTOM_ARCH:  # remote code travels with the checkpoint
+        for source in CUSTOM_CODE_DIR.glob("*_tinycustom.py"):
+            shutil.copy(source, out_dir / source.name)
+
+
+# ---------------------------------------------------------------- the custom (auto_map) model
+
+CUSTOM_ARCH = "tinycustom"
+CUSTOM_CODE_DIR = Path(__file__).parent / "custom"
+CUSTOM_AUTO_MAP = {
+    "AutoConfig": "configuration_tinycustom.TinyCustomConfig",
+    "AutoModel": "modeling_tinycustom.TinyCustomModel",
+    "AutoModelForCausalLM": "modeling_tinycustom.TinyCustomForCausalLM",
+}
+
+
+def _custom_model(for_task: str) -> torch.nn.Module:
+    from tests.models.custom.configuration_tinycustom import TinyCustomConfig
+    from tests.models.custom.modeling_tinycustom import TinyCustomForCausalLM, TinyCustomModel
+
+    classes = {"causal_lm": TinyCustomForCausalLM, "embed": TinyCustomModel}
+    if for_task not in classes:
+        raise ValueError(f"unsupported for_task {for_task!r} for {CUSTOM_ARCH}; supported: {sorted(classes)}")
+    config = TinyCustomConfig(vocab_size=VOCAB_SIZE, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
+                              pad_token_id=PAD_ID)
+    config.auto_map = dict(CUSTOM_AUTO_MAP)
+    return classes[for_task](config)
+
+
+def build_custom_model(out_dir: Path, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> Path:
+    """The TinyCustom checkpoint: config.json with `auto_map`, the two .py files next to it.
+    Loads in plain Transformers only with trust_remote_code=True (offline)."""
+    return build_tiny_model(CUSTOM_ARCH, out_dir, seed=seed, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=1)
+def _cache_root() -> Path:
+    root = Path(tempfile.mkdtemp(prefix="anymodel-zoo-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
+
+
+@functools.lru_cache(maxsize=None)
+def cached_model(
+    arch: str, seed: int = 0, dtype: torch.dtype = torch.float32, for_task: str = "causal_lm"
+) -> Path:
+    """Build once per process into a private temp dir; callers must treat the dir as read-only."""
+    out = _cache_root() / f"{arch}-{seed}-{str(dtype).removeprefix('torch.')}-{for_task}"
+    out.mkdir(exist_ok=True)  # a failed earlier build may have left files; they are rewritten
+    _build(arch, out, seed, dtype, for_task)
+    return out
+
+
+def build_tiny_model(
+    arch: str,
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    for_task: str = "causal_lm",
+) -> Path:
+    """A tiny random `arch` checkpoint (safetensors, tokenizer, generation_config) in `out_dir`.
+
+    Each (arch, seed, dtype, task) is built once per process and copied (~100 KB) afterwards, so
+    callers own `out_dir` and may modify it. Returns `out_dir`."""
+    out_dir = Path(out_dir)
+    shutil.copytree(cached_model(arch, seed, dtype, for_task), out_dir, dirs_exist_ok=True)
+    return out_dir
+
+
+# ---------------------------------------------------------------- prompts and reference
+
+PROMPT_LENGTHS = [1, 3, 7, 16, 17, 31, 40, 65]  # across 16-token blocks and the 8-token windows
+_MORE_LENGTHS = [2, 5, 9, 15, 24, 33, 48, 64, 80, 12]
+
+
+def mixed_prompts(
+    source: int | str | Path | object = VOCAB_SIZE, n: int = 8, seed: int = 0,
+    shared_prefix: int = 0,
+) -> list[list[int]]:
+    """`n` prompts of mixed lengths (1..65 tokens, more lengths past 8) of random non-special
+    token ids. `source` is a vocab size, a model dir, or a tokenizer. With `shared_prefix=k`, all
+    prompts longer than k start with the same k tokens (prefix-cache hits inside one batch)."""
+    vocab = _vocab_size(source)
+    lengths = (PROMPT_LENGTHS + _MORE_LENGTHS * (1 + n // len(_MORE_LENGTHS)))[:n]
+    rng = random.Random(seed)
+    lo = len(SPECIAL_TOKENS)  # skip the special ids 0..3
+    prefix = [rng.randrange(lo, vocab) for _ in range(shared_prefix)]
+    prompts = []
+    for length in lengths:
+        ids = [rng.randrange(lo, vocab) for _ in range(length)]
+        if shared_prefix and length > shared_prefix:
+            ids[:shared_prefix] = prefix
+        prompts.append(ids)
+    return prompts
+
+
+def _vocab_size(source) -> int:
+    if isinstance(source, int):
+        return source
+    if isinstance(source, (str, Path)):  # a model dir: read config.json (no remote code needed)
+        config = json.loads((Path(source) / "config.json").read_text())
+        return config.get("text_config", config)["vocab_size"]
+    return len(source)  # a tokenizer
+
+
+def hf_greedy(
+    model_dir: str | Path, prompt_token_ids: list[list[int]], max_new_tokens: int
+) -> list[list[int]]:
+    """Plain-Transformers greedy reference: float32, one prompt at a time (no padding), default
+    attention implementation (sdpa), HF's own cache. Returns only the new tokens.
+
+    EOS semantics = vLLM's `ignore_eos=True`: exactly `max_new_tokens` tokens are generated and EOS
+    may appear among them (no eos_token_id at all: EOS neither stops nor is masked). Note that
+    `min_new_tokens` would *mask* EOS instead, which is vLLM's `min_tokens`, not `ignore_eos`; and
+    `eos_token_id=None` passed to generate() is overridden by the model's generation_config."""
+    return hf_greedy_with_gaps(model_dir, prompt_token_ids, max_new_tokens)[0]
+
+
+def hf_greedy_with_gaps(
+    model_dir: str | Path, prompt_token_ids: list[list[int]], max_new_tokens: int
+) -> tuple[list[list[int]], list[float]]:
+    """`hf_greedy` plus the top1 - top2 logit gap of every step (how safe argmax is from noise)."""
+    model = _load_reference(model_dir)
+    tokens, gaps = [], []
+    with _one_thread():
+        for ids in prompt_token_ids:
+            new, logits = _generate(model, ids, max_new_tokens)
+            tokens.append(new)
+            gaps += [float(top[0] - top[1]) for top in (step.topk(2).values for step in logits)]
+    return tokens, gaps
+
+
+def _load_reference(model_dir: str | Path):
+    from transformers import AutoModelForCausalLM
+
+    # trust_remote_code: the zoo's own local checkpoints only (the custom model ships its code)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(model_dir), dtype=torch.float32, trust_remote_code=True
+    ).eval()
+    model.generation_config = GenerationConfig(do_sample=False, pad_token_id=PAD_ID)  # no EOS
+    return model
+
+
+@torch.inference_mode()
+def _generate(model, ids: list[int], max_new_tokens: int) -> tuple[list[int], list[torch.Tensor]]:
+    """Greedy `generate` for one prompt -> (new token ids, per-step logits [V])."""
+    input_ids = torch.tensor([ids], dtype=torch.long)
+    out = model.generate(
+        input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
+        output_logits=True, return_dict_in_generate=True,
+    )
+    new = out.sequences[0, len(ids):].tolist()
+    assert len(new) == max_new_tokens, f"generate stopped early: {len(new)} < {max_new_tokens}"
+    return new, [step[0].float() for step in out.logits]
