@@ -12,6 +12,11 @@ Random tiny models give near-uniform logits, where float noise flips the argmax 
 token equality flaky. `_rescale_` re-initialises every weight so the logits are peaky (top1-top2
 gap ~ 1 at the median; see tests/models/test_zoo_builds.py), and gives biases and norm weights
 non-trivial values so that code paths like qkv bias or (1 + w) Gemma norms are really exercised.
+
+`build_custom_model` writes TinyCustom (tests/models/custom/), an `auto_map` remote-code model
+that loads only with trust_remote_code=True. `COMPAT_ARCHS` are the zoo archs whose attention
+does not go through ALL_ATTENTION_FUNCTIONS. Builds are cached per process (see
+`build_tiny_model`); building and the reference run use one torch thread (see `_one_thread`).
 """
 
 from __future__ import annotations
@@ -69,15 +74,16 @@ ZOO: dict[str, Callable[[], PretrainedConfig]] = {
     "mistral": _arch("mistral", sliding_window=SLIDING_WINDOW),
     "qwen2": _arch("qwen2"),  # q/k/v projections carry a bias
     "qwen3": _arch("qwen3", head_dim=16),  # q/k RMSNorm
-    # layers alternate sliding (window 8) and full attention; both logit softcaps on
+    # layers alternate sliding (window 8) and full attention; both logit softcaps on (the attention
+    # cap is low enough to bite: raw scores reach ~10)
     "gemma2": _arch(
         "gemma2", head_dim=16, sliding_window=SLIDING_WINDOW, query_pre_attn_scalar=24,
-        attn_logit_softcapping=20.0, final_logit_softcapping=15.0, tie_word_embeddings=True,
+        attn_logit_softcapping=5.0, final_logit_softcapping=15.0, tie_word_embeddings=True,
         layer_types=["sliding_attention", "full_attention"],
     ),
-    # scaling = 24**-0.5, not head_dim**-0.5
+    # scaling = 4**-0.5 = 2 * head_dim**-0.5 (q/k are RMS-normed, so scores are small otherwise)
     "gemma3_text": _arch(
-        "gemma3_text", head_dim=16, sliding_window=SLIDING_WINDOW, query_pre_attn_scalar=24,
+        "gemma3_text", head_dim=16, sliding_window=SLIDING_WINDOW, query_pre_attn_scalar=4,
         tie_word_embeddings=True, layer_types=["sliding_attention", "full_attention"],
     ),
     "phi3": _arch("phi3", original_max_position_embeddings=512),  # fused qkv_proj, gate_up_proj
@@ -94,7 +100,7 @@ ZOO: dict[str, Callable[[], PretrainedConfig]] = {
         "granite", embedding_multiplier=2.0, attention_multiplier=0.1, residual_multiplier=0.5,
         logits_scaling=0.5,
     ),
-    "cohere": _arch("cohere", logit_scale=0.5, use_qk_norm=False, tie_word_embeddings=True),
+    "cohere": _arch("cohere", logit_scale=2.0, use_qk_norm=False, tie_word_embeddings=True),
     "mixtral": _arch("mixtral", num_local_experts=4, num_experts_per_tok=2),
     "qwen2_moe": _arch(
         "qwen2_moe", num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64,
@@ -116,10 +122,8 @@ def attention_backend_support() -> dict[str, bool]:
     """arch -> `_supports_attention_backend` of its base model class (no weights are built)."""
     from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
-    return {
-        arch: bool(getattr(MODEL_MAPPING[CONFIG_MAPPING[make.model_type]], "_supports_attention_backend", False))
-        for arch, make in ZOO.items()
-    }
+    classes = {arch: MODEL_MAPPING[CONFIG_MAPPING[make.model_type]] for arch, make in ZOO.items()}
+    return {arch: bool(getattr(cls, "_supports_attention_backend", False)) for arch, cls in classes.items()}
 
 
 def tiny_config(arch: str) -> PretrainedConfig:
