@@ -63,7 +63,8 @@ def _dense_single_request(query, key, value, scale, causal, sliding_window, soft
     if causal:
         allowed &= pos[None, :] <= pos[:, None]
     if sliding_window is not None:
-        allowed &= pos[:, None] - pos[None, :] < sliding_window
+        dist = pos[:, None] - pos[None, :]
+        allowed &= (dist if causal else dist.abs()) < sliding_window
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # [1, T, H, D]
     out = torch_ref._masked_attention(q, k, v, allowed[None], scale, softcap)
     return out

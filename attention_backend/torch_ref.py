@@ -62,8 +62,9 @@ def paged_attention(
         allowed = g.k_valid
         if causal:
             allowed = allowed & (g.k_pos[None, None, :] <= g.q_pos[:, :, None])
-        if sliding_window is not None:
-            allowed = allowed & (g.q_pos[:, :, None] - g.k_pos[None, None, :] < sliding_window)
+        if sliding_window is not None:  # causal: the w-1 keys behind; bidirectional: |q - k| < w
+            dist = g.q_pos[:, :, None] - g.k_pos[None, None, :]
+            allowed = allowed & ((dist if causal else dist.abs()) < sliding_window)
         o = _masked_attention(query[g.tok], flat_k[g.slots], flat_v[g.slots], allowed, scale, softcap)
         out[g.tok[g.q_valid]] = o[g.q_valid]
     return out

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
 
-from anymodel import loader
+from anymodel import loader, pooling
 from anymodel.config import EngineArgs
 from anymodel.executor import make_executor
 from anymodel.kv_cache import KVCacheManager
-from anymodel.outputs import EngineStats, RequestOutput
+from anymodel.outputs import EngineStats, PoolingRequestOutput, RequestOutput
 from anymodel.output_processor import OutputProcessor, RequestGroup
+from anymodel.pooling_outputs import PoolingOutputs
 from anymodel.params import PoolingParams, SamplingParams
 from anymodel.request import Request, RequestStatus
 from anymodel.scheduler import Scheduler
@@ -27,11 +29,15 @@ class Engine:
         model_dir = loader.resolve_model_dir(args.model, args.revision)
         self.hf_config = loader.load_config(model_dir, args.trust_remote_code, args.hf_overrides)
         self.tokenizer = loader.load_tokenizer(args.tokenizer or model_dir, args.trust_remote_code, args.tokenizer_revision)
+        self.task = pooling.resolve_task(args.task, self.hf_config, model_dir)
+        if self.task != "generate" and args.world_size > 1:
+            raise ValueError(f"task {self.task!r} runs with tensor_parallel_size=1 and pipeline_parallel_size=1")
+        self.args = args = dataclasses.replace(args, task=self.task)  # workers build the model for it
         self.max_model_len = loader.derive_max_model_len(self.hf_config, args.max_model_len)
+        st_len = pooling.sentence_transformers_max_len(model_dir) if self.task == "embed" else None
+        if st_len and args.max_model_len is None:  # sentence-transformers truncates there: so do we
+            self.max_model_len = min(self.max_model_len, st_len)
         self.model_name = args.served_model_name or args.model or "anymodel-demo"
-        self.task = "generate" if args.task == "auto" else args.task
-        if self.task != "generate":
-            raise ValueError(f"task {self.task!r} is not available yet; supported now: ['generate']")
         self.eos_token_ids = loader.eos_token_ids(model_dir, self.tokenizer)
         self.vocab_size = self.hf_config.get_text_config().vocab_size
         self.executor = make_executor(args, model_dir, self.hf_config)
@@ -40,6 +46,7 @@ class Engine:
         budget = args.max_num_batched_tokens or max(2048, self.max_model_len)
         self.scheduler = Scheduler(self.kv, args.max_num_seqs, budget, args.enable_chunked_prefill)
         self.outputs = OutputProcessor(self.tokenizer)
+        self.pooling = PoolingOutputs()
         self._ids = itertools.count()
         self._counters = {"prompt": 0, "generation": 0, "prefix_hits": 0}
 
@@ -68,26 +75,41 @@ class Engine:
 
     # ---- public API -----------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt, params: SamplingParams | PoolingParams | None = None) -> None:
-        params = params or SamplingParams()
+        params = params or (SamplingParams() if self.task == "generate" else PoolingParams())
+        pooling.check_request(self.task, params, self.hf_config)
         text, token_ids = self._tokenize(prompt)
         self._validate(token_ids, params)
+        if isinstance(params, PoolingParams):
+            return self._add_pooling_request(request_id, prompt, text, token_ids, params)
         children = [self._make_request(f"{request_id}#{i}", token_ids, params, i) for i in range(getattr(params, "n", 1))]
         self.outputs.add(RequestGroup(request_id, text, token_ids, params, children, self.tokenizer))
         for child in children:
             self.scheduler.add(child)
         self._counters["prompt"] += len(token_ids)
 
-    def step(self) -> list[RequestOutput]:
+    def _add_pooling_request(self, request_id: str, prompt, text, token_ids: list[int], params) -> None:
+        types = prompt.get("token_type_ids") if isinstance(prompt, dict) else None
+        if types is not None and len(types) != len(token_ids):
+            raise ValueError(f"token_type_ids has {len(types)} entries for {len(token_ids)} prompt tokens; pass one per token")
+        request = self._make_request(request_id, token_ids, params, 0)
+        request.token_type_ids = list(types) if types is not None else None
+        self.pooling.add(request, text)
+        self.scheduler.add(request)
+        self._counters["prompt"] += len(token_ids)
+
+    def step(self) -> list[RequestOutput | PoolingRequestOutput]:
         sched = self.scheduler.schedule()
         if sched.is_empty and not sched.released_req_ids:
             return []
         result = self.executor.execute_model(sched)
         self.scheduler.update(sched)
         finished = self.outputs.apply(sched, result)
+        pooled = self.pooling.collect(result.pooled)  # each pooling request ends in its one step
+        finished += [(req, RequestStatus.FINISHED_STOPPED) for req, _ in pooled]
         for req, status in finished:
             self.scheduler.finish(req, status)
         self._counters["generation"] += len(result.sampled)
-        outputs = self.outputs.collect(sched)
+        outputs = self.outputs.collect(sched) + [out for _, out in pooled]
         if finished and not self.has_unfinished():
             self._release_idle()
         return outputs
@@ -100,6 +122,9 @@ class Engine:
 
     def abort(self, request_ids) -> None:
         for rid in [request_ids] if isinstance(request_ids, str) else request_ids:
+            pooling_request = self.pooling.pop(rid)
+            if pooling_request is not None and not pooling_request.is_finished:
+                self.scheduler.finish(pooling_request, RequestStatus.FINISHED_ABORTED)
             group = self.outputs.pop(rid)
             if group is not None:
                 for child in group.children:
@@ -111,6 +136,10 @@ class Engine:
 
     def apply_model(self, fn) -> list:
         return self.executor.apply_model(fn)
+
+    def shutdown(self) -> None:
+        """Stop the executor's worker processes (also done on garbage collection and at exit)."""
+        self.executor.shutdown()
 
     def stats(self) -> EngineStats:
         return EngineStats(
@@ -152,6 +181,9 @@ class Engine:
             raise ValueError(
                 f"prompt has {n} tokens but the model's context length (max_model_len) is {self.max_model_len}"
             )
+        if isinstance(params, PoolingParams) and n > self.scheduler.max_num_batched_tokens:
+            raise ValueError(f"prompt has {n} tokens but a pooling prompt runs whole in one step of at most "
+                             f"max_num_batched_tokens ({self.scheduler.max_num_batched_tokens}) tokens")
         needed = n + self._max_tokens(n, params)
         if needed > self.kv.capacity_tokens:
             raise ValueError(

@@ -1,15 +1,17 @@
-"""The offline API, in vLLM's shape: LLM(...).generate / chat / apply_model."""
+"""The offline API, in vLLM's shape: LLM(...).generate / chat / apply_model (+ the pooling methods:
+embed / classify / score / reward / encode, in llm_pooling.py)."""
 
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
 from anymodel.config import EngineArgs
+from anymodel.llm_pooling import PoolingMixin
 from anymodel.outputs import RequestOutput
 from anymodel.params import SamplingParams
 
 
-class LLM:
+class LLM(PoolingMixin):
     """An engine in this process. `LLM()` with no model runs the embedded demo model."""
 
     def __init__(self, model: str | None = None, **kwargs: Any) -> None:

@@ -25,7 +25,8 @@ class RunnerOutput:
     logprobs: dict[str, dict[int, tuple[float, int]]] = field(default_factory=dict)
     # request id -> (first prompt index covered, [{token: (logprob, rank)}] for consecutive prompt tokens)
     prompt_logprobs: dict[str, tuple[int, list[dict[int, tuple[float, int]]]]] = field(default_factory=dict)
-    hidden: dict[str, torch.Tensor] = field(default_factory=dict)  # pooling requests: [T, H]
+    # pooling requests: the pooler's output (on CPU), e.g. [H] embedding, [L] probs, [T, H] ALL
+    pooled: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -33,9 +34,16 @@ class StepInputs:
     input_ids: torch.Tensor  # [1, T]
     positions: torch.Tensor  # [1, T]
     meta: AttentionMetadata
+    token_type_ids: torch.Tensor | None = None  # [1, T], only when a request in the step has them
+
+    @property
+    def model_kwargs(self) -> dict:
+        return {} if self.token_type_ids is None else {"token_type_ids": self.token_type_ids}
 
 
 class ModelRunner:
+    produces_output = True  # False on pipeline stages before the last: no LM head, nothing to sample
+
     def __init__(self, model: torch.nn.Module, device: torch.device, block_size: int, backend, seed: int = 0) -> None:
         self.model = model
         self.device = device
@@ -73,12 +81,12 @@ class ModelRunner:
         if sched.is_empty:
             return RunnerOutput()
         inputs = self.prepare_inputs(sched)
-        hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)  # [T, H]
+        hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta, **inputs.model_kwargs)  # [T, H]
         out = RunnerOutput()
+        if not self.produces_output:
+            return out
         starts = inputs.meta.query_start_loc.tolist()
-        for i, s in enumerate(sched.scheduled):
-            if s.request.is_pooling:
-                out.hidden[s.request.request_id] = hidden[starts[i] : starts[i + 1]]
+        self._pool(sched, hidden, starts, out)
         self._sample(sched, hidden, starts, out)
         return out
 
@@ -96,8 +104,19 @@ class ModelRunner:
         meta = self._metadata(qlens, seq_lens, tables, pos)
         meta.request_ids = [s.request.request_id for s in sched.scheduled]
         return StepInputs(
-            torch.tensor([ids], dtype=torch.long, device=self.device), pos[None].to(self.device), meta
+            torch.tensor([ids], dtype=torch.long, device=self.device), pos[None].to(self.device), meta,
+            self._token_type_ids(sched),
         )
+
+    def _token_type_ids(self, sched: SchedulerOutput) -> torch.Tensor | None:
+        """[1, T] segment ids (cross-encoder pairs); zeros for requests without them."""
+        if all(s.request.token_type_ids is None for s in sched.scheduled):
+            return None
+        types = []
+        for s in sched.scheduled:
+            start, own = s.request.num_computed_tokens, s.request.token_type_ids
+            types.extend(own[start : start + s.num_tokens] if own is not None else [0] * s.num_tokens)
+        return torch.tensor([types], dtype=torch.long, device=self.device)
 
     def _metadata(self, qlens, seq_lens, tables, positions: torch.Tensor) -> AttentionMetadata:
         width = max(len(t) for t in tables)
@@ -118,6 +137,22 @@ class ModelRunner:
             backend=self.backend,
         )
         return meta.to(self.device) if self.device.type != "cpu" else meta
+
+    # ---- pooling --------------------------------------------------------------------------------
+    def _pool(self, sched: SchedulerOutput, hidden: torch.Tensor, starts: list[int], out: RunnerOutput) -> None:
+        """Pooling requests of this step (each one whole prompt) -> the model's pooler -> CPU tensors."""
+        picked = [(i, s.request) for i, s in enumerate(sched.scheduled) if s.request.is_pooling]
+        if not picked:
+            return
+        from anymodel.adapters.pooler import PoolingInput
+
+        inputs = [
+            PoolingInput(hidden[starts[i] : starts[i + 1]], r.prompt_token_ids, r.params.normalize,
+                         r.params.softmax, r.params.dimensions)
+            for i, r in picked
+        ]
+        for (_, r), data in zip(picked, self.model.pool(inputs)):
+            out.pooled[r.request_id] = data.cpu()
 
     # ---- sampling -------------------------------------------------------------------------------
     def _sample(self, sched: SchedulerOutput, hidden: torch.Tensor, starts: list[int], out: RunnerOutput) -> None:

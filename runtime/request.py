@@ -39,6 +39,8 @@ class Request:
     generator: torch.Generator | None = None  # per-request seed
     # Pooling: hidden states of the prompt ([T, H]) once computed.
     pooled: torch.Tensor | None = None
+    # Segment ids of a text pair (cross-encoder scoring), [num_prompt_tokens]; None: the model's default.
+    token_type_ids: list[int] | None = None
 
     def __post_init__(self) -> None:
         self.all_token_ids = list(self.prompt_token_ids)

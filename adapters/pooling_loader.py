@@ -1,0 +1,176 @@
+"""Build a pooling adapter for a task from a checkpoint, through the HF classes that checkpoint names.
+
+    embed     the architecture's base model (BertModel, LlamaModel, ...)        -> TransformersForEmbedding
+    classify  *ForSequenceClassification (BERT / RoBERTa heads run as HF's own) -> TransformersForSequenceClassification
+    score       ... decoder-style heads (`score` on the last token)             -> as_classification_model
+    reward    *ForTokenClassification head per token, or a causal LM            -> as_reward_model
+
+Pooler defaults per task (vLLM's), then `overrides` (sentence-transformers files, then the user's
+`override_pooler_config`) on top.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from anymodel.adapters.pooler import PoolerConfig, PoolingType
+from anymodel.adapters.pooling import (
+    TransformersForSequenceClassification,
+    TransformersPoolingModel,
+    as_classification_model,
+    as_embedding_model,
+    as_reward_model,
+)
+
+logger = logging.getLogger("anymodel")
+
+_AUTO = {  # task -> (auto_map key, transformers auto mapping)
+    "embed": ("AutoModel", "MODEL_MAPPING"),
+    "classify": ("AutoModelForSequenceClassification", "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING"),
+    "reward": ("AutoModelForTokenClassification", "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING"),
+    "generate": ("AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING"),
+}
+_AUTO["score"] = _AUTO["classify"]
+
+
+def load_pooling_model(task: str, model_dir, config, dtype: torch.dtype, overrides: dict,
+                       trust_remote_code: bool = False) -> TransformersPoolingModel:
+    if task == "embed":
+        base = _load(task_class("embed", config, model_dir, trust_remote_code), model_dir, config, dtype)
+        return _mark_compat(as_embedding_model(base, default_config("embed", base).merged(overrides)))
+    if task in ("classify", "score"):
+        return _load_classifier(task, model_dir, config, dtype, overrides, trust_remote_code)
+    if task == "reward":
+        return _load_reward(model_dir, config, dtype, overrides, trust_remote_code)
+    raise ValueError(f"unsupported pooling task {task!r}; supported: ['embed', 'classify', 'score', 'reward']")
+
+
+def _load_classifier(task, model_dir, config, dtype, overrides, trust_remote_code):
+    cls = task_class(task, config, model_dir, trust_remote_code)
+    hf = _load(cls, model_dir, config, dtype, head_required=True)
+    base = hf.base_model
+    cfg = default_config(task, base).merged(overrides)
+    activation = classification_activation(hf.config)
+    score = getattr(hf, "score", None)
+    if isinstance(score, nn.Linear):  # decoder-style: the label head reads the last token
+        return _mark_compat(as_classification_model(base, score, cfg, activation))
+    return _mark_compat(TransformersForSequenceClassification(base, hf, cfg, activation))
+
+
+def _load_reward(model_dir, config, dtype, overrides, trust_remote_code):
+    arch = _architecture(config)
+    if arch.endswith("ForTokenClassification"):
+        hf = _load(task_class("reward", config, model_dir, trust_remote_code), model_dir, config, dtype, head_required=True)
+        head = getattr(hf, "classifier", None) or getattr(hf, "score")  # per token: [n, H] -> [n, L]
+        return _mark_compat(as_reward_model(hf.base_model, default_config("reward", hf.base_model).merged(overrides), head))
+    cfg = default_config("reward", None).merged(overrides)
+    if cfg.pooling_type is PoolingType.STEP and cfg.returned_token_ids:  # needs the LM head's logits
+        from anymodel.adapters.causal_lm import TransformersForCausalLM
+
+        hf = _load(task_class("generate", config, model_dir, trust_remote_code), model_dir, config, dtype)
+        return _mark_compat(as_reward_model(TransformersForCausalLM(hf.base_model, hf.get_output_embeddings(), hf.config), cfg))
+    base = _load(task_class("embed", config, model_dir, trust_remote_code), model_dir, config, dtype)
+    return _mark_compat(as_reward_model(base, cfg))
+
+
+# ---- defaults ---------------------------------------------------------------------------------------
+def default_config(task: str, base: nn.Module | None) -> PoolerConfig:
+    """vLLM's defaults: embed = CLS (encoders) or LAST (decoders), normalised; classify / score =
+    the last token, activated; reward = every token, raw."""
+    if task == "embed":
+        kind = PoolingType.LAST if base is None or is_causal(base) else PoolingType.CLS
+        return PoolerConfig(pooling_type=kind, normalize=True)
+    if task in ("classify", "score"):
+        return PoolerConfig(pooling_type=PoolingType.LAST, softmax=True)
+    return PoolerConfig(pooling_type=PoolingType.ALL)
+
+
+def is_causal(base: nn.Module) -> bool:
+    """Decoder or encoder, as its attention modules say (what our attention function reads too)."""
+    flags = [m.is_causal for m in base.modules() if isinstance(getattr(m, "is_causal", None), bool)]
+    return any(flags) if flags else True
+
+
+_ACTIVATIONS = {"Identity": lambda x: x, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh}
+
+
+def classification_activation(config):
+    """Softmax over the labels; sigmoid for one label (cross-encoder relevance) or multi-label
+    problems; a sentence-transformers CrossEncoder may name its own."""
+    named = getattr(config, "sbert_ce_default_activation_function", None) or ""
+    for name, fn in _ACTIVATIONS.items():
+        if named.endswith(name):
+            return fn
+    if config.num_labels == 1 or getattr(config, "problem_type", None) == "multi_label_classification":
+        return torch.sigmoid
+    return lambda x: torch.softmax(x, dim=-1)
+
+
+# ---- classes and weights ------------------------------------------------------------------------
+def _architecture(config) -> str:
+    return (getattr(config, "architectures", None) or [type(config).__name__])[0]
+
+
+def task_class(task: str, config, model_dir, trust_remote_code: bool) -> type:
+    """The HF class for `task`: the checkpoint's own architecture when it fits, else the auto class."""
+    import transformers
+    from transformers.models.auto import modeling_auto
+
+    arch = _architecture(config)
+    auto_key, mapping_name = _AUTO[task]
+    auto_map = getattr(config, "auto_map", None) or {}
+    if trust_remote_code and auto_key in auto_map:
+        from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+        return get_class_from_dynamic_module(auto_map[auto_key], str(model_dir))
+    own = getattr(transformers, arch, None)
+    if own is not None and _fits(task, arch):
+        return own
+    mapping = getattr(modeling_auto, mapping_name)
+    if type(config) in mapping:
+        return mapping[type(config)]
+    raise ValueError(
+        f"task {task!r} is not supported for architecture {arch!r}: Transformers has no {auto_key} class "
+        f"for model_type {getattr(config, 'model_type', None)!r}"
+    )
+
+
+def _fits(task: str, arch: str) -> bool:
+    if task in ("classify", "score"):
+        return arch.endswith("ForSequenceClassification")
+    if task == "reward":
+        return arch.endswith("ForTokenClassification")
+    if task == "generate":
+        return arch.endswith(("ForCausalLM", "LMHeadModel"))
+    return arch.endswith("Model") and not arch.endswith(("LMHeadModel", "RewardModel"))
+
+
+def _load(cls: type, model_dir, config, dtype: torch.dtype, head_required: bool = False) -> nn.Module:
+    from anymodel.attention_backend.interface import register
+
+    compatible = bool(getattr(cls, "_supports_attention_backend", False))
+    kwargs = {"attn_implementation": register()} if compatible else {}
+    model, info = cls.from_pretrained(model_dir, config=config, dtype=dtype, output_loading_info=True, **kwargs)
+    model.eval()
+    for m in (model, model.base_model):  # read back by _mark_compat on the base model
+        m.anymodel_compat = not compatible
+    prefix = getattr(model, "base_model_prefix", "")
+    missing_head = [k for k in info.get("missing_keys", []) if not k.startswith(prefix + ".")]
+    if head_required and missing_head and model.base_model is not model:
+        raise ValueError(
+            f"{cls.__name__}: the checkpoint {str(model_dir)!r} has no trained head ({sorted(missing_head)[:4]} "
+            "missing); pick the task its architecture was trained for, or pass hf_overrides={'architectures': [...]}"
+        )
+    return model
+
+
+def _mark_compat(model: TransformersPoolingModel) -> TransformersPoolingModel:
+    """Models our attention cannot reach run each request alone through their own forward."""
+    if getattr(model.model, "anymodel_compat", False) or getattr(model.model, "_is_stateful", False):
+        logger.warning("anymodel: %s runs on the compat path (its own attention, one request at a time)",
+                       type(model.model).__name__)
+        model.uses_paged_kv_cache = False
+    return model

@@ -1,0 +1,158 @@
+"""Pooling configuration: which task a model runs, its pooler settings, and which requests it serves.
+
+    task="auto" (from the architecture):
+        *ForSequenceClassification  -> classify   ("score" for a 1-label encoder: a cross-encoder)
+        *ForTokenClassification, *RewardModel -> reward
+        *ForCausalLM, *LMHeadModel, *ForConditionalGeneration -> generate
+        *ForMaskedLM, a base encoder/decoder (BertModel, LlamaModel), a sentence-transformers dir -> embed
+
+    pooler = task defaults (adapters/pooling_loader.py) <- sentence-transformers files (embed only)
+             <- override_pooler_config / --override-pooler-config JSON
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from anymodel.params import PoolingParams, SamplingParams
+
+logger = logging.getLogger("anymodel")
+
+POOLING_TASKS = ("embed", "classify", "score", "reward")
+# A model's task -> the kinds of pooling request it answers ("encode": the raw pooler output).
+SERVES = {
+    "embed": ("embed", "encode"),
+    "classify": ("classify", "encode"),
+    "score": ("score", "classify", "encode"),
+    "reward": ("reward", "encode"),
+}
+_ST_MODES = {"pooling_mode_cls_token": "CLS", "pooling_mode_mean_tokens": "MEAN", "pooling_mode_lasttoken": "LAST"}
+
+
+def architecture(config) -> str:
+    return (getattr(config, "architectures", None) or [""])[0]
+
+
+def is_cross_encoder(config) -> bool:
+    """A 1-label classifier on a bidirectional encoder (a family with a masked-LM head)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    if hasattr(config, "sbert_ce_default_activation_function"):
+        return True
+    return getattr(config, "num_labels", 0) == 1 and getattr(config, "model_type", None) in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def supported_tasks(config, model_dir: Path) -> list[str] | None:
+    """Tasks this architecture can run; None when the name says nothing (custom code): anything goes."""
+    arch = architecture(config)
+    if arch.endswith("ForSequenceClassification"):
+        return ["score", "classify", "embed"] if getattr(config, "num_labels", 0) == 1 else ["classify", "embed"]
+    if arch.endswith(("ForTokenClassification", "RewardModel")):
+        return ["reward", "embed"]
+    if arch.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")):
+        return ["generate", "embed", "reward", "classify"]
+    if arch.endswith("ForMaskedLM"):
+        return ["embed", "reward"]
+    if arch.endswith("Model") and not getattr(config, "auto_map", None):
+        return ["embed", "reward", "generate"]  # generate: a base model plus the checkpoint's lm_head
+    return None
+
+
+def resolve_task(requested: str, config, model_dir: Path) -> str:
+    supported = supported_tasks(config, model_dir)
+    if requested != "auto":
+        if supported is not None and requested not in supported:
+            raise ValueError(
+                f"task {requested!r} is not supported by architecture {architecture(config)!r}; supported: {supported}"
+            )
+        return requested
+    if supported is None or supported[0] == "generate":
+        return "generate"
+    if architecture(config).endswith("ForSequenceClassification"):
+        return "score" if is_cross_encoder(config) else "classify"
+    return supported[0]
+
+
+# ---- sentence-transformers files -------------------------------------------------------------------
+def sentence_transformers_pooling(model_dir: Path) -> dict:
+    """{pooling_type, normalize} from modules.json + 1_Pooling/config.json; {} when absent."""
+    modules_file = Path(model_dir) / "modules.json"
+    if not modules_file.exists():
+        return {}
+    modules = json.loads(modules_file.read_text())
+    types = [m.get("type", "") for m in modules]
+    out = {"normalize": any(t.endswith("models.Normalize") for t in types)}
+    if any(t.endswith("models.Dense") for t in types):
+        logger.warning("anymodel: sentence-transformers Dense modules are not applied; embeddings will differ")
+    pooling = next((m for m in modules if m.get("type", "").endswith("models.Pooling")), None)
+    config_file = Path(model_dir) / (pooling or {}).get("path", "1_Pooling") / "config.json"
+    if pooling is not None and config_file.exists():
+        modes = [mode for key, mode in _ST_MODES.items() if json.loads(config_file.read_text()).get(key)]
+        if modes:
+            out["pooling_type"] = modes[0]
+        else:
+            logger.warning("anymodel: unsupported sentence-transformers pooling mode in %s; using the default", config_file)
+    return out
+
+
+def sentence_transformers_max_len(model_dir: Path) -> int | None:
+    config_file = Path(model_dir) / "sentence_bert_config.json"
+    if not config_file.exists():
+        return None
+    value = json.loads(config_file.read_text()).get("max_seq_length")
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def pooler_overrides(task: str, model_dir: Path, user: dict | None) -> dict:
+    base = sentence_transformers_pooling(model_dir) if task == "embed" else {}
+    return {**base, **(user or {})}
+
+
+def build_pooling_model(args, model_dir: Path, config, dtype):
+    """The worker's entry point for pooling tasks (args.task is already resolved)."""
+    from anymodel.adapters.pooling_loader import load_pooling_model
+
+    overrides = pooler_overrides(args.task, model_dir, args.override_pooler_config)
+    return load_pooling_model(args.task, model_dir, config, dtype, overrides, args.trust_remote_code)
+
+
+# ---- requests ---------------------------------------------------------------------------------------
+def check_request(model_task: str, params, config) -> None:
+    """A request the model can answer, or a ValueError that says what to do instead."""
+    if isinstance(params, SamplingParams):
+        if model_task != "generate":
+            raise ValueError(
+                f"this model runs task {model_task!r}: generation requests are not supported; "
+                f"use {[t for t in SERVES[model_task] if t != 'encode']} (or LLM(..., task='generate'))"
+            )
+        return
+    if model_task == "generate":
+        raise ValueError(
+            "pooling requests (embed / classify / score / reward / encode) need a pooling model; this model "
+            f"runs task 'generate' (pass task= one of {list(POOLING_TASKS)} to LLM, or --task)"
+        )
+    kind = params.task or "encode"
+    if kind not in SERVES[model_task]:
+        raise ValueError(f"a {kind!r} request is not supported by a model running task {model_task!r}; "
+                         f"supported: {list(SERVES[model_task])}")
+    check_dimensions(params, model_task, config)
+
+
+def check_dimensions(params: PoolingParams, model_task: str, config) -> None:
+    if params.dimensions is None:
+        return
+    if model_task != "embed":
+        raise ValueError(f"dimensions is only supported for embeddings; this model runs task {model_task!r}")
+    dims = getattr(config, "matryoshka_dimensions", None)
+    if not (dims or getattr(config, "is_matryoshka", False)):
+        raise ValueError(
+            "dimensions: this model does not support Matryoshka representation; changing the output "
+            "dimensions would give poor embeddings (hf_overrides={'is_matryoshka': True} to force it)"
+        )
+    size = config.get_text_config().hidden_size
+    if dims and params.dimensions not in dims:
+        raise ValueError(f"dimensions must be one of {sorted(dims)}, got {params.dimensions}")
+    if params.dimensions > size:
+        raise ValueError(f"dimensions must be <= {size} (the embedding size), got {params.dimensions}")

@@ -1,0 +1,75 @@
+"""Real weights: all-MiniLM-L6-v2 through LLM(task="embed") against sentence-transformers itself."""
+
+import pytest
+import torch
+
+from anymodel import PoolingParams
+from tests.pooling.conftest import sentences
+
+
+def _cos(a, b):
+    return torch.nn.functional.cosine_similarity(torch.as_tensor(a).float(), torch.as_tensor(b).float(), dim=-1)
+
+
+def test_pooler_read_from_sentence_transformers_files(minilm_llm):
+    from anymodel.adapters.pooler import PoolingType
+
+    (config,) = minilm_llm.apply_model(lambda m: m.pooler.config)
+    assert config.pooling_type is PoolingType.MEAN and config.normalize  # 1_Pooling + Normalize module
+    assert minilm_llm.engine.max_model_len == 256  # sentence_bert_config.json max_seq_length
+    assert minilm_llm.apply_model(lambda m: type(m).__name__) == ["TransformersForEmbedding"]
+
+
+def test_embeddings_match_sentence_transformers(minilm_llm, sentence_model):
+    texts = sentences(56)
+    steps = []
+    engine = minilm_llm.engine
+    step = engine.step
+    engine.step = lambda: steps.append(1) or step()
+    try:
+        outs = minilm_llm.embed(texts, use_tqdm=False)
+    finally:
+        del engine.step
+    ref = sentence_model.encode(texts, convert_to_tensor=True)
+    ours = torch.tensor([o.outputs.embedding for o in outs])
+    assert ours.shape == ref.shape == (56, 384)
+    assert _cos(ours, ref).min() >= 0.9999
+    assert len(steps) <= 3  # many prompts per step, not one by one
+    assert [o.prompt_token_ids for o in outs] == [sentence_model.tokenizer(t)["input_ids"] for t in texts]
+    assert engine.kv.num_free_blocks == engine.kv.pool.num_blocks  # KV blocks freed right away
+
+
+def test_score_is_cosine_of_embeddings(minilm_llm, sentence_model):
+    query, docs = "A man is eating pasta.", ["A man is eating food.", "A monkey is playing drums."]
+    outs = minilm_llm.score(query, docs, use_tqdm=False)
+    ref = sentence_model.similarity(sentence_model.encode([query]), sentence_model.encode(docs))[0]
+    assert [o.outputs.score for o in outs] == pytest.approx(ref.tolist(), abs=1e-4)
+    assert outs[0].outputs.score > outs[1].outputs.score
+
+
+def test_matryoshka_dimensions_truncate_and_renormalise(minilm_dir, sentence_model):
+    from anymodel import LLM
+
+    llm = LLM(str(minilm_dir), task="embed", num_kv_blocks=64, hf_overrides={"matryoshka_dimensions": [64, 128]})
+    (out,) = llm.embed("A man is eating food.", PoolingParams(dimensions=64), use_tqdm=False)
+    full = sentence_model.encode(["A man is eating food."], convert_to_tensor=True)[0]
+    assert len(out.outputs.embedding) == 64
+    assert torch.tensor(out.outputs.embedding).norm().item() == pytest.approx(1.0, abs=1e-5)
+    assert _cos(out.outputs.embedding, full[:64]).item() >= 0.9999
+    with pytest.raises(ValueError, match="dimensions must be one of"):
+        llm.embed("x", PoolingParams(dimensions=100), use_tqdm=False)
+
+
+def test_dimensions_rejected_without_matryoshka(minilm_llm):
+    with pytest.raises(ValueError, match="Matryoshka"):
+        minilm_llm.embed("hello", PoolingParams(dimensions=32), use_tqdm=False)
+
+
+def test_cls_override_and_no_normalize(minilm_dir, sentence_model):
+    from anymodel import LLM
+
+    llm = LLM(str(minilm_dir), task="embed", num_kv_blocks=64,
+              override_pooler_config={"pooling_type": "CLS", "normalize": False})
+    (out,) = llm.embed("The girl is carrying a baby.", use_tqdm=False)
+    ref = sentence_model[0].auto_model(**sentence_model.tokenize(["The girl is carrying a baby."])).last_hidden_state
+    assert torch.allclose(torch.tensor(out.outputs.embedding), ref[0, 0].detach(), atol=1e-4)

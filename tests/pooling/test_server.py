@@ -1,0 +1,118 @@
+"""The pooling endpoints on a real server (uvicorn on a free port): the official openai client for
+/v1/embeddings, raw HTTP for /score, /rerank, /classify, /pooling."""
+
+import base64
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from anymodel.config import EngineArgs
+from tests.pooling.conftest import KV, sentences
+from tests.pooling.encoders import cached_encoder
+from tests.pooling.test_cross_encoder import PAIRS, hf_logits
+from tests.server.servers import ThreadedServer
+
+
+@pytest.fixture(scope="module")
+def embed_server(minilm_dir, minilm_llm):
+    from anymodel.server.app import build_app
+
+    app = build_app(EngineArgs(model=str(minilm_dir), task="embed"), engine=minilm_llm.engine)
+    with ThreadedServer(app) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def score_server():
+    from anymodel.server.app import build_app
+
+    path = cached_encoder("bert", "BertForSequenceClassification", num_labels=1)
+    with ThreadedServer(build_app(EngineArgs(model=str(path), **KV))) as server:
+        yield server.url, path
+
+
+@pytest.fixture(scope="module")
+def client(embed_server):
+    from openai import OpenAI
+
+    with OpenAI(base_url=f"{embed_server}/v1", api_key="unused", max_retries=0, timeout=60) as c:
+        yield c
+
+
+def _model(url: str) -> str:
+    return httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
+
+
+@pytest.mark.parametrize("encoding_format", ["float", "base64", None])  # None: the client's default (base64)
+def test_openai_embeddings_match_sentence_transformers(client, embed_server, sentence_model, encoding_format):
+    texts = sentences(12)
+    kwargs = {} if encoding_format is None else {"encoding_format": encoding_format}
+    resp = client.embeddings.create(model=_model(embed_server), input=texts, **kwargs)
+    rows = [d.embedding for d in sorted(resp.data, key=lambda d: d.index)]
+    if encoding_format == "base64":  # asked for explicitly, the client hands the string back as is
+        rows = [np.frombuffer(base64.b64decode(r), dtype="<f4").copy() for r in rows]
+    ours = torch.tensor(np.array(rows))
+    ref = sentence_model.encode(texts, convert_to_tensor=True)
+    assert torch.nn.functional.cosine_similarity(ours, ref, dim=-1).min() >= 0.9999
+    assert resp.usage.prompt_tokens == sum(len(sentence_model.tokenizer(t)["input_ids"]) for t in texts)
+
+
+def test_base64_is_little_endian_float32(embed_server):
+    body = httpx.post(f"{embed_server}/v1/embeddings", json={"input": "hello", "encoding_format": "base64"}).json()
+    vec = np.frombuffer(base64.b64decode(body["data"][0]["embedding"]), dtype="<f4")
+    plain = httpx.post(f"{embed_server}/v1/embeddings", json={"input": "hello"}).json()["data"][0]["embedding"]
+    assert vec.shape == (384,) and np.allclose(vec, plain)
+    assert body["object"] == "list" and body["data"][0]["object"] == "embedding"
+
+
+def test_embedding_errors(client, embed_server):
+    import openai
+
+    with pytest.raises(openai.BadRequestError, match="Matryoshka"):
+        client.embeddings.create(model=_model(embed_server), input="hi", dimensions=8)
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="no-such-model", input="hi")
+    r = httpx.post(f"{embed_server}/v1/embeddings", json={"input": []})
+    assert r.status_code == 400 and "input must not be empty" in r.json()["error"]["message"]
+
+
+def test_pooling_and_cosine_score_on_an_embedder(embed_server, sentence_model):
+    body = httpx.post(f"{embed_server}/pooling", json={"input": ["a b", "c"]}).json()
+    assert [len(d["data"]) for d in body["data"]] == [384, 384]
+    body = httpx.post(f"{embed_server}/score", json={"text_1": "A man is eating pasta.",
+                                                     "text_2": ["A man is eating food.", "A monkey plays drums."]}).json()
+    ref = sentence_model.similarity(sentence_model.encode(["A man is eating pasta."]),
+                                    sentence_model.encode(["A man is eating food.", "A monkey plays drums."]))[0]
+    assert [d["score"] for d in body["data"]] == pytest.approx(ref.tolist(), abs=1e-4)
+
+
+def test_cross_encoder_score(score_server):
+    url, path = score_server
+    ref = torch.sigmoid(hf_logits(path, "BertForSequenceClassification", PAIRS)[:, 0]).tolist()
+    body = httpx.post(f"{url}/score", json={"text_1": [a for a, _ in PAIRS], "text_2": [b for _, b in PAIRS]}).json()
+    assert [d["index"] for d in body["data"]] == list(range(len(PAIRS)))
+    assert [d["score"] for d in body["data"]] == pytest.approx(ref, abs=1e-4)
+    assert body["usage"]["prompt_tokens"] > 0
+
+
+def test_rerank_sorts_by_relevance_and_honours_top_n(score_server):
+    url, path = score_server
+    query, docs = PAIRS[0][0], [b for _, b in PAIRS]
+    ref = torch.sigmoid(hf_logits(path, "BertForSequenceClassification", [(query, d) for d in docs])[:, 0]).tolist()
+    body = httpx.post(f"{url}/rerank", json={"query": query, "documents": docs, "top_n": 2}).json()
+    best = sorted(range(len(docs)), key=lambda i: -ref[i])[:2]
+    assert [r["index"] for r in body["results"]] == best
+    assert [r["document"]["text"] for r in body["results"]] == [docs[i] for i in best]
+    assert [r["relevance_score"] for r in body["results"]] == pytest.approx([ref[i] for i in best], abs=1e-4)
+    assert len(httpx.post(f"{url}/v1/rerank", json={"query": query, "documents": docs}).json()["results"]) == 4
+
+
+def test_classify_endpoint_and_wrong_kind(score_server):
+    url, _ = score_server
+    body = httpx.post(f"{url}/classify", json={"input": ["hello world", "paris"]}).json()
+    assert [d["num_classes"] for d in body["data"]] == [1, 1] and body["data"][0]["label"] == "LABEL_0"
+    r = httpx.post(f"{url}/v1/embeddings", json={"input": "hello"})
+    assert r.status_code == 400 and "'embed' request is not supported" in r.json()["error"]["message"]
+    assert httpx.get(f"{url}/health").status_code == 200  # the engine keeps serving
