@@ -1,4 +1,4 @@
-"""A worker: builds the model for its device (and, later, its rank) and runs steps on it."""
+"""A worker: builds the model for its device and rank (its TP shard, its PP stage) and runs steps on it."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 import torch
 
 from anymodel import loader
+from anymodel.distributed import ParallelState, get_parallel_state
 from anymodel.model_runner import ModelRunner
 
 logger = logging.getLogger("anymodel")
@@ -18,13 +19,26 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_model(args, model_dir, config, device: torch.device) -> torch.nn.Module:
-    """The model implementation `args.model_impl` asks for (native or the Transformers backend)."""
+def build_model(args, model_dir, config, device: torch.device, state: ParallelState | None = None) -> torch.nn.Module:
+    """The model implementation `args.model_impl` asks for (native or the Transformers backend),
+    cut to this rank's tensor-parallel shard and pipeline stage when `state` spans several ranks."""
     from anymodel.native_overrides import NATIVE_MODELS, native_model_class
 
     dtype = loader.resolve_dtype(args.dtype, config)
+    if args.task not in ("auto", "generate"):  # embed / classify / score / reward: a pooling adapter
+        if (state or get_parallel_state()).world_size > 1:
+            raise ValueError(
+                f"task={args.task!r} runs in one process for now: use tensor_parallel_size=1 and pipeline_parallel_size=1"
+            )
+        from anymodel.pooling import build_pooling_model
+
+        return build_pooling_model(args, model_dir, config, dtype).to(device)
     arch = (getattr(config, "architectures", None) or [type(config).__name__])[0]
-    native = native_model_class(arch) if args.model_impl in ("auto", "native") else None
+    # "auto" falls back to the Transformers backend when the native class refuses the config;
+    # "native" loads it anyway, so that from_pretrained raises with the reason.
+    auto_config = config if args.model_impl == "auto" else None
+    native = native_model_class(arch, auto_config) if args.model_impl in ("auto", "native") else None
+    native = _native_for_world(native, args.model_impl, state or get_parallel_state())
     if args.model_impl == "native" and native is None:
         raise ValueError(
             f"model_impl='native': no native implementation for architecture {arch!r}; "
@@ -32,13 +46,34 @@ def build_model(args, model_dir, config, device: torch.device) -> torch.nn.Modul
         )
     if native is not None:
         return native.from_pretrained(model_dir, config, dtype).to(device).eval()
-    return _build_transformers_model(args, model_dir, config, dtype).to(device)
+    return _build_transformers_model(args, model_dir, config, dtype, state or get_parallel_state()).to(device)
 
 
-def _build_transformers_model(args, model_dir, config, dtype):
+def _native_for_world(native, model_impl: str, state: ParallelState):
+    """Native classes opt in to parallelism (`supports_tensor_parallel` / `supports_pipeline_parallel`,
+    sharding themselves through anymodel.distributed); otherwise the Transformers backend runs it."""
+    if native is None or state.world_size == 1:
+        return native
+    ok = (state.tp_size == 1 or getattr(native, "supports_tensor_parallel", False)) and (
+        state.pp_size == 1 or getattr(native, "supports_pipeline_parallel", False)
+    )
+    if ok:
+        return native
+    if model_impl == "native":
+        raise ValueError(
+            f"model_impl='native': {native.__name__} does not support tensor_parallel_size={state.tp_size} / "
+            f"pipeline_parallel_size={state.pp_size} (use model_impl='transformers')"
+        )
+    logger.info("anymodel: %s has no parallel support; using the Transformers backend", native.__name__)
+    return None
+
+
+def _build_transformers_model(args, model_dir, config, dtype, state: ParallelState):
     from anymodel.adapters.causal_lm import load_causal_lm
 
     spec = loader.resolve_causal_lm_class(config, model_dir, args.trust_remote_code)
+    if state.world_size > 1:
+        return _build_parallel_model(spec, model_dir, config, dtype, state)
     if not spec.backend_compatible:
         if args.enable_compat_path and spec.has_lm_head:
             from anymodel.adapters.compat import load_compat_causal_lm
@@ -53,14 +88,26 @@ def _build_transformers_model(args, model_dir, config, dtype):
     return load_causal_lm(spec.cls, spec.has_lm_head, model_dir, config, dtype)
 
 
-class Worker:
-    def __init__(self, args, model_dir, config) -> None:
-        self.device = resolve_device(args.device)
-        self.model = build_model(args, model_dir, config, self.device)
-        try:  # TODO(lead): selector lands with the Triton issue
-            from anymodel.attention_backend.selector import get_backend
+def _build_parallel_model(spec, model_dir, config, dtype, state: ParallelState):
+    from anymodel.adapters.parallel import load_parallel_causal_lm
 
-            backend = get_backend(args.attention_backend, self.device)
-        except ImportError:
-            from anymodel.attention_backend import torch_ref as backend
+    if not spec.backend_compatible:
+        raise ValueError(
+            f"{spec.cls.__name__} is not compatible with the Transformers backend, and its compat path runs in one "
+            "process only: use tensor_parallel_size=1 and pipeline_parallel_size=1"
+        )
+    logger.info("anymodel: Transformers backend, %s, rank %d of %d", spec.cls.__name__, state.rank, state.world_size)
+    return load_parallel_causal_lm(spec.cls, spec.has_lm_head, model_dir, config, dtype, state)
+
+
+class Worker:
+    def __init__(self, args, model_dir, config, state: ParallelState | None = None) -> None:
+        self.state = state or get_parallel_state()
+        self.device = resolve_device(args.device)
+        self.model = build_model(args, model_dir, config, self.device, self.state)
+        from anymodel.attention_backend.selector import get_backend
+
+        backend = get_backend(args.attention_backend, self.device, args.block_size)
         self.runner = ModelRunner(self.model, self.device, args.block_size, backend, seed=args.seed)
+        # Only the last pipeline stage has the LM head: earlier stages run the forward and stop.
+        self.runner.produces_output = self.state.is_last_stage

@@ -14,6 +14,10 @@ def naive_paged_attention(query, key_cache, value_cache, meta, *, scale, causal=
                           softcap=None):
     """One query token and one head at a time, keys fetched one by one through the block table."""
     out = torch.zeros(query.shape, dtype=torch.float64)
+
+    def in_window(q_pos, k_pos):  # causal: the w - 1 keys behind; bidirectional: |q - k| < w
+        dist = q_pos - k_pos if causal else abs(q_pos - k_pos)
+        return sliding_window is None or dist < sliding_window
     Hq, Hkv = query.shape[1], key_cache.shape[2]
     B = meta.block_size
     qsl, seq_lens = meta.query_start_loc.tolist(), meta.seq_lens.tolist()
@@ -21,8 +25,7 @@ def naive_paged_attention(query, key_cache, value_cache, meta, *, scale, causal=
         q_len = qsl[i + 1] - qsl[i]
         for j in range(q_len):
             q_pos = seq_len - q_len + j
-            keys = [p for p in range(seq_len)
-                    if (not causal or p <= q_pos) and (sliding_window is None or (q_pos - p if causal else abs(q_pos - p)) < sliding_window)]
+            keys = [p for p in range(seq_len) if (not causal or p <= q_pos) and in_window(q_pos, p)]
             for h in range(Hq):
                 kv_h = h // (Hq // Hkv)
                 q = query[qsl[i] + j, h].double()
