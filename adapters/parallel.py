@@ -1,0 +1,178 @@
+"""Tensor and pipeline parallelism for a Transformers model, from its own plans.
+
+    cls._from_config on meta  (init_empty_weights(include_buffers=False): rotary buffers stay real)
+      -> base_model_pp_plan: placeholders for what other stages own        pipeline_parallel.py
+      -> base_model_tp_plan: shrink parameters to this rank's shard,
+                             wrap forwards with the collectives             tensor_parallel.py
+      -> read only this rank's safetensors slices into the meta params     sharded_loader.py
+      -> TransformersForCausalLM(base model, lm_head)
+
+The LM head is vocab-parallel (`colwise_gather_output` unless the model's plan says otherwise):
+each rank computes logits for its slice of the vocabulary, gathered to [S, V] for sampling.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import torch
+from torch import nn
+
+from anymodel import distributed as dist
+from anymodel.adapters.attention_heads import heads_of, localize_heads
+from anymodel.adapters.causal_lm import TransformersForCausalLM
+from anymodel.adapters.pipeline_parallel import StagePlaceholder, apply_stage_plan, resolve_stage_plan
+from anymodel.adapters.sharded_loader import load_sharded
+from anymodel.adapters.tensor_parallel import (
+    HEAD_SPLITTING,
+    ShardSpec,
+    Target,
+    apply_style,
+    check_style,
+    shard_parameter,
+)
+
+logger = logging.getLogger("anymodel")
+
+_INFERRED_PAIRS = ((("q_proj", "k_proj", "v_proj"), "o_proj"), (("gate_proj", "up_proj"), "down_proj"))
+
+
+def load_parallel_causal_lm(cls, has_lm_head: bool, model_dir, config, dtype: torch.dtype, state=None):
+    """This rank's part of the model: its pipeline stage, its tensor-parallel shards."""
+    state = state or dist.get_parallel_state()
+    hf = build_on_meta(cls, config, dtype)
+    if not has_lm_head:  # a base-only class (custom AutoModel): the head joins it for loading
+        embed = hf.get_input_embeddings()
+        hf.lm_head = nn.Linear(embed.weight.shape[1], embed.weight.shape[0], bias=False, dtype=dtype, device="meta")
+    head_name = _name_of(hf, hf.lm_head if not has_lm_head else hf.get_output_embeddings())
+    tied = tied_parameters(hf, head_name)
+    if state.pp_size > 1:
+        apply_pipeline_plan(hf, head_name, state, dtype)
+    specs = apply_tensor_plan(hf, resolve_tp_plan(hf, head_name), state) if state.tp_size > 1 else {}
+    load_sharded(hf, model_dir, specs, dtype, tied)
+    _share_tied(hf, tied, specs)
+    head = hf.get_submodule(head_name)
+    if not has_lm_head:
+        del hf.lm_head
+    hf.eval()
+    return TransformersForCausalLM(hf.base_model, head, hf.config)
+
+
+def build_on_meta(cls, config, dtype: torch.dtype) -> nn.Module:
+    from accelerate import init_empty_weights
+
+    from anymodel.attention_backend.interface import register
+
+    attn = register()
+    with init_empty_weights(include_buffers=False):
+        return cls._from_config(config, dtype=dtype, attn_implementation=attn)
+
+
+def _name_of(root: nn.Module, target: nn.Module) -> str:
+    for name, module in root.named_modules():
+        if module is target:
+            return name
+    raise ValueError(f"{type(target).__name__} is not a submodule of {type(root).__name__}")
+
+
+def tied_parameters(hf: nn.Module, head_name: str) -> dict[str, str]:
+    """Parameters a checkpoint may omit -> the parameter they share (lm_head.weight -> embed_tokens.weight)."""
+    text = hf.config.get_text_config() if hasattr(hf.config, "get_text_config") else hf.config
+    if not getattr(text, "tie_word_embeddings", False):
+        return {}
+    declared = getattr(hf, "_tied_weights_keys", None)
+    tied = dict(declared) if isinstance(declared, dict) else {}
+    tied[f"{head_name}.weight"] = f"{_name_of(hf, hf.get_input_embeddings())}.weight"
+    return tied
+
+
+def _share_tied(hf: nn.Module, tied: dict[str, str], specs: dict[str, ShardSpec]) -> None:
+    """A tied head cut like its embedding (both vocab-parallel, or both whole) shares its tensor."""
+    params = dict(hf.named_parameters(remove_duplicate=False))
+    for target, source in tied.items():
+        if target in params and source in params and specs.get(target) == specs.get(source):
+            owner, _, attr = target.rpartition(".")
+            hf.get_submodule(owner)._parameters[attr] = params[source]
+
+
+# ---- pipeline -----------------------------------------------------------------------------------
+def apply_pipeline_plan(hf: nn.Module, head_name: str, state, dtype: torch.dtype) -> None:
+    base = hf.base_model
+    plan = resolve_stage_plan(base)
+    start, end = apply_stage_plan(base, plan, state.pp_rank, state.pp_size, dtype)
+    if not state.is_last_stage:
+        owner, _, attr = head_name.rpartition(".")
+        parent = hf.get_submodule(owner) if owner else hf
+        setattr(parent, attr, StagePlaceholder(getattr(parent, attr), ["hidden_states"], ["logits"], dtype))
+    logger.info("anymodel: pipeline stage %d/%d owns %s[%d:%d]", state.pp_rank, state.pp_size, plan.layers, start, end)
+
+
+# ---- tensor -------------------------------------------------------------------------------------
+def resolve_tp_plan(hf: nn.Module, head_name: str) -> dict[str, str]:
+    """The model's resolved plan (class `_tp_plan` + config `base_model_tp_plan`, names relative to
+    `hf`), or one inferred from Llama-style names; the LM head is vocab-parallel by default."""
+    plan = dict(getattr(hf, "tp_plan", None) or getattr(hf, "_tp_plan", None) or {})
+    if not any(not k.startswith(head_name) for k in plan):
+        plan = {**infer_tp_plan(hf), **plan}
+        logger.warning("anymodel: %s declares no base_model_tp_plan; inferred %s", type(hf).__name__, plan)
+    plan.setdefault(head_name, "colwise_gather_output")
+    return plan
+
+
+def infer_tp_plan(hf: nn.Module) -> dict[str, str]:
+    """colwise q/k/v + rowwise o_proj, colwise gate/up + rowwise down_proj, vocab-parallel embedding."""
+    plan: dict[str, str] = {}
+    for name, module in hf.named_modules():
+        children = dict(module.named_children())
+        for cols, row in _INFERRED_PAIRS:
+            present = [c for c in cols if isinstance(children.get(c), nn.Linear)]
+            if present and isinstance(children.get(row), nn.Linear):
+                prefix = re.sub(r"\.\d+\.", ".*.", f".{name}.").strip(".")
+                plan.update({f"{prefix}.{c}".lstrip("."): "colwise" for c in present})
+                plan[f"{prefix}.{row}".lstrip(".")] = "rowwise"
+    if not plan:
+        raise ValueError(
+            f"{type(hf).__name__} declares no base_model_tp_plan and none can be inferred (looked for "
+            "q_proj/k_proj/v_proj + o_proj and gate_proj/up_proj + down_proj linears); add a base_model_tp_plan "
+            "to its config or use tensor_parallel_size=1"
+        )
+    if isinstance(hf.get_input_embeddings(), nn.Embedding):
+        plan[_name_of(hf, hf.get_input_embeddings())] = "embedding_rowwise"
+    return plan
+
+
+def apply_tensor_plan(root: nn.Module, plan: dict[str, str], state) -> dict[str, ShardSpec]:
+    """Shard every module / parameter the plan names; returns {qualified parameter name: ShardSpec}."""
+    rules = [(re.compile(re.escape(k).replace(r"\*", r"[^.]+")), k, check_style(v, k)) for k, v in plan.items()]
+    config = getattr(root, "config", None)  # None for a plain nn.Module: heads come from attributes
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    modules = dict(root.named_modules())
+    specs: dict[str, ShardSpec] = {}
+    attention: dict[int, tuple[nn.Module, object]] = {}
+    for name, module in modules.items():
+        rule = _match(rules, name)
+        if rule is None or isinstance(module, StagePlaceholder):
+            continue
+        parent = modules[name.rpartition(".")[0]]
+        t = Target(module, name, rule[1], heads_of(parent, text), state.tp_size, state.tp_rank)
+        specs.update({f"{name}.{p}": spec for p, spec in apply_style(t).items()})
+        if t.heads is not None and t.style in HEAD_SPLITTING:
+            attention[id(parent)] = (parent, t.heads)
+    for name, _ in list(root.named_parameters()):
+        rule = _match(rules, name)
+        if rule is not None:
+            owner_name, _, attr = name.rpartition(".")
+            owner = modules[owner_name]
+            t = Target(owner, name, rule[1], heads_of(owner, text), state.tp_size, state.tp_rank)
+            specs[name] = shard_parameter(owner, attr, t)
+    for parent, heads in attention.values():
+        localize_heads(parent, heads, state.tp_size)
+    return specs
+
+
+def _match(rules, name: str):
+    for regex, pattern, style in rules:
+        if regex.fullmatch(name):
+            return pattern, style
+    return None

@@ -1,0 +1,69 @@
+"""What the multiprocess and Ray executors share: the engine-facing calls, on top of one primitive,
+`_call(method, *args) -> [result per rank]`, that runs a RankWorker method on every rank.
+
+KV cache sizing across ranks: each rank discovers its own layers (its stage's layers, its shard's
+KV heads); the engine's block count must fit every rank, so bytes_per_block is the max over ranks
+and every rank allocates the same number of blocks for its own layers.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+
+class DistributedExecutor:
+    world_size: int
+    output_rank: int  # last pipeline stage, TP rank 0: the rank whose RunnerOutput the engine gets
+
+    def _call(self, method: str, *args, fatal: bool = True) -> list:
+        raise NotImplementedError
+
+    def discover_layers(self):
+        per_rank = self._call("discover_layers")
+        self._bytes_per_block = self._call("bytes_per_block")
+        # The engine only checks the list is non-empty and logs its length; sizing uses every rank.
+        widest = max(range(self.world_size), key=lambda r: self._bytes_per_block[r])
+        return per_rank[widest]
+
+    def bytes_per_block(self, layers) -> int:
+        return max(self._bytes_per_block)
+
+    def allocate_kv_cache(self, layers, num_blocks: int) -> None:
+        self._call("allocate_kv_cache", num_blocks)
+
+    def execute_model(self, sched):
+        return self._call("execute_model", sched, self.output_rank)[self.output_rank]
+
+    def apply_model(self, fn) -> list:
+        """fn(model) on every rank, in rank order (rank = pp_rank * tensor_parallel_size + tp_rank)."""
+        return self._call("apply_model", fn, fatal=False)
+
+
+def raise_remote(rank: int, exc: BaseException, tb: str):
+    """Re-raise a rank's exception as itself (a ValueError stays a ValueError), with its traceback."""
+    if hasattr(exc, "add_note"):
+        exc.add_note(f"(raised on rank {rank})\n{tb}")
+    raise exc
+
+
+def output_rank(tensor_parallel_size: int, pipeline_parallel_size: int) -> int:
+    return (pipeline_parallel_size - 1) * tensor_parallel_size
+
+
+def dumps(obj) -> bytes:
+    """cloudpickle when installed (lambdas and closures travel by value), else plain pickle, which
+    takes module-level functions only."""
+    try:
+        import cloudpickle
+    except ImportError:
+        try:
+            return pickle.dumps(obj)
+        except (pickle.PicklingError, AttributeError, TypeError) as exc:
+            raise ValueError(
+                f"cannot send {obj!r} to the ranks: without cloudpickle (pip install cloudpickle) only "
+                "module-level functions can be passed to apply_model"
+            ) from exc
+    return cloudpickle.dumps(obj)
+
+
+loads = pickle.loads  # reads cloudpickle's output too

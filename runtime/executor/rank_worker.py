@@ -1,0 +1,124 @@
+"""One rank of a multi-process or Ray world: joins torch.distributed, builds its Worker (its TP
+shard, its PP stage, its own KV cache), and serves the executor's commands.
+
+    executor --pickle((method, args))--> rank --pickle(("ok", result) | ("error", exc, tb))--> executor
+
+Every rank receives every command: the forward is collective (all-reduce inside a stage, send /
+recv between stages), so all ranks step together on the same SchedulerOutput.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from anymodel import distributed, loader
+from anymodel.executor.distributed_executor import dumps, loads
+from anymodel.executor.worker import Worker, resolve_device
+
+
+class RankWorker:
+    """The Worker of one rank, plus what a remote rank keeps between steps."""
+
+    def __init__(self, args, model_dir, rank: int, init_method: str) -> None:
+        on_gpu = resolve_device(args.device).type == "cuda"
+        if on_gpu:  # one GPU per rank (Ray: each actor sees only its own)
+            torch.cuda.set_device(rank % torch.cuda.device_count())
+        backend = "nccl" if on_gpu else "gloo"
+        tp, pp = args.tensor_parallel_size, args.pipeline_parallel_size
+        self.state = distributed.init_distributed(rank, tp, pp, init_method, backend)
+        # Loaded here, not pickled from the engine: remote-code config classes only exist once
+        # their dynamic module is imported, which load_config does.
+        model_dir = Path(model_dir)
+        config = loader.load_config(model_dir, args.trust_remote_code, args.hf_overrides)
+        self.worker = Worker(args, model_dir, config, self.state)
+        self.layers: list = []
+        # Seeded requests arrive as fresh copies each step; their generator state lives here.
+        self.generators: dict[str, torch.Generator] = {}
+
+    def discover_layers(self):
+        self.layers = self.worker.runner.discover_layers()
+        return self.layers
+
+    def bytes_per_block(self) -> int:
+        return self.worker.runner.bytes_per_block(self.layers)
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        self.worker.runner.allocate_kv_cache(self.layers, num_blocks)
+
+    def execute_model(self, sched, output_rank: int):
+        for s in sched.scheduled:
+            r = s.request
+            if r.generator is not None:
+                r.generator = self.generators.setdefault(r.request_id, r.generator)
+        out = self.worker.runner.execute(sched)
+        for rid in sched.finished_req_ids:
+            self.generators.pop(rid, None)
+        return out if self.state.rank == output_rank else None  # one copy travels back
+
+    def apply_model(self, fn):
+        return fn(self.worker.model)
+
+    def shutdown(self) -> None:
+        distributed.destroy_distributed()
+
+
+def call(worker: RankWorker, method: str, args: tuple):
+    """Run one command; never raises: the executor gets ("ok", value) or ("error", exc, traceback)."""
+    try:
+        return ("ok", getattr(worker, method)(*args))
+    except BaseException as exc:  # noqa: BLE001 - reported to the executor, which re-raises
+        return ("error", exc, traceback.format_exc())
+
+
+def run_rank(conn, payload: bytes) -> None:
+    """Process entry point (started by the multiprocess executor)."""
+    kwargs = loads(payload)
+    _limit_threads(kwargs.pop("threads"))
+    _exit_with_parent()
+    try:
+        worker = RankWorker(**kwargs)
+    except BaseException as exc:  # noqa: BLE001
+        conn.send_bytes(_dumps(("error", exc, traceback.format_exc())))
+        return
+    conn.send_bytes(_dumps(("ok", None)))
+    while True:
+        try:
+            method, args = loads(conn.recv_bytes())
+        except (EOFError, OSError):  # the executor went away
+            break
+        conn.send_bytes(_dumps(call(worker, method, args)))
+        if method == "shutdown":
+            break
+
+
+def _dumps(reply) -> bytes:
+    """Pickle a reply; one that does not pickle (an odd exception, a model object) travels as an error."""
+    try:
+        return dumps(reply)
+    except Exception as exc:  # noqa: BLE001
+        text = reply[2] if reply[0] == "error" else f"apply_model result {type(reply[1]).__name__} does not pickle: {exc}"
+        return dumps(("error", RuntimeError(text), text))
+
+
+def _limit_threads(threads: int | None) -> None:
+    """Ranks share the machine's cores: without this each one would use them all."""
+    if threads and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(threads)
+
+
+def _exit_with_parent() -> None:
+    """A rank blocked in a collective never sees its pipe close: watch the parent instead."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="anymodel-parent-watch", daemon=True).start()
