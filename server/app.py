@@ -1,0 +1,149 @@
+"""build_app(engine_args) -> FastAPI: the OpenAI-compatible server around one AsyncEngine.
+
+    GET  /health               200 while the engine loop runs (never needs the API key)
+    GET  /v1/models            the one served model
+    POST /v1/completions       text completions, `stream: true` as SSE
+    POST /v1/chat/completions  chat (tokenizer's template or --chat-template), SSE too
+    POST /tokenize, /detokenize
+    GET  /metrics              Prometheus text format, this app's own registry
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import secrets
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from anymodel.config import EngineArgs
+
+from .async_engine import AsyncEngine
+from .chat import ChatHandler
+from .completions import CompletionHandler
+from .disconnect import unless_disconnected
+from .errors import error_response, install_error_handlers
+from .metrics import ServerMetrics
+from .pooling_routes import router as pooling_router
+from .protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, ModelCard, ModelList,
+                       TokenizeRequest)
+from .serving import check_model, json_response
+from .tokenization import TokenizationHandler
+
+logger = logging.getLogger("anymodel.server")
+
+
+class APIKeyMiddleware:
+    """Every route but /health needs `Authorization: Bearer KEY`.
+
+    Plain ASGI rather than @app.middleware("http"): the latter wraps `receive`, which hides the
+    client's disconnect from streaming responses.
+    """
+
+    def __init__(self, app: ASGIApp, api_key: str):
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] == "/health" or self._authorized(scope):
+            await self.app(scope, receive, send)
+            return
+        response = error_response(401, "Incorrect or missing API key; send `Authorization: Bearer <key>`.",
+                                  code="invalid_api_key")
+        await response(scope, receive, send)
+
+    def _authorized(self, scope: Scope) -> bool:
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        return secrets.compare_digest(given, self.expected)
+
+
+def _server_tokenizer(tokenizer: Any) -> Any:
+    # The engine thread uses its tokenizer at every step; a copy keeps the event loop's
+    # tokenize/template calls off a shared (Rust-backed, not re-entrant) object.
+    try:
+        return copy.deepcopy(tokenizer)
+    except Exception:
+        return tokenizer
+
+
+def build_app(engine_args: EngineArgs | None = None, *, api_key: str | None = None, engine: Any = None) -> FastAPI:
+    """`engine`: an already-built Engine (tests pass fakes); by default one is built from engine_args."""
+    engine_args = engine_args or EngineArgs()
+    if engine is None:
+        from anymodel.engine import Engine
+
+        engine = Engine(engine_args)
+    async_engine = AsyncEngine(engine)
+    async_engine.metrics = ServerMetrics(lambda: async_engine.stats)
+    async_engine.start()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        async_engine.shutdown()
+
+    app = FastAPI(title="anymodel", description="OpenAI-compatible API", lifespan=lifespan)
+    app.state.async_engine = async_engine
+    install_error_handlers(app)
+    if api_key:
+        app.add_middleware(APIKeyMiddleware, api_key=api_key)
+    tokenizer = _server_tokenizer(engine.tokenizer)
+    template = engine_args.chat_template
+    _add_openai_routes(app, CompletionHandler(async_engine, engine.model_name, tokenizer),
+                       ChatHandler(async_engine, engine.model_name, tokenizer, chat_template=template))
+    _add_model_routes(app, engine.model_name, engine_args.model or engine.model_name, engine.max_model_len)
+    _add_tokenizer_routes(app, TokenizationHandler(tokenizer, engine.max_model_len, template), engine.model_name)
+    _add_ops_routes(app, async_engine)
+    app.include_router(pooling_router)  # /v1/embeddings, /pooling, /classify, /score, /rerank
+    return app
+
+
+def _add_openai_routes(app: FastAPI, completions: CompletionHandler, chat: ChatHandler) -> None:
+    @app.post("/v1/completions")
+    async def create_completion(body: CompletionRequest, raw: Request):
+        return await unless_disconnected(raw, completions.create(body))
+
+    @app.post("/v1/chat/completions")
+    async def create_chat_completion(body: ChatCompletionRequest, raw: Request):
+        return await unless_disconnected(raw, chat.create(body))
+
+
+def _add_model_routes(app: FastAPI, name: str, root: str, max_model_len: int) -> None:
+    @app.get("/v1/models")
+    async def list_models():
+        return json_response(ModelList(data=[ModelCard(id=name, root=root, max_model_len=max_model_len)]))
+
+
+def _add_tokenizer_routes(app: FastAPI, handler: TokenizationHandler, name: str) -> None:
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest):
+        check_model(body.model, name)
+        return json_response(handler.tokenize(body))
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest):
+        check_model(body.model, name)
+        return json_response(handler.detokenize(body))
+
+
+def _add_ops_routes(app: FastAPI, async_engine: AsyncEngine) -> None:
+    @app.get("/health")
+    async def health():
+        if not async_engine.is_alive:
+            return error_response(503, "the engine loop is not running")
+        return Response(status_code=200)
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(content=async_engine.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/version")
+    async def version():
+        from anymodel import __version__
+
+        return {"version": __version__}

@@ -1,0 +1,277 @@
+"""AsyncEngine: one thread owns the synchronous Engine; coroutines talk to it through queues.
+
+    event loop (any number of coroutines)           engine thread (exactly one; Engine is not thread-safe)
+    add() / abort() ── commands: queue.Queue ──►    apply all pending commands, then engine.step()
+    RequestStream   ◄─ asyncio.Queue per request ── RequestDelta (call_soon_threadsafe)
+                                                    publish an EngineStats snapshot for /metrics
+
+With no unfinished request the thread blocks on the command queue, so an idle server uses no CPU.
+A failing step() fails the requests it was running (they become HTTP 500s); the loop goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from anymodel.outputs import EngineStats, RequestOutput
+
+from .delta import DeltaTracker, RequestDelta
+from .metrics import ServerMetrics
+
+logger = logging.getLogger("anymodel.server")
+
+
+class EngineStepError(RuntimeError):
+    """The engine raised while this request was in flight (HTTP 500)."""
+
+
+class EngineDeadError(RuntimeError):
+    """The engine loop is not running (shut down, or crashed) (HTTP 500)."""
+
+
+def _resolve(future: asyncio.Future, error: BaseException | None) -> None:
+    if future.done():  # the waiting coroutine was cancelled meanwhile
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+@dataclass
+class _Request:
+    """Engine-thread bookkeeping of one request: where its outputs go, and its timings."""
+
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    arrival: float
+    tracker: DeltaTracker = field(default_factory=DeltaTracker)
+    last_token_time: float | None = None
+
+    def send(self, item: RequestDelta | BaseException) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # its event loop is closed: nobody is listening any more
+            pass
+
+    def resolve(self, ack: asyncio.Future, error: BaseException | None) -> None:
+        try:
+            self.loop.call_soon_threadsafe(_resolve, ack, error)
+        except RuntimeError:
+            pass
+
+
+class RequestStream:
+    """Event-loop side of one request: `async for delta in stream` until it finishes.
+
+    Whoever stops iterating early must call `close()` (it aborts the request and frees its KV
+    blocks); after the final delta it is a no-op.
+    """
+
+    def __init__(self, request_id: str, q: asyncio.Queue, abort: Callable[[str], None]):
+        self.request_id = request_id
+        self.finished = False
+        self._queue = q
+        self._abort = abort
+        self._pending_error: BaseException | None = None
+
+    def __aiter__(self) -> "RequestStream":
+        return self
+
+    async def __anext__(self) -> RequestDelta:
+        if self._pending_error is not None:
+            self._fail(self._pending_error)
+        if self.finished:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if isinstance(item, BaseException):
+            self._fail(item)
+        # a slow reader takes the whole backlog at once: deltas merge by concatenation
+        while not item.finished and not self._queue.empty():
+            later = self._queue.get_nowait()
+            if isinstance(later, BaseException):
+                self._pending_error = later
+                break
+            item.merge(later)
+        self.finished = item.finished
+        return item
+
+    def _fail(self, error: BaseException) -> None:
+        self.finished = True  # the engine thread already dropped it
+        self._pending_error = None
+        raise error
+
+    def close(self) -> None:
+        if not self.finished:
+            self.finished = True
+            self._abort(self.request_id)
+
+
+class AsyncEngine:
+    def __init__(self, engine: Any, metrics: ServerMetrics | None = None):
+        self.engine = engine
+        self.metrics = metrics
+        self.stats: EngineStats | None = None  # last snapshot; replaced whole, so readers need no lock
+        self._commands: queue.Queue = queue.Queue()
+        self._requests: dict[str, _Request] = {}  # engine thread only
+        self._lock = threading.Lock()  # orders "closed" against new adds
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="anymodel-engine", daemon=True)
+
+    # ------------------------------------------------------------------ event-loop side
+    def start(self) -> None:
+        self._thread.start()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        self._commands.put(("stop",))
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def is_alive(self) -> bool:
+        return self._thread.is_alive() and not self._closed
+
+    async def add(self, request_id: str, prompt: Any, params: Any) -> RequestStream:
+        """Hand a request to the engine; raises the engine's ValueError for invalid input."""
+        loop = asyncio.get_running_loop()
+        ack = loop.create_future()
+        tracker = DeltaTracker.for_stops(getattr(params, "stop", None))
+        req = _Request(loop, asyncio.Queue(), time.monotonic(), tracker)
+        with self._lock:
+            if self._closed:
+                raise EngineDeadError("the engine loop is not running")
+            self._commands.put(("add", request_id, prompt, params, req, ack))
+        try:
+            await ack
+        except asyncio.CancelledError:  # client gone before the engine even saw the request
+            self.abort(request_id)
+            raise
+        return RequestStream(request_id, req.queue, self.abort)
+
+    def abort(self, request_id: str) -> None:
+        self._commands.put(("abort", request_id))
+
+    # ------------------------------------------------------------------ engine-thread side
+    def _run(self) -> None:
+        try:
+            self._publish_stats()
+            while self._apply_commands(block=not self.engine.has_unfinished()):
+                if self.engine.has_unfinished():
+                    self._step()
+                self._publish_stats()
+        except BaseException:  # a bug here must not leave clients waiting forever
+            logger.exception("engine loop crashed")
+        finally:
+            self._close(EngineDeadError("the engine loop stopped"))
+
+    def _apply_commands(self, block: bool) -> bool:
+        """Apply every pending command; False on "stop". Blocks for the first one when idle."""
+        try:
+            cmd = self._commands.get(block=block)
+        except queue.Empty:
+            return True
+        while cmd[0] != "stop":
+            if cmd[0] == "add":
+                self._add(*cmd[1:])
+            else:
+                self._abort(cmd[1])
+            try:
+                cmd = self._commands.get_nowait()
+            except queue.Empty:
+                return True
+        return False
+
+    def _add(self, request_id: str, prompt: Any, params: Any, req: _Request, ack: asyncio.Future) -> None:
+        try:
+            self.engine.add_request(request_id, prompt, params)
+        except Exception as e:  # ValueError: a bad request (400); anything else: 500
+            req.resolve(ack, e)
+            return
+        self._requests[request_id] = req
+        req.resolve(ack, None)
+
+    def _abort(self, request_id: str) -> None:
+        if self._requests.pop(request_id, None) is None:  # finished (or failed) already
+            return
+        try:
+            self.engine.abort(request_id)
+        except Exception:
+            logger.exception("engine.abort(%r) failed", request_id)
+        if self.metrics is not None:
+            self.metrics.finished.labels("abort").inc()
+
+    def _step(self) -> None:
+        try:
+            outputs = self.engine.step()
+        except Exception as e:
+            logger.exception("engine step failed")
+            self._fail_all(EngineStepError(f"engine step failed: {type(e).__name__}: {e}"))
+            return
+        now = time.monotonic()
+        for out in outputs:
+            req = self._requests.get(out.request_id)
+            if req is not None:  # None: aborted since it was scheduled
+                self._deliver(out.request_id, req, out, now)
+
+    def _deliver(self, request_id: str, req: _Request, out: RequestOutput, now: float) -> None:
+        if not isinstance(out, RequestOutput):  # a PoolingRequestOutput: one final output, sent as is
+            req.send(out)
+            del self._requests[request_id]
+            return
+        delta = req.tracker.delta(out)
+        if delta.num_new_tokens:
+            self._observe_latency(req, now)
+        if delta.samples or delta.finished:
+            req.send(delta)
+        if out.finished:
+            del self._requests[request_id]
+            if self.metrics is not None:
+                reason = out.outputs[0].finish_reason if out.outputs else None
+                self.metrics.finished.labels(reason or "unknown").inc()
+                self.metrics.e2e.observe(now - req.arrival)
+
+    def _observe_latency(self, req: _Request, now: float) -> None:
+        if self.metrics is not None:
+            if req.last_token_time is None:
+                self.metrics.ttft.observe(now - req.arrival)
+            else:
+                self.metrics.itl.observe(now - req.last_token_time)
+        req.last_token_time = now
+
+    def _fail_all(self, error: BaseException) -> None:
+        """We cannot tell which requests a failed step touched, so all in flight fail (and leave)."""
+        ids = list(self._requests)
+        for request_id in ids:
+            self._requests.pop(request_id).send(error)
+        try:
+            self.engine.abort(ids)
+        except Exception:
+            logger.exception("engine abort after a failed step also failed")
+        if self.engine.has_unfinished():
+            time.sleep(0.05)  # an engine stuck with work we cannot clear: do not spin hot
+
+    def _publish_stats(self) -> None:
+        try:
+            self.stats = self.engine.stats()
+        except Exception:
+            logger.exception("engine.stats() failed")
+
+    def _close(self, error: BaseException) -> None:
+        with self._lock:
+            self._closed = True
+        for req in self._requests.values():
+            req.send(error)
+        self._requests.clear()
+        while True:  # adds that raced with the stop must not wait forever for their ack
+            try:
+                cmd = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if cmd[0] == "add":
+                cmd[4].resolve(cmd[5], error)

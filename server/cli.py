@@ -1,0 +1,212 @@
+"""The `anymodel` command: serve | generate | bench. Engine flags are vLLM's, mapped 1:1 onto EngineArgs.
+
+Heavy imports (torch, the engine, uvicorn) happen only inside the command that needs them, so
+`anymodel --help` is instant. Every engine flag defaults to "not given" and EngineArgs supplies the
+default, so there is one source of truth for defaults and validation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from dataclasses import fields
+
+from anymodel.config import ATTENTION_BACKENDS, DTYPES, EXECUTOR_BACKENDS, MODEL_IMPLS, TASKS, EngineArgs
+
+BENCHES = ("attention", "throughput", "latency")
+EXAMPLES = """examples:
+  anymodel serve                                      # the embedded demo model on :8000
+  anymodel serve ./my-model --model-impl transformers --trust-remote-code
+  anymodel generate --prompt "12+34="
+  anymodel bench attention --help
+"""
+
+
+class CLIError(Exception):
+    """A user mistake: printed as one line, exit status 2."""
+
+
+# ------------------------------------------------------------------------- value parsers
+def _json_dict(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg} at char {e.pos}): {text!r}")
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def _size(text: str, *, binary_k: bool = False) -> int:
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgt]i?)?b?\s*", text.lower())
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected a number with an optional k/M/G/Ki/Mi/Gi suffix, got {text!r}")
+    unit = m.group(2) or ""
+    scale = 1024 if binary_k and unit == "k" else _UNITS[unit]
+    return int(float(m.group(1)) * scale)
+
+
+def _bytes(text: str) -> int:
+    return _size(text)
+
+
+def _tokens(text: str) -> int:  # --max-model-len 4k == 4096, as vLLM reads it
+    return _size(text, binary_k=True)
+
+
+def _chat_template(value: str) -> str:
+    """A file path (read here) or an inline Jinja template."""
+    if os.path.isfile(value):
+        with open(value, encoding="utf-8") as f:
+            return f.read()
+    if "{" in value:
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r} is neither a readable file nor an inline Jinja template")
+
+
+# ------------------------------------------------------------------------------ parser
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("model", nargs="?", default=None, help="local directory or Hub id (default: the embedded demo model)")
+    g.add_argument("--model-impl", choices=MODEL_IMPLS, help="native: hand-written fast model; transformers: HF modeling code (default: auto)")
+    g.add_argument("--trust-remote-code", action="store_true", default=None, help="allow the model's own code (auto_map)")
+    g.add_argument("--task", choices=TASKS, help="default: auto (from the architecture)")
+    g.add_argument("--dtype", choices=DTYPES, help="default: auto")
+    g.add_argument("--max-model-len", type=_tokens, metavar="N", help="context length, e.g. 4096 or 4k (default: the model's)")
+    g.add_argument("--hf-overrides", type=_json_dict, metavar="JSON", help="config.json entries to override")
+    g.add_argument("--override-pooler-config", type=_json_dict, metavar="JSON", help='e.g. \'{"pooling_type": "MEAN"}\'')
+    g.add_argument("--revision", help="Hub revision of the model")
+    g.add_argument("--tokenizer", help="tokenizer directory or Hub id (default: the model's)")
+    g.add_argument("--tokenizer-revision", help="Hub revision of the tokenizer")
+    g.add_argument("--seed", type=int, help="default: 0")
+    g.add_argument("--device", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--tensor-parallel-size", "-tp", type=int, metavar="N")
+    g.add_argument("--pipeline-parallel-size", "-pp", type=int, metavar="N")
+    g.add_argument("--distributed-executor-backend", choices=[b for b in EXECUTOR_BACKENDS if b])
+    g.add_argument("--attention-backend", choices=ATTENTION_BACKENDS, help="default: auto")
+    g.add_argument("--kv-cache-memory", type=_bytes, metavar="BYTES", help="KV cache size, e.g. 8GiB or 2e9")
+    g.add_argument("--num-kv-blocks", type=int, metavar="N", help="KV cache size in blocks (instead of bytes)")
+    g.add_argument("--block-size", type=int, metavar="N", help="tokens per KV block (default: 16)")
+    g.add_argument("--max-num-seqs", type=int, metavar="N", help="most requests in one batch (default: 256)")
+    g.add_argument("--max-num-batched-tokens", type=int, metavar="N", help="token budget of one step")
+    g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None,
+                   help="reuse KV blocks of shared prompt prefixes (default: on)")
+    g.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=None,
+                   help="split long prompts across steps (default: on)")
+    g.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=None,
+                   help="no CUDA graphs (default: on)")
+    g.add_argument("--enable-compat-path", action=argparse.BooleanOptionalAction, default=None,
+                   help="run models our attention cannot reach through their own forward (default: on)")
+    g.add_argument("--served-model-name", metavar="NAME", help="the name clients send as `model` (default: MODEL)")
+    g.add_argument("--chat-template", type=_chat_template, metavar="FILE|TEMPLATE",
+                   help="Jinja chat template, a file or inline (default: the tokenizer's)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="anymodel", description="Serve any Hugging Face Transformers model at inference-engine speed.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="{serve,generate,bench}")
+    serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server", usage="anymodel serve [MODEL] [options]",
+                           description="Start an OpenAI-compatible server (/v1/completions, /v1/chat/completions, ...).")
+    _add_model_args(serve)
+    _add_engine_args(serve)
+    http = serve.add_argument_group("http")
+    http.add_argument("--host", default="0.0.0.0", help="default: 0.0.0.0")
+    http.add_argument("--port", type=int, default=8000, help="default: 8000")
+    http.add_argument("--api-key", metavar="KEY", default=os.environ.get("ANYMODEL_API_KEY"),
+                      help="require `Authorization: Bearer KEY` (default: $ANYMODEL_API_KEY, or none)")
+    http.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    gen = sub.add_parser("generate", help="one-shot generation, printed to stdout",
+                         usage="anymodel generate [MODEL] --prompt TEXT [options]",
+                         description="Generate once from --prompt and print the text.")
+    _add_model_args(gen)
+    _add_engine_args(gen)
+    s = gen.add_argument_group("sampling")
+    s.add_argument("--prompt", required=True, help="the prompt text")
+    s.add_argument("--max-tokens", type=int, default=16, metavar="N", help="default: 16")
+    s.add_argument("--temperature", type=float, default=0.0, metavar="T", help="default: 0 (greedy)")
+    s.add_argument("--top-p", type=float, default=1.0, metavar="P", help="default: 1")
+    bench = sub.add_parser("bench", help="benchmarks: attention | throughput | latency",
+                           description="Run a benchmark; arguments after KIND go to it (try `anymodel bench KIND --help`).")
+    bench.add_argument("kind", choices=BENCHES)
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own arguments")
+    return parser
+
+
+# ---------------------------------------------------------------------------- commands
+def engine_args_from(ns: argparse.Namespace) -> EngineArgs:
+    """Flags the user gave, 1:1 onto EngineArgs fields; EngineArgs validates (ValueError)."""
+    given = {f.name: getattr(ns, f.name) for f in fields(EngineArgs)
+             if f.name != "model" and getattr(ns, f.name, None) is not None}
+    return EngineArgs.from_kwargs(ns.model, given)
+
+
+def _serve(ns: argparse.Namespace) -> int:
+    engine_args = engine_args_from(ns)
+    import uvicorn
+
+    from .app import build_app
+
+    app = build_app(engine_args, api_key=ns.api_key)
+    uvicorn.run(app, host=ns.host, port=ns.port, log_level=ns.log_level)
+    return 0
+
+
+def _generate(ns: argparse.Namespace) -> int:
+    engine_args = engine_args_from(ns)
+    from anymodel.engine import Engine
+    from anymodel.params import SamplingParams
+
+    engine = Engine(engine_args)
+    params = SamplingParams(max_tokens=ns.max_tokens, temperature=ns.temperature, top_p=ns.top_p,
+                            seed=engine_args.seed)
+    engine.add_request("generate-0", ns.prompt, params)
+    final = None
+    while engine.has_unfinished():
+        final = next((o for o in engine.step() if o.finished), final)
+    print(final.outputs[0].text if final else "")
+    return 0
+
+
+def _bench(kind: str, rest: list[str]) -> int:
+    try:
+        if kind == "attention":
+            from anymodel.attention_backend.bench import main as bench_main
+        else:
+            from anymodel.bench import main as bench_main
+
+            rest = [kind, *rest]  # one module runs both throughput and latency
+    except ImportError as e:
+        raise CLIError(f"`anymodel bench {kind}` is not available yet ({e})")
+    return int(bench_main(rest) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        if len(argv) >= 2 and argv[0] == "bench" and argv[1] in BENCHES:
+            return _bench(argv[1], argv[2:])  # the benchmark parses (and documents) its own flags
+        ns = parser.parse_args(argv)
+        if ns.command is None:
+            parser.print_help()
+            return 2
+        return _serve(ns) if ns.command == "serve" else _generate(ns)
+    except (ValueError, CLIError) as e:  # EngineArgs / Engine reject the configuration
+        print(f"anymodel: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Pydantic models of the pooling endpoints, in OpenAI's (/v1/embeddings) and vLLM's shapes
+(/score, /rerank (Jina / Cohere), /classify, /pooling)."""
+
+from __future__ import annotations
+
+import time
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .protocol import random_id
+
+# a text, texts, token ids, or lists of token ids (OpenAI's embeddings `input`)
+PoolingInput = Union[str, list[str], list[int], list[list[int]]]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: Optional[str] = None
+
+
+class PoolingUsage(BaseModel):
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+# ---- /v1/embeddings, /pooling ------------------------------------------------------------------------
+class EmbeddingRequest(_Request):
+    input: PoolingInput
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Optional[int] = None
+    user: Optional[str] = None
+    normalize: Optional[bool] = None
+
+
+class EmbeddingData(BaseModel):
+    index: int
+    object: str = "embedding"
+    embedding: Union[list[float], str]
+
+
+class EmbeddingResponse(BaseModel):
+    id: str = Field(default_factory=lambda: random_id("embd"))
+    object: str = "list"
+    created: int = Field(default_factory=_now)
+    model: str
+    data: list[EmbeddingData]
+    usage: PoolingUsage
+
+
+class PoolingRequest(_Request):
+    input: PoolingInput
+    encoding_format: Literal["float", "base64"] = "float"
+
+
+class PoolingData(BaseModel):
+    index: int
+    object: str = "pooling"
+    data: Union[list, str]
+
+
+class PoolingResponse(BaseModel):
+    id: str = Field(default_factory=lambda: random_id("pool"))
+    object: str = "list"
+    created: int = Field(default_factory=_now)
+    model: str
+    data: list[PoolingData]
+    usage: PoolingUsage
+
+
+# ---- /classify ---------------------------------------------------------------------------------------
+class ClassificationRequest(_Request):
+    input: Union[str, list[str]]
+
+
+class ClassificationData(BaseModel):
+    index: int
+    label: Optional[str]
+    probs: list[float]
+    num_classes: int
+
+
+class ClassificationResponse(BaseModel):
+    id: str = Field(default_factory=lambda: random_id("classify"))
+    object: str = "list"
+    created: int = Field(default_factory=_now)
+    model: str
+    data: list[ClassificationData]
+    usage: PoolingUsage
+
+
+# ---- /score, /rerank ---------------------------------------------------------------------------------
+class ScoreRequest(_Request):
+    text_1: Union[str, list[str]]
+    text_2: Union[str, list[str]]
+
+
+class ScoreData(BaseModel):
+    index: int
+    object: str = "score"
+    score: float
+
+
+class ScoreResponse(BaseModel):
+    id: str = Field(default_factory=lambda: random_id("score"))
+    object: str = "list"
+    created: int = Field(default_factory=_now)
+    model: str
+    data: list[ScoreData]
+    usage: PoolingUsage
+
+
+class RerankRequest(_Request):
+    query: str
+    documents: list[str]
+    top_n: Optional[int] = None  # None or 0: every document
+    return_documents: bool = True
+
+
+class RerankDocument(BaseModel):
+    text: str
+
+
+class RerankResult(BaseModel):
+    index: int
+    document: Optional[RerankDocument] = None
+    relevance_score: float
+
+
+class RerankResponse(BaseModel):
+    id: str = Field(default_factory=lambda: random_id("rerank"))
+    model: str
+    usage: PoolingUsage
+    results: list[RerankResult]

@@ -1,0 +1,132 @@
+"""GenerationHandler: what /v1/completions and /v1/chat/completions share.
+
+    request ─► check model ─► SamplingParams ─► AsyncEngine.add (one per prompt) ─► MergedStreams
+        stream=false: collect every delta, answer one JSON body
+        stream=true:  wait for the first delta (so a failing first step is still a 500), then SSE
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, AsyncIterator
+
+from fastapi.responses import Response
+
+from anymodel.params import SamplingParams
+
+from .async_engine import AsyncEngine, EngineDeadError, EngineStepError
+from .delta import RequestDelta, TokenLogprobs
+from .errors import APIError, error_body
+from .merged_streams import MergedStreams
+from .protocol import SamplingRequest, UsageInfo
+from .sse import DONE, SSEResponse, sse_data
+
+logger = logging.getLogger("anymodel.server")
+
+MIN_LOGPROB = -9999.0  # -inf is not valid JSON; vLLM clamps the same way
+
+
+def json_response(model) -> Response:
+    # pydantic writes the JSON itself (NaN/inf-safe, no jsonable_encoder round trip)
+    return Response(content=model.model_dump_json(), media_type="application/json")
+
+
+async def _with_first(first: Any, rest: AsyncIterator) -> AsyncIterator:
+    yield first
+    async for item in rest:
+        yield item
+
+
+class GenerationHandler:
+    def __init__(self, engine: AsyncEngine, model_name: str, tokenizer: Any):
+        self.engine = engine
+        self.model_name = model_name
+        self.tokenizer = tokenizer
+
+    def check_model(self, name: str | None) -> None:
+        check_model(name, self.model_name)
+
+    @staticmethod
+    def make_params(req: SamplingRequest, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+        return SamplingParams(max_tokens=max_tokens, logprobs=logprobs, **req.sampling_kwargs())
+
+    async def start(self, request_id: str, prompts: list, params: SamplingParams) -> MergedStreams:
+        # all adds go out together (one engine-loop round trip, not one per prompt)
+        adds = [asyncio.ensure_future(self.engine.add(f"{request_id}-{i}", p, params)) for i, p in enumerate(prompts)]
+        try:
+            await asyncio.wait(adds)
+            error = next((a.exception() for a in adds if a.exception() is not None), None)
+            if error is not None:  # one prompt was rejected: the others must not run on
+                raise error
+        except BaseException:  # also when cancelled (client gone)
+            _undo(adds)
+            raise
+        return MergedStreams([a.result() for a in adds])
+
+    @staticmethod
+    async def collect(merged: MergedStreams) -> list[RequestDelta]:
+        """Every prompt's whole result: its deltas merged."""
+        finals: dict[int, RequestDelta] = {}
+        try:
+            async for i, delta in merged:
+                if i in finals:
+                    finals[i].merge(delta)
+                else:
+                    finals[i] = delta
+        finally:
+            merged.close()
+        return [finals[i] for i in range(len(merged.streams))]
+
+    @staticmethod
+    def usage(finals: list[RequestDelta]) -> UsageInfo:
+        prompt = sum(len(f.prompt_token_ids) for f in finals)
+        completion = sum(len(s.token_ids) for f in finals for s in f.samples.values())
+        return UsageInfo(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+    async def first_then_rest(self, merged: MergedStreams) -> AsyncIterator[tuple[int, RequestDelta]]:
+        try:
+            first = await merged.__anext__()
+        except BaseException:
+            merged.close()
+            raise
+        return _with_first(first, merged)
+
+    def sse(self, chunks: AsyncIterator[str], merged: MergedStreams) -> SSEResponse:
+        return SSEResponse(_sse_body(chunks), on_close=merged.close)
+
+    def token_str(self, token_id: int, entry: TokenLogprobs | None = None) -> str:
+        lp = entry.get(token_id) if entry else None
+        if lp is not None and lp.decoded_token is not None:
+            return lp.decoded_token
+        return self.tokenizer.decode([token_id])
+
+
+def check_model(name: str | None, served: str) -> None:
+    """404 for a model this server does not serve; no name means the served one (as in vLLM)."""
+    if name is not None and name != served:
+        raise APIError(404, f"The model `{name}` does not exist; this server serves `{served}`.",
+                       param="model", code="model_not_found")
+
+
+def _undo(adds: list[asyncio.Future]) -> None:
+    """Abort every request these adds started (or cancel the add, which aborts it itself)."""
+    for add in adds:
+        if not add.done():
+            add.cancel()
+        elif not add.cancelled() and add.exception() is None:
+            add.result().close()
+
+
+def clamp(logprob: float) -> float:
+    return max(logprob, MIN_LOGPROB)
+
+
+async def _sse_body(chunks: AsyncIterator[str]) -> AsyncIterator[str]:
+    try:
+        async for text in chunks:
+            yield text
+    except (EngineStepError, EngineDeadError) as e:  # headers are out: report in-band, then end
+        logger.warning("stream failed: %s", e)
+        yield sse_data(error_body(500, str(e)))
+    yield DONE

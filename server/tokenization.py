@@ -1,0 +1,34 @@
+"""POST /tokenize and POST /detokenize (vLLM's request and response shapes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .chat import render_chat
+from .protocol import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
+
+
+class TokenizationHandler:
+    def __init__(self, tokenizer: Any, max_model_len: int, chat_template: str | None):
+        self.tokenizer = tokenizer
+        self.max_model_len = max_model_len
+        self.chat_template = chat_template
+
+    def tokenize(self, req: TokenizeRequest) -> TokenizeResponse:
+        if (req.prompt is None) == (req.messages is None):
+            raise ValueError("tokenize takes exactly one of `prompt` or `messages`")
+        if req.prompt is not None:
+            special = True if req.add_special_tokens is None else req.add_special_tokens
+            ids = self.tokenizer.encode(req.prompt, add_special_tokens=special)
+        else:
+            ids = render_chat(self.tokenizer, req.messages, self.chat_template,
+                              add_generation_prompt=req.add_generation_prompt)["prompt_token_ids"]
+        strs = self.tokenizer.convert_ids_to_tokens(ids) if req.return_token_strs else None
+        return TokenizeResponse(count=len(ids), max_model_len=self.max_model_len, tokens=ids, token_strs=strs)
+
+    def detokenize(self, req: DetokenizeRequest) -> DetokenizeResponse:
+        size = len(self.tokenizer)
+        bad = [t for t in req.tokens if not 0 <= t < size]
+        if bad:
+            raise ValueError(f"tokens must be in [0, {size}); got {bad[:5]}")
+        return DetokenizeResponse(prompt=self.tokenizer.decode(req.tokens))

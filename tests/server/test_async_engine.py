@@ -1,0 +1,148 @@
+"""AsyncEngine against FakeEngine: streaming, abort, failures, one owner thread, no busy loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from anymodel.params import SamplingParams
+from anymodel.server.async_engine import AsyncEngine, EngineDeadError, EngineStepError
+
+from tests.server.fake_engine import FakeEngine
+
+
+def run(coro, timeout: float = 20.0):
+    async def bounded():
+        return await asyncio.wait_for(coro, timeout)
+
+    return asyncio.run(bounded())
+
+
+@pytest.fixture
+def engines():
+    fake = FakeEngine()
+    eng = AsyncEngine(fake)
+    eng.start()
+    yield fake, eng
+    eng.shutdown()
+
+
+async def _text(stream) -> str:
+    return "".join(d.samples[0].text for d in [d async for d in stream] if 0 in d.samples)
+
+
+async def _wait_until(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+def test_stream_yields_the_whole_text_then_finishes(engines):
+    fake, eng = engines
+
+    async def go():
+        stream = await eng.add("r1", "ab", SamplingParams(max_tokens=5))
+        return await _text(stream), stream.finished
+
+    assert run(go()) == ("cdefg", True)
+
+
+def test_invalid_prompt_raises_value_error_and_loop_goes_on(engines):
+    fake, eng = engines
+
+    async def go():
+        with pytest.raises(ValueError, match="max_model_len"):
+            await eng.add("bad", "x" * 100, SamplingParams())
+        return await _text(await eng.add("ok", "ab", SamplingParams(max_tokens=2)))
+
+    assert run(go()) == "cd"
+
+
+def test_close_mid_stream_aborts_the_request(engines):
+    fake, eng = engines
+
+    async def go():
+        stream = await eng.add("long", "SLOW a", SamplingParams(max_tokens=50))
+        await stream.__anext__()
+        stream.close()
+        await _wait_until(lambda: not fake.requests)
+        return fake.steps
+
+    steps = run(go())
+    assert steps < 50  # aborted, not run to max_tokens
+
+
+def test_step_failure_fails_in_flight_requests_and_the_loop_survives(engines):
+    fake, eng = engines
+
+    async def go():
+        stream = await eng.add("boom", "FAIL2 a", SamplingParams(max_tokens=10))
+        with pytest.raises(EngineStepError, match="injected failure"):
+            async for _ in stream:
+                pass
+        return await _text(await eng.add("after", "ab", SamplingParams(max_tokens=3)))
+
+    assert run(go()) == "cde"
+    assert eng.is_alive
+
+
+def test_only_the_engine_thread_touches_the_engine(engines):
+    fake, eng = engines
+
+    async def go():
+        streams = [await eng.add(f"r{i}", "ab", SamplingParams(max_tokens=4)) for i in range(5)]
+        streams[0].close()
+        return await asyncio.gather(*[_text(s) for s in streams[1:]])
+
+    assert run(go()) == ["cdef"] * 4
+    assert len(fake.owner) == 1 and threading.get_ident() not in fake.owner
+
+
+def test_idle_loop_blocks_instead_of_spinning(engines):
+    fake, eng = engines
+    run(_text_of(eng))
+    time.sleep(0.1)
+    before = (fake.idle_checks, fake.steps)
+    time.sleep(0.5)
+    assert (fake.idle_checks, fake.steps) == before
+
+
+async def _text_of(eng):
+    return await _text(await eng.add("x", "ab", SamplingParams(max_tokens=3)))
+
+
+def test_shutdown_fails_open_streams_and_refuses_new_ones():
+    fake = FakeEngine()
+    eng = AsyncEngine(fake)
+    eng.start()
+
+    async def go():
+        stream = await eng.add("slow", "SLOW a", SamplingParams(max_tokens=60))
+        await stream.__anext__()
+        await asyncio.get_running_loop().run_in_executor(None, eng.shutdown)
+        with pytest.raises(EngineDeadError):
+            async for _ in stream:
+                pass
+        with pytest.raises(EngineDeadError):
+            await eng.add("late", "ab", SamplingParams())
+
+    run(go())
+    assert not eng.is_alive
+
+
+def test_slow_reader_gets_the_backlog_coalesced(engines):
+    fake, eng = engines
+
+    async def go():
+        stream = await eng.add("r", "ab", SamplingParams(max_tokens=8, n=2))
+        await _wait_until(lambda: stream._queue.qsize() == 8)  # all 8 steps queued before we read
+        deltas = [d async for d in stream]
+        return deltas
+
+    deltas = run(go())
+    assert len(deltas) == 1 and deltas[0].finished
+    assert deltas[0].samples[0].text == "cdefghij" and len(deltas[0].samples[1].token_ids) == 8

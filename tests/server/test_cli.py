@@ -1,0 +1,103 @@
+"""`anymodel` CLI: help, flags onto EngineArgs 1:1, clean errors (exit 2), bench dispatch."""
+
+from __future__ import annotations
+
+import sys
+import types
+from dataclasses import fields
+
+import pytest
+
+from anymodel.config import EngineArgs
+from anymodel.server import cli
+
+
+def parse(*argv: str):
+    return cli.engine_args_from(cli.build_parser().parse_args(["serve", *argv]))
+
+
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for word in ("serve", "generate", "bench", "anymodel serve ./my-model --model-impl transformers"):
+        assert word in out
+
+
+def test_no_flags_means_engine_defaults():
+    assert parse() == EngineArgs()
+
+
+def test_flags_map_one_to_one_onto_engine_args(tmp_path):
+    args = parse(
+        "some/model", "--model-impl", "transformers", "--trust-remote-code", "--task", "generate", "--dtype", "float32",
+        "--max-model-len", "4k", "--hf-overrides", '{"num_hidden_layers": 2}', "--override-pooler-config",
+        '{"pooling_type": "MEAN"}', "--revision", "main", "--tokenizer", "tok", "--tensor-parallel-size", "2",
+        "--pipeline-parallel-size", "1", "--attention-backend", "torch", "--kv-cache-memory", "1GiB",
+        "--max-num-seqs", "8", "--max-num-batched-tokens", "512", "--served-model-name", "m", "--seed", "3",
+        "--block-size", "32", "--num-kv-blocks", "100", "--no-enable-prefix-caching",
+        "--distributed-executor-backend", "mp", "--chat-template", "{{ messages[0]['content'] }}")
+    assert args == EngineArgs(
+        model="some/model", model_impl="transformers", trust_remote_code=True, task="generate", dtype="float32",
+        max_model_len=4096, hf_overrides={"num_hidden_layers": 2}, override_pooler_config={"pooling_type": "MEAN"},
+        revision="main", tokenizer="tok", tensor_parallel_size=2, pipeline_parallel_size=1,
+        attention_backend="torch", kv_cache_memory=2**30, max_num_seqs=8, max_num_batched_tokens=512,
+        served_model_name="m", seed=3, block_size=32, num_kv_blocks=100, enable_prefix_caching=False,
+        distributed_executor_backend="mp", chat_template="{{ messages[0]['content'] }}")
+
+
+def test_every_engine_argument_has_a_flag():
+    dests = {a.dest for a in cli.build_parser()._subparsers._group_actions[0].choices["serve"]._actions}
+    assert {f.name for f in fields(EngineArgs)} <= dests
+
+
+def test_chat_template_from_a_file(tmp_path):
+    path = tmp_path / "t.jinja"
+    path.write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    assert parse("--chat-template", str(path)).chat_template == path.read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["serve", "--max-num-seqs", "0"], "max_num_seqs must be an integer >= 1, got 0"),
+    (["serve", "--tensor-parallel-size", "-1"], "tensor_parallel_size"),
+    (["generate", "--prompt", "x", "--block-size", "0"], "block_size"),
+])
+def test_invalid_engine_argument_is_one_clean_line(argv, message, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("anymodel: error: ") and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["serve", "--hf-overrides", "{bad"], ["serve", "--dtype", "float64"], ["serve", "--chat-template", "nofile"],
+    ["serve", "--kv-cache-memory", "lots"], ["bench", "nonsense"],
+])
+def test_malformed_flags_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2 and "Traceback" not in capsys.readouterr().err
+
+
+def test_bench_dispatch(monkeypatch):
+    seen = {}
+    fake = types.ModuleType("anymodel.bench")
+    fake.main = lambda argv: seen.setdefault("bench", argv) and 0
+    attn = types.ModuleType("anymodel.attention_backend.bench")
+    attn.main = lambda argv: seen.setdefault("attention", argv) and 3
+    monkeypatch.setitem(sys.modules, "anymodel.bench", fake)
+    monkeypatch.setitem(sys.modules, "anymodel.attention_backend.bench", attn)
+    assert cli.main(["bench", "latency", "--batch-size", "4"]) == 0
+    assert cli.main(["bench", "attention", "--help"]) == 3
+    assert seen == {"bench": ["latency", "--batch-size", "4"], "attention": ["--help"]}
+
+
+def test_bench_not_available_yet(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "anymodel.bench", None)  # makes the import fail
+    assert cli.main(["bench", "throughput"]) == 2
+    assert "not available yet" in capsys.readouterr().err
+
+
+def test_generate_one_shot(capsys):
+    assert cli.main(["generate", "--prompt", "12+34=", "--max-tokens", "8"]) == 0
+    assert capsys.readouterr().out == "46\n"
