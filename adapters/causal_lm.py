@@ -22,8 +22,20 @@ class TransformersForCausalLM(nn.Module):
         self.final_logit_softcapping = getattr(text, "final_logit_softcapping", None)
         self.logit_scale = getattr(text, "logit_scale", None)  # Cohere: logits * scale
         self.logits_scaling = getattr(text, "logits_scaling", None)  # Granite: logits / scaling
+        self._fused = False
+
+    def _fuse_once(self) -> None:
+        """On the device it runs on, before the first step: fused q/k/v and gate/up GEMMs and
+        pre-packed weights on CPU (adapters/fusion.py; measured there, CPU only)."""
+        from anymodel.adapters.fusion import apply_fusion
+
+        if next(self.parameters(), torch.empty(0)).device.type == "cpu":
+            apply_fusion(self)
+        self._fused = True
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn_metadata) -> torch.Tensor:
+        if not self._fused:
+            self._fuse_once()
         out = self.model(
             input_ids=input_ids,
             position_ids=positions,

@@ -57,9 +57,21 @@ def test_chat_template_renders_the_prompt_format(llm):
     assert rendered == f"{tok.bos_token}12+34="
 
 
-@pytest.mark.parametrize("question, answer", [("12+34", "46"), ("999+1", "1000"), ("4321+5678", "9999")])
+@pytest.mark.parametrize("question, answer", [("12+34", "46"), ("999 + 1", "1000")])
 def test_chat_answers(llm, question, answer):
     from anymodel import SamplingParams
 
     out = llm.chat([{"role": "user", "content": question}], SamplingParams(**GREEDY), use_tqdm=False)
     assert out[0].outputs[0].text == answer
+
+
+def test_chat_equals_generate_on_the_rendered_prompt(llm):
+    """The model is ~98% right on held-out sums, not 100% (plain Transformers answers 4321+5678
+    with 10099 too), so this compares paths, not answers."""
+    from anymodel import SamplingParams
+
+    problems = [p for p, _ in addition_problems(8, seed=3)]
+    chats = llm.chat([[{"role": "user", "content": p.rstrip("=")}] for p in problems], SamplingParams(**GREEDY),
+                     use_tqdm=False)
+    plain = llm.generate(problems, SamplingParams(**GREEDY), use_tqdm=False)
+    assert [c.outputs[0].token_ids for c in chats] == [g.outputs[0].token_ids for g in plain]

@@ -45,7 +45,12 @@ def build_model(args, model_dir, config, device: torch.device, state: ParallelSt
             f"native implementations: {sorted(NATIVE_MODELS)} (use model_impl='transformers')"
         )
     if native is not None:
-        return native.from_pretrained(model_dir, config, dtype).to(device).eval()
+        try:
+            return native.from_pretrained(model_dir, config, dtype).to(device).eval()
+        except ValueError as e:  # e.g. checkpoint names the native class does not know
+            if args.model_impl == "native":
+                raise
+            logger.warning("anymodel: native %s cannot load this checkpoint (%s); using the Transformers backend", arch, e)
     return _build_transformers_model(args, model_dir, config, dtype, state or get_parallel_state()).to(device)
 
 

@@ -1,0 +1,92 @@
+"""What every native causal LM shares: the engine's model contract, checkpoint loading, the
+one-time preparation for the device, and the refusal of configs a native class cannot reproduce.
+
+    model(input_ids [1, T], positions [1, T], attn_metadata) -> hidden [T, H]
+    model.compute_logits(hidden [S, H]) -> logits [S, V]     (only the S positions that sample)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from anymodel.native_overrides.layers import ParallelLMHead, unsupported_rope
+from anymodel.native_overrides.weights import iter_checkpoint, load_weights
+
+
+def head_dim_of(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+class NativeForCausalLM(nn.Module):
+    """Subclasses build `self.model` (embed_tokens, ..., norm; forward(ids [T], pos [T], meta) -> [T, H])
+    and call `_init_lm_head`. Parameter names equal the Hugging Face checkpoint names, except the
+    fused `qkv_proj` / `gate_up_proj` (see weights.STACKED)."""
+
+    supports_tensor_parallel = True  # linears shard themselves through anymodel.distributed
+    supports_pipeline_parallel = False
+    uses_paged_kv_cache = True
+    supports_prefix_caching = True
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.config = config
+        self.final_logit_softcapping = getattr(config, "final_logit_softcapping", None)
+        self._prepared = False
+
+    # ---- construction ---------------------------------------------------------------------------
+    @classmethod
+    def unsupported(cls, config) -> str | None:
+        """Why this class cannot reproduce `config` exactly (the Transformers backend runs it then)."""
+        text = config.get_text_config()
+        if getattr(config, "quantization_config", None) or getattr(text, "quantization_config", None):
+            return "quantized checkpoints"
+        return unsupported_rope(text, cls.rope_layer_types(text))
+
+    @classmethod
+    def rope_layer_types(cls, config) -> tuple:
+        return (None,)
+
+    @classmethod
+    def from_pretrained(cls, model_dir, config, dtype: torch.dtype) -> "NativeForCausalLM":
+        reason = cls.unsupported(config)
+        if reason is not None:
+            raise ValueError(f"{cls.__name__} does not support {reason}; use model_impl='transformers'")
+        model = cls(config.get_text_config(), dtype)
+        load_weights(model, iter_checkpoint(model_dir), skip=model.skipped_checkpoint_names())
+        return model.eval()
+
+    def _init_lm_head(self, config, dtype: torch.dtype) -> None:
+        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, dtype)
+        if getattr(config, "tie_word_embeddings", False):
+            self.lm_head.tie_to(self.model.embed_tokens)
+
+    def skipped_checkpoint_names(self) -> tuple[str, ...]:
+        # A tied head has no parameter of its own (HF may still save a copy of it).
+        return ("lm_head.weight",) if self.lm_head.weight is self.model.embed_tokens.weight else ()
+
+    # ---- the model contract ---------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn_metadata) -> torch.Tensor:
+        if not self._prepared:
+            self.prepare()
+        return self.model(input_ids[0], positions[0], attn_metadata)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(hidden)
+        if self.final_logit_softcapping:
+            cap = self.final_logit_softcapping
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    # ---- device preparation ---------------------------------------------------------------------
+    @torch.no_grad()
+    def prepare(self) -> None:
+        """Once per device placement: pack CPU GEMM weights, precompute constant scales."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "prepare"):
+                module.prepare()
+        self._prepared = True
+
+    def _apply(self, fn, recurse=True):
+        self._prepared = False  # `.to(device)` / `.half()`: prepare again for the new placement
+        return super()._apply(fn, recurse)

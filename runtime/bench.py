@@ -1,0 +1,155 @@
+"""`anymodel bench throughput|latency`: anymodel against plain Transformers, same process, same model.
+
+    anymodel bench throughput --preset llama-125m --model-impl both --compare hf --json out.json
+    anymodel bench latency --preset llama-125m --compare hf          (batch 1: TTFT, ITL, decode tok/s)
+    python -m anymodel.bench throughput --preset tiny                (CI-sized)
+
+The model is a checkpoint dir (`--model`; random weights are written when it holds only a
+config.json) or a built-in preset with seeded random weights. The workload is fixed: random prompt
+token ids (seeded), greedy, EOS ignored, exactly `--output-len` new tokens per prompt. Every system
+runs `--repeats` times, round-robin so that machine noise spreads evenly, after one warm-up; each
+figure is the median over repeats. Greedy tokens of every system are checked against the first
+(plain `generate` when `--compare hf`); mismatches are reported, never hidden.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from anymodel.bench_systems import RunResult, build_systems, prepare_model_dir
+
+PRESETS = {
+    # 768 hidden, 12 layers, 12 heads / 4 KV heads, 2048 FFN, 32000 vocab (float32)
+    "llama-125m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4,
+                       intermediate_size=2048, vocab_size=32000, max_position_embeddings=2048),
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=128, vocab_size=512, max_position_embeddings=512),
+}
+MODES = {"throughput": dict(num_prompts=16, input_len=64, output_len=64), "latency": dict(num_prompts=1, input_len=64, output_len=64)}
+FIGURES = ("elapsed_s", "output_tok_s", "total_tok_s", "ttft_ms", "itl_ms", "decode_tok_s")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="anymodel bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("mode", choices=sorted(MODES))
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", help="model dir (config.json, weights optional: random when absent)")
+    src.add_argument("--preset", choices=sorted(PRESETS), help="built-in config with random weights (default llama-125m)")
+    p.add_argument("--num-prompts", "--batch-size", dest="num_prompts", type=int, help="prompts (16; latency: 1)")
+    p.add_argument("--input-len", type=int, help="prompt tokens (64)")
+    p.add_argument("--output-len", type=int, help="new tokens per prompt (64)")
+    p.add_argument("--model-impl", choices=["native", "transformers", "both"], default="native")
+    p.add_argument("--compare", choices=["hf", "none"], default="none", help="hf: also plain generate + continuous batching")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--json", dest="json_path", help="write every figure here")
+    args = p.parse_args(argv)
+    for key, value in MODES[args.mode].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.model is None and args.preset is None:
+        args.preset = "llama-125m"
+    for key in ("num_prompts", "input_len", "output_len", "repeats"):
+        if getattr(args, key) < 1:
+            p.error(f"--{key.replace('_', '-')} must be >= 1")
+    return args
+
+
+def make_prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:
+    rng = random.Random(seed)  # ids 0..3 are left out: pad / bos / eos / unk in the preset tokenizer
+    return [[rng.randrange(4, vocab) for _ in range(length)] for _ in range(n)]
+
+
+def summarize(runs: list[RunResult], num_prompts: int, input_len: int) -> dict:
+    """Median over repeats of each per-run figure."""
+    per_run = [r.figures(num_prompts * input_len) for r in runs]
+    return {k: statistics.median(f[k] for f in per_run) for k in FIGURES}
+
+
+def token_check(tokens: list[list[int]], reference: list[list[int]]) -> dict:
+    bad = [i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b]
+    first = None
+    if bad:
+        a, b = tokens[bad[0]], reference[bad[0]]
+        first = {"prompt": bad[0], "position": next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))}
+    return {"matching_prompts": len(tokens) - len(bad), "num_prompts": len(tokens), "first_mismatch": first}
+
+
+def run(args: argparse.Namespace, workdir: Path) -> dict:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model_dir, tokenizer, vocab = prepare_model_dir(args.model, PRESETS.get(args.preset), workdir, args.seed)
+    prompts = make_prompts(args.num_prompts, args.input_len, vocab, args.seed)
+    systems = build_systems(model_dir, tokenizer, args.model_impl, args.compare == "hf", len(prompts), args.input_len + args.output_len)
+    warmup = [p[:8] for p in prompts[:2]]
+    for system in systems:
+        system.run(warmup, 4)
+    runs = {s.name: [] for s in systems}
+    for _ in range(args.repeats):  # round-robin: noise from the machine hits every system alike
+        for system in systems:
+            runs[system.name].append(system.run(prompts, args.output_len))
+    for system in systems:
+        system.close()
+    reference = runs[systems[0].name][-1].tokens
+    results = {}
+    for name, rs in runs.items():
+        results[name] = summarize(rs, len(prompts), args.input_len)
+        results[name]["tokens"] = token_check(rs[-1].tokens, reference)
+    return {"mode": args.mode, "model": args.model or f"preset:{args.preset}", "num_prompts": args.num_prompts,
+            "input_len": args.input_len, "output_len": args.output_len, "repeats": args.repeats,
+            "threads": torch.get_num_threads(), "reference": systems[0].name, "results": results,
+            "ratios": ratios(results)}
+
+
+def ratios(results: dict) -> dict:
+    """Throughput of each anymodel system over each baseline, and transformers-backend / native."""
+    out = {}
+    ours = [n for n in results if n.startswith("anymodel")]
+    for a in ours:
+        for b in results:
+            if b != a and (b.startswith("hf") or (a.endswith("transformers") and b.endswith("native"))):
+                out[f"{a} / {b}"] = {
+                    "output_tok_s": results[a]["output_tok_s"] / results[b]["output_tok_s"],
+                    "decode_tok_s": results[a]["decode_tok_s"] / results[b]["decode_tok_s"],
+                }
+    return out
+
+
+def print_report(report: dict) -> None:
+    print(f"\n{report['mode']}: {report['model']}, {report['num_prompts']} prompts x {report['input_len']} in / "
+          f"{report['output_len']} out, greedy, median of {report['repeats']}, {report['threads']} threads")
+    header = f"{'system':<24}{'out tok/s':>11}{'total tok/s':>13}{'TTFT ms':>10}{'ITL ms':>9}{'decode tok/s':>14}  tokens"
+    print(header + "\n" + "-" * len(header))
+    for name, r in report["results"].items():
+        t = r["tokens"]
+        match = f"{t['matching_prompts']}/{t['num_prompts']} = {report['reference']}"
+        if t["first_mismatch"]:
+            match += f" (first mismatch: prompt {t['first_mismatch']['prompt']}, token {t['first_mismatch']['position']})"
+        print(f"{name:<24}{r['output_tok_s']:>11.1f}{r['total_tok_s']:>13.1f}{r['ttft_ms']:>10.1f}{r['itl_ms']:>9.2f}"
+              f"{r['decode_tok_s']:>14.1f}  {match}")
+    for name, r in report["ratios"].items():
+        print(f"{name:<44} throughput x{r['output_tok_s']:.2f}   per-request decode x{r['decode_tok_s']:.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    with tempfile.TemporaryDirectory(prefix="anymodel-bench-") as tmp:
+        report = run(args, Path(tmp))
+    print_report(report)
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
