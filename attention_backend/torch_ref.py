@@ -104,17 +104,20 @@ def _group(meta: AttentionMetadata, reqs: list[int]) -> _Group:
 
 
 def _masked_attention(q, k, v, allowed, scale, softcap):
-    """q [S,Q,Hq,D], k/v [S,L,Hkv,D], allowed [S,Q,L] -> [S,Q,Hq,D]; scores in float32."""
+    """q [S,Q,Hq,D], k/v [S,L,Hkv,D], allowed [S,Q,L] -> [S,Q,Hq,D]; scores in float32.
+
+    The G query heads that share a KV head are folded into the query rows ([G*Q, D] @ [D, L]), so
+    K and V are read once per KV head: broadcasting K over G would copy it G times (most of a CPU
+    decode step for GQA models)."""
     S, Q, Hq, D = q.shape
-    Hkv = k.shape[2]
-    G = Hq // Hkv  # query heads per KV head: grouped, never materialising repeated K/V
-    qg = q.float().view(S, Q, Hkv, G, D).permute(0, 2, 3, 1, 4)  # [S, Hkv, G, Q, D]
-    kt = k.float().permute(0, 2, 3, 1)[:, :, None]  # [S, Hkv, 1, D, L]
-    scores = torch.matmul(qg, kt) * scale  # [S, Hkv, G, Q, L]
+    L, Hkv = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    qg = q.float().view(S, Q, Hkv, G, D).permute(0, 2, 3, 1, 4).reshape(S, Hkv, G * Q, D)
+    kt = k.float().permute(0, 2, 3, 1)  # [S, Hkv, D, L]
+    scores = torch.matmul(qg, kt).view(S, Hkv, G, Q, L) * scale
     if softcap is not None and softcap > 0:
         scores = torch.tanh(scores / softcap) * softcap
     scores = scores.masked_fill(~allowed[:, None, None], float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
-    vv = v.float().permute(0, 2, 1, 3)[:, :, None]  # [S, Hkv, 1, L, D]
-    o = torch.matmul(probs, vv)  # [S, Hkv, G, Q, D]
-    return o.permute(0, 3, 1, 2, 4).reshape(S, Q, Hq, D).to(q.dtype)
+    probs = torch.softmax(scores, dim=-1).view(S, Hkv, G * Q, L)
+    o = torch.matmul(probs, v.float().permute(0, 2, 1, 3))  # [S, Hkv, G*Q, D]
+    return o.view(S, Hkv, G, Q, D).permute(0, 3, 1, 2, 4).reshape(S, Q, Hq, D).to(q.dtype)

@@ -150,6 +150,7 @@ class Engine:
             prompt_tokens_total=self._counters["prompt"],
             generation_tokens_total=self._counters["generation"],
             num_preemptions_total=self.scheduler.num_preemptions,
+            prefix_cache_hit_tokens_total=self.scheduler.num_prefix_cache_hit_tokens,
         )
 
     def new_request_id(self) -> str:

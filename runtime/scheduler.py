@@ -65,6 +65,7 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.num_preemptions = 0
+        self.num_prefix_cache_hit_tokens = 0  # prompt tokens a first schedule found cached
         self._finished_ids: set[str] = set()
 
     def add(self, request: Request) -> None:
@@ -117,6 +118,7 @@ class Scheduler:
             req.num_computed_tokens = num_cached
             if req.status is RequestStatus.WAITING:
                 req.num_cached_tokens = num_cached
+                self.num_prefix_cache_hit_tokens += num_cached
             req.status = RequestStatus.RUNNING
             self.running.append(req)
             out.scheduled.append(ScheduledRequest(req, n))

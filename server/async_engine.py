@@ -132,6 +132,8 @@ class AsyncEngine:
         self._commands.put(("stop",))
         if self._thread.is_alive():
             self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self.engine.shutdown()  # worker processes of a multiprocess/Ray executor
 
     @property
     def is_alive(self) -> bool:

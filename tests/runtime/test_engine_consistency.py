@@ -38,3 +38,8 @@ def test_greedy_matches_transformers(model_and_reference, setting):
     # Run again: prefix-cache hits (where enabled) must not change a token.
     again = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
     assert [o.outputs[0].token_ids for o in again] == reference
+    hits = llm.engine.stats().prefix_cache_hit_tokens_total - stats.prefix_cache_hit_tokens_total
+    if not SETTINGS[setting].get("enable_prefix_caching", True):
+        assert hits == 0
+    elif "preemption" not in setting:  # (a 12-block cache evicts what the first run left)
+        assert hits > 0  # the full blocks of every prompt were cached by the first run
