@@ -13,7 +13,7 @@ only on the step, not the layer, so they are planned once per step and cached on
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -42,6 +42,19 @@ class _Group:
     q_pos: torch.Tensor  # [S, Q] absolute position of each query
     k_pos: torch.Tensor  # [L]
     k_valid: torch.Tensor  # [S, 1, L] position < seq_len
+    masks: dict = field(default_factory=dict)  # (causal, window) -> allowed [S, Q, L], built once per step
+
+    def allowed(self, causal: bool, sliding_window: int | None) -> torch.Tensor:
+        key = (causal, sliding_window)
+        if key not in self.masks:
+            allowed = self.k_valid
+            if causal:
+                allowed = allowed & (self.k_pos[None, None, :] <= self.q_pos[:, :, None])
+            if sliding_window is not None:  # causal: the w-1 keys behind; bidirectional: |q - k| < w
+                dist = self.q_pos[:, :, None] - self.k_pos[None, None, :]
+                allowed = allowed & ((dist if causal else dist.abs()) < sliding_window)
+            self.masks[key] = allowed
+        return self.masks[key]
 
 
 def paged_attention(
@@ -59,12 +72,7 @@ def paged_attention(
     flat_k = key_cache.view(-1, *key_cache.shape[2:])
     flat_v = value_cache.view(-1, *value_cache.shape[2:])
     for g in _plan(meta):
-        allowed = g.k_valid
-        if causal:
-            allowed = allowed & (g.k_pos[None, None, :] <= g.q_pos[:, :, None])
-        if sliding_window is not None:  # causal: the w-1 keys behind; bidirectional: |q - k| < w
-            dist = g.q_pos[:, :, None] - g.k_pos[None, None, :]
-            allowed = allowed & ((dist if causal else dist.abs()) < sliding_window)
+        allowed = g.allowed(causal, sliding_window)
         o = _masked_attention(query[g.tok], flat_k[g.slots], flat_v[g.slots], allowed, scale, softcap)
         out[g.tok[g.q_valid]] = o[g.q_valid]
     return out
