@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from anymodel.native_overrides.gemma2 import Gemma2Attention, Gemma2DecoderLayer, Gemma2ForCausalLM, Gemma2Model
-from anymodel.native_overrides.layers import GemmaRMSNorm, apply_rotary
+from anymodel.native_overrides.layers import GemmaRMSNorm, apply_qk_norm_rotary
 
 
 class Gemma3Attention(Gemma2Attention):
@@ -21,8 +21,7 @@ class Gemma3Attention(Gemma2Attention):
         return None  # Gemma 3 keeps `attn_logit_softcapping` in its config but never applies it
 
     def rotate_qk(self, qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)  # [T, Hq, D], [T, Hkv, D]
-        return apply_rotary(torch.cat((self.q_norm(q), self.k_norm(k)), dim=1), cos, sin)
+        return apply_qk_norm_rotary(qk, self.num_heads, self.q_norm, self.k_norm, cos, sin)
 
 
 class Gemma3DecoderLayer(Gemma2DecoderLayer):

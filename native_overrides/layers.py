@@ -120,6 +120,13 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
+def apply_qk_norm_rotary(qk: torch.Tensor, num_q_heads: int, q_norm: nn.Module, k_norm: nn.Module,
+                         cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Per-head RMSNorm of q and k (Qwen3, Gemma 3), then rope; qk [T, Hq + Hkv, D] side by side."""
+    q, k = qk[:, :num_q_heads], qk[:, num_q_heads:]
+    return apply_rotary(torch.cat((q_norm(q), k_norm(k)), dim=1), cos, sin)
+
+
 # ---------------------------------------------------------------- attention and MLP
 
 class PagedAttention(nn.Module):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from anymodel.native_overrides.layers import RMSNorm, apply_rotary
+from anymodel.native_overrides.layers import RMSNorm, apply_qk_norm_rotary
 from anymodel.native_overrides.llama import LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaModel
 
 
@@ -16,8 +16,7 @@ class Qwen3Attention(LlamaAttention):
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype)
 
     def rotate_qk(self, qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)  # [T, Hq, D], [T, Hkv, D]
-        return apply_rotary(torch.cat((self.q_norm(q), self.k_norm(k)), dim=1), cos, sin)
+        return apply_qk_norm_rotary(qk, self.num_heads, self.q_norm, self.k_norm, cos, sin)
 
 
 class Qwen3DecoderLayer(LlamaDecoderLayer):
