@@ -1,10 +1,19 @@
 """The compat path: models whose attention does not go through Transformers' attention interface.
 
 Such a model (Bloom, Falcon, older remote code) cannot read our paged cache, so it runs through
-its own forward with its own Transformers cache, one request at a time: slow, but token-identical.
+its own forward with its own Transformers cache: token-identical, but slower than the paged path.
 The engine still schedules it (continuous batching, chunked prefill, preemption); each request's
 HF cache lives here, keyed by request id, and is dropped when the request finishes or is preempted.
 Prefix caching is off for these models, since their K/V never enter our blocks.
+
+Within one step, prefill chunks run one request at a time. The decode rows (one new token on an
+existing cache) run as ONE batched forward, as HF `generate` does with left padding: each
+request's per-layer K/V [1, H, L_i, D] is left-padded with zeros to [B, H, max L, D], the
+`attention_mask` [B, max L + 1] zeroes the padding, `position_ids` [B, 1] are the true positions,
+and the grown cache is cut back into per-request views without the padding afterwards. Whether a
+model can be batched is decided once, at construction (see `_batching_blocker`); models that
+cannot (no `attention_mask` or `position_ids`, sliding / linear-attention caches, unknown cache
+types) keep the per-request loop.
 """
 
 from __future__ import annotations
@@ -13,10 +22,16 @@ import inspect
 import logging
 
 import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from anymodel.adapters.causal_lm import TransformersForCausalLM
 
 logger = logging.getLogger("anymodel")
+
+# Model types without position ids whose only positional signal is ALiBi, which survives left
+# padding: Bloom builds it from the attention mask's cumsum, MPT relative to the last key; both
+# give the same per-key bias differences (all softmax sees) with or without padding.
+_POSITIONS_FROM_ALIBI = frozenset({"bloom", "mpt"})
 
 
 class CompatCausalLM(TransformersForCausalLM):
@@ -30,32 +45,150 @@ class CompatCausalLM(TransformersForCausalLM):
         self._takes_positions = "position_ids" in params
         # Transformers >= 5.2x renamed `past_key_values` to `cache` (in and out); accept either.
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        blocker = _batching_blocker(params, config)
+        self.batch_decode = blocker is None
+        name = type(base_model).__name__
+        if self.batch_decode:
+            logger.info("anymodel: compat path for %s: decode steps batched (left-padded HF cache)", name)
+        else:
+            logger.info("anymodel: compat path for %s: one request at a time (%s)", name, blocker)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn_metadata) -> torch.Tensor:
         starts = attn_metadata.query_start_loc.tolist()
         context = attn_metadata.context_lens.tolist()
-        hidden = []
-        for i, rid in enumerate(attn_metadata.request_ids):
-            s, e = starts[i], starts[i + 1]
-            cache = self.caches.pop(rid, None) if context[i] > 0 else None
-            if context[i] > 0 and cache is None:
-                raise RuntimeError(f"compat path: request {rid} resumed without its cache")
-            kwargs = {"position_ids": positions[:, s:e]} if self._takes_positions else {}
-            kwargs[self._cache_arg] = cache
-            out = self.model(input_ids=input_ids[:, s:e], use_cache=True, return_dict=True, **kwargs)
-            self.caches[rid] = getattr(out, "cache", None) or out.past_key_values
-            hidden.append(out.last_hidden_state[0])
+        rids = attn_metadata.request_ids
+        hidden: list[torch.Tensor | None] = [None] * len(rids)  # per request: [q_i, H]
+        decode = [
+            i for i, rid in enumerate(rids) if starts[i + 1] - starts[i] == 1 and context[i] > 0 and rid in self.caches
+        ]
+        if self.batch_decode and len(decode) > 1 and self._caches_batchable([rids[i] for i in decode]):
+            rows = torch.tensor([starts[i] for i in decode], device=input_ids.device)
+            out = self._decode_batch([rids[i] for i in decode], input_ids[0, rows], positions[0, rows])
+            for j, i in enumerate(decode):
+                hidden[i] = out[j : j + 1]
+        for i, rid in enumerate(rids):
+            if hidden[i] is None:
+                s, e = starts[i], starts[i + 1]
+                hidden[i] = self._run_one(rid, input_ids[:, s:e], positions[:, s:e], context[i])
         return torch.cat(hidden)
+
+    def _run_one(self, rid: str, ids: torch.Tensor, pos: torch.Tensor, context: int) -> torch.Tensor:
+        """One request's chunk, ids/pos [1, q], on its own cache -> hidden [q, H]."""
+        cache = self.caches.pop(rid, None) if context > 0 else None
+        if context > 0 and cache is None:
+            raise RuntimeError(f"compat path: request {rid} resumed without its cache")
+        kwargs = {"position_ids": pos} if self._takes_positions else {}
+        kwargs[self._cache_arg] = cache
+        out = self.model(input_ids=ids, use_cache=True, return_dict=True, **kwargs)
+        self.caches[rid] = _returned_cache(out)
+        return out.last_hidden_state[0]
+
+    def _decode_batch(self, rids: list[str], ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """One token for each of B requests, ids/pos [B], in one forward -> hidden [B, H]."""
+        caches = [self.caches.pop(rid) for rid in rids]
+        width = max(c.get_seq_length() for c in caches)
+        pads = [width - c.get_seq_length() for c in caches]  # zeros before each request's K/V
+        # [B, width + 1]: 0 on the padding, 1 on the cached tokens and on the new one
+        pad = torch.tensor(pads, device=ids.device)[:, None]
+        mask = (torch.arange(width + 1, device=ids.device)[None] >= pad).long()
+        kwargs = {"position_ids": pos[:, None]} if self._takes_positions else {}
+        kwargs[self._cache_arg] = _left_padded(caches, width)
+        out = self.model(input_ids=ids[:, None], attention_mask=mask, use_cache=True, return_dict=True, **kwargs)
+        grown = _returned_cache(out)
+        for b, rid in enumerate(rids):
+            self.caches[rid] = _unpadded(grown, b, pads[b])
+        return out.last_hidden_state[:, 0]
+
+    def _caches_batchable(self, rids: list[str]) -> bool:
+        """Runtime guard for what construction cannot see (remote code may build any cache type):
+        every cache a DynamicCache of initialised full-attention DynamicLayers of batch 1. Once
+        one is not, the per-request loop is used from then on."""
+        if all(_is_plain_dynamic(self.caches[rid]) for rid in rids):
+            return True
+        kind = next(type(self.caches[rid]).__name__ for rid in rids if not _is_plain_dynamic(self.caches[rid]))
+        logger.warning("anymodel: compat path: %s cache cannot be batched; one request at a time from now on", kind)
+        self.batch_decode = False
+        return False
 
     def release(self, request_ids) -> None:
         for rid in request_ids:
             self.caches.pop(rid, None)
 
 
+def _batching_blocker(params, config) -> str | None:
+    """Why this base model's decode steps cannot be batched with left padding, or None if they can."""
+    if "attention_mask" not in params:
+        return "its forward takes no attention_mask"
+    if "cache" not in params and "past_key_values" not in params:
+        return "its forward takes no cache"
+    if "position_ids" not in params and getattr(config, "model_type", None) not in _POSITIONS_FROM_ALIBI:
+        return "its forward takes no position_ids, so positions would count the padding"
+    try:
+        layers = DynamicCache(config=config).layers  # what the model builds: one layer per type
+    except Exception as e:  # a config the cache cannot read: not a cache we know
+        return f"cannot build its cache ({e})"
+    odd = sorted({type(layer).__name__ for layer in layers if type(layer) is not DynamicLayer})
+    return f"its cache has {', '.join(odd)} layers" if odd else None
+
+
+def _is_plain_dynamic(cache) -> bool:
+    return (
+        type(cache) is DynamicCache
+        and len(cache.layers) > 0
+        and all(type(l) is DynamicLayer and l.is_initialized and l.keys.shape[0] == 1 for l in cache.layers)
+    )
+
+
+def _returned_cache(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def _left_padded(caches: list[DynamicCache], width: int) -> DynamicCache:
+    """B per-request caches, each layer [1, H, L_b, D], -> one cache of layers [B, H, width, D] with
+    zeros before each request's K/V (zeros, not garbage: a masked NaN would survive 0 * NaN)."""
+    layers = []
+    for per_request in zip(*(c.layers for c in caches)):  # one model layer across the requests
+        keys = _stack_left_padded([layer.keys for layer in per_request], width)
+        values = _stack_left_padded([layer.values for layer in per_request], width)
+        layers.append(_layer(keys, values))
+    return _cache_of(layers)
+
+
+def _stack_left_padded(tensors: list[torch.Tensor], width: int) -> torch.Tensor:
+    """[1, H, L_b, D] each -> [B, H, width, D], request b's tokens at the right end."""
+    first = tensors[0]
+    out = first.new_zeros(len(tensors), first.shape[1], width, first.shape[3])
+    for b, t in enumerate(tensors):
+        out[b, :, width - t.shape[2] :] = t[0]
+    return out
+
+
+def _unpadded(cache: DynamicCache, b: int, pad: int) -> DynamicCache:
+    """Request b's part of a batched cache, [1, H, width + 1 - pad, D] per layer. Views: the
+    batched tensors are freed once every request has moved on to its next step's copy."""
+    return _cache_of([_layer(l.keys[b : b + 1, :, pad:], l.values[b : b + 1, :, pad:]) for l in cache.layers])
+
+
+def _layer(keys: torch.Tensor, values: torch.Tensor) -> DynamicLayer:
+    # Set directly rather than through `update`, which would copy them once more (cat onto empty).
+    layer = DynamicLayer()
+    layer.lazy_initialization(keys, values)
+    layer.keys, layer.values = keys, values
+    return layer
+
+
+def _cache_of(layers: list[DynamicLayer]) -> DynamicCache:
+    cache = DynamicCache()
+    cache.layers = layers
+    return cache
+
+
 def load_compat_causal_lm(cls: type, model_dir, config, dtype: torch.dtype) -> CompatCausalLM:
     logger.warning(
-        "anymodel: %s does not support the Transformers attention backend; running it on the slow compat "
-        "path (its own attention and cache, one request at a time, no prefix caching)",
+        "anymodel: %s does not support the Transformers attention backend; running it on the slower compat "
+        "path (its own attention and cache: decode steps batched where the model allows, prefill one request "
+        "at a time, no prefix caching)",
         cls.__name__,
     )
     hf = cls.from_pretrained(model_dir, config=config, dtype=dtype)
