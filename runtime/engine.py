@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import logging
 import time
+from dataclasses import dataclass
 
 from anymodel import loader, pooling
 from anymodel.config import EngineArgs
@@ -77,25 +78,23 @@ class Engine:
     def add_request(self, request_id: str, prompt, params: SamplingParams | PoolingParams | None = None) -> None:
         params = params or (SamplingParams() if self.task == "generate" else PoolingParams())
         pooling.check_request(self.task, params, self.hf_config)
-        text, token_ids = self._tokenize(prompt)
-        self._validate(token_ids, params)
+        tokens = self._truncate(self._tokenize(prompt), params)
+        self._validate(tokens.token_ids, params)
         if isinstance(params, PoolingParams):
-            return self._add_pooling_request(request_id, prompt, text, token_ids, params)
+            return self._add_pooling_request(request_id, tokens, params)
+        token_ids = tokens.token_ids
         children = [self._make_request(f"{request_id}#{i}", token_ids, params, i) for i in range(getattr(params, "n", 1))]
-        self.outputs.add(RequestGroup(request_id, text, token_ids, params, children, self.tokenizer))
+        self.outputs.add(RequestGroup(request_id, tokens.text, token_ids, params, children, self.tokenizer))
         for child in children:
             self.scheduler.add(child)
         self._counters["prompt"] += len(token_ids)
 
-    def _add_pooling_request(self, request_id: str, prompt, text, token_ids: list[int], params) -> None:
-        types = prompt.get("token_type_ids") if isinstance(prompt, dict) else None
-        if types is not None and len(types) != len(token_ids):
-            raise ValueError(f"token_type_ids has {len(types)} entries for {len(token_ids)} prompt tokens; pass one per token")
-        request = self._make_request(request_id, token_ids, params, 0)
-        request.token_type_ids = list(types) if types is not None else None
-        self.pooling.add(request, text)
+    def _add_pooling_request(self, request_id: str, tokens: PromptTokens, params) -> None:
+        request = self._make_request(request_id, tokens.token_ids, params, 0)
+        request.token_type_ids = tokens.token_type_ids
+        self.pooling.add(request, tokens.text)
         self.scheduler.add(request)
-        self._counters["prompt"] += len(token_ids)
+        self._counters["prompt"] += len(tokens.token_ids)
 
     def step(self) -> list[RequestOutput | PoolingRequestOutput]:
         sched = self.scheduler.schedule()
@@ -157,19 +156,50 @@ class Engine:
         return str(next(self._ids))
 
     # ---- helpers --------------------------------------------------------------------------------
-    def _tokenize(self, prompt) -> tuple[str | None, list[int]]:
-        if isinstance(prompt, dict):
-            if "prompt_token_ids" in prompt:
-                return prompt.get("prompt"), list(prompt["prompt_token_ids"])
-            if "prompt" in prompt:
-                prompt = prompt["prompt"]
-            else:
-                raise ValueError("prompt dict must have 'prompt' (str) or 'prompt_token_ids' (list[int])")
+    def _tokenize(self, prompt) -> PromptTokens:
+        if not isinstance(prompt, dict):
+            return self._tokenize_plain(prompt)
+        if "prompt_token_ids" in prompt:
+            tokens = PromptTokens(prompt.get("prompt"), list(prompt["prompt_token_ids"]))
+        elif "prompt" in prompt:
+            tokens = self._tokenize_plain(prompt["prompt"])
+        else:
+            raise ValueError("prompt dict must have 'prompt' (str) or 'prompt_token_ids' (list[int])")
+        tokens.token_type_ids = _token_type_ids(prompt, len(tokens.token_ids))
+        return tokens
+
+    def _tokenize_plain(self, prompt) -> PromptTokens:
         if isinstance(prompt, str):
-            return prompt, self.tokenizer.encode(prompt)
+            return PromptTokens(prompt, self.tokenizer.encode(prompt))
         if isinstance(prompt, (list, tuple)) and all(isinstance(t, int) for t in prompt):
-            return None, list(prompt)
+            return PromptTokens(None, list(prompt))
         raise ValueError(f"prompt must be a str, a list of token ids, or a dict; got {type(prompt).__name__}")
+
+    def max_prompt_len(self, params) -> int:
+        """The longest prompt a request may have: a generation needs room for one new token, and a
+        pooling prompt runs whole in one step."""
+        if isinstance(params, PoolingParams):
+            return min(self.max_model_len, self.scheduler.max_num_batched_tokens)
+        return self.max_model_len - 1
+
+    def _truncate(self, tokens: PromptTokens, params) -> PromptTokens:
+        """truncate_prompt_tokens=k keeps the last k prompt tokens (vLLM); -1 keeps max_prompt_len."""
+        k = getattr(params, "truncate_prompt_tokens", None)
+        if k is None:
+            return tokens
+        limit = self.max_prompt_len(params)
+        if k == -1:
+            k = limit
+        elif k > limit:
+            raise ValueError(f"truncate_prompt_tokens must be -1 or in [1, {limit}] (this model's longest prompt for "
+                             f"the request, max_model_len={self.max_model_len}), got {k}")
+        if len(tokens.token_ids) <= k:
+            return tokens
+        ids = tokens.token_ids[-k:]
+        types = tokens.token_type_ids[-k:] if tokens.token_type_ids is not None else None
+        # the text reported with the outputs (and echoed by the server) is what the model saw
+        text = self.tokenizer.decode(ids) if tokens.text is not None else None
+        return PromptTokens(text, ids, types)
 
     def _validate(self, token_ids: list[int], params) -> None:
         if not token_ids:
@@ -177,6 +207,8 @@ class Engine:
         bad = [t for t in token_ids if not 0 <= t < self.vocab_size]
         if bad:
             raise ValueError(f"prompt_token_ids must be in [0, {self.vocab_size}); got {bad[:5]}")
+        if isinstance(params, SamplingParams):
+            self._validate_token_lists(params)
         n = len(token_ids)
         if n > self.max_model_len - (0 if isinstance(params, PoolingParams) else 1):
             raise ValueError(
@@ -191,6 +223,15 @@ class Engine:
                 f"prompt ({n} tokens) plus max_tokens needs {needed} tokens of KV cache but it holds "
                 f"{self.kv.capacity_tokens}; lower max_tokens or raise kv_cache_memory / num_kv_blocks"
             )
+
+    def _validate_token_lists(self, params: SamplingParams) -> None:
+        """Token ids named by logit_bias / allowed_token_ids index the logits: they must be in the vocabulary."""
+        for name, ids in (("logit_bias", params.logit_bias or {}),
+                          ("allowed_token_ids", params.allowed_token_ids or [])):
+            bad = [t for t in ids if not 0 <= t < self.vocab_size]
+            if bad:
+                raise ValueError(f"{name} token ids must be in [0, {self.vocab_size}) (the model's vocabulary); "
+                                 f"got {bad[:5]}")
 
     def _max_tokens(self, prompt_len: int, params) -> int:
         if isinstance(params, PoolingParams):
@@ -209,6 +250,22 @@ class Engine:
             eos_token_ids=self.eos_token_ids,
             arrival_time=time.monotonic(),
         )
+
+
+@dataclass
+class PromptTokens:
+    """A prompt as the engine runs it."""
+
+    text: str | None
+    token_ids: list[int]
+    token_type_ids: list[int] | None = None  # segment ids of a cross-encoder pair, one per token
+
+
+def _token_type_ids(prompt: dict, num_tokens: int) -> list[int] | None:
+    types = prompt.get("token_type_ids")
+    if types is not None and len(types) != num_tokens:
+        raise ValueError(f"token_type_ids has {len(types)} entries for {num_tokens} prompt tokens; pass one per token")
+    return list(types) if types is not None else None
 
 
 def model_traits(model) -> tuple[bool, bool]:

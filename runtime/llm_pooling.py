@@ -34,41 +34,53 @@ POOLING_REQUEST_TASKS = ("encode", "embed", "classify", "score", "reward")
 
 class PoolingMixin:
     def encode(self, prompts, pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
-               use_tqdm: bool = True, pooling_task: str = "encode") -> list[PoolingRequestOutput]:
-        """The model's raw pooler output for each prompt, in input order."""
+               use_tqdm: bool = True, pooling_task: str = "encode", *,
+               truncate_prompt_tokens: int | None = None) -> list[PoolingRequestOutput]:
+        """The model's raw pooler output for each prompt, in input order.
+
+        truncate_prompt_tokens=k keeps each prompt's last k tokens (-1: as many as the model takes);
+        it overrides the pooling_params' own value.
+        """
         if pooling_task not in POOLING_REQUEST_TASKS:
             raise ValueError(f"unsupported pooling_task {pooling_task!r}; supported: {list(POOLING_REQUEST_TASKS)}")
         from anymodel.llm import _as_list, _broadcast
 
         prompts = _as_list(prompts)
         params = _broadcast(pooling_params or PoolingParams(), len(prompts))
-        params = [_for_task(p, pooling_task) for p in params]
+        params = [_for_task(p, pooling_task, truncate_prompt_tokens) for p in params]
         return self._run(prompts, params, use_tqdm)
 
-    def embed(self, prompts, pooling_params=None, use_tqdm: bool = True) -> list[EmbeddingRequestOutput]:
-        outs = self.encode(prompts, pooling_params, use_tqdm, pooling_task="embed")
+    def embed(self, prompts, pooling_params=None, use_tqdm: bool = True, *,
+              truncate_prompt_tokens: int | None = None) -> list[EmbeddingRequestOutput]:
+        outs = self.encode(prompts, pooling_params, use_tqdm, pooling_task="embed",
+                           truncate_prompt_tokens=truncate_prompt_tokens)
         return [EmbeddingRequestOutput(o.request_id, o.prompt_token_ids, EmbeddingOutput(_vector(o, "embed").tolist()))
                 for o in outs]
 
-    def classify(self, prompts, pooling_params=None, use_tqdm: bool = True) -> list[ClassificationRequestOutput]:
-        outs = self.encode(prompts, pooling_params, use_tqdm, pooling_task="classify")
+    def classify(self, prompts, pooling_params=None, use_tqdm: bool = True, *,
+                 truncate_prompt_tokens: int | None = None) -> list[ClassificationRequestOutput]:
+        outs = self.encode(prompts, pooling_params, use_tqdm, pooling_task="classify",
+                           truncate_prompt_tokens=truncate_prompt_tokens)
         return [ClassificationRequestOutput(o.request_id, o.prompt_token_ids,
                                             ClassificationOutput(_vector(o, "classify").tolist()))
                 for o in outs]
 
-    def reward(self, prompts, pooling_params=None, use_tqdm: bool = True) -> list[PoolingRequestOutput]:
-        return self.encode(prompts, pooling_params, use_tqdm, pooling_task="reward")
+    def reward(self, prompts, pooling_params=None, use_tqdm: bool = True, *,
+               truncate_prompt_tokens: int | None = None) -> list[PoolingRequestOutput]:
+        return self.encode(prompts, pooling_params, use_tqdm, pooling_task="reward",
+                           truncate_prompt_tokens=truncate_prompt_tokens)
 
     def score(self, text_1, text_2, pooling_params: PoolingParams | None = None,
-              use_tqdm: bool = True) -> list[ScoringRequestOutput]:
+              use_tqdm: bool = True, *, truncate_prompt_tokens: int | None = None) -> list[ScoringRequestOutput]:
         left, right = _pairs(text_1, text_2)
         if self.engine.task == "embed":
-            return self._embedding_score(left, right, pooling_params, use_tqdm)
+            return self._embedding_score(left, right, pooling_params, use_tqdm, truncate_prompt_tokens)
         if self.engine.task != "score":
             raise ValueError(f"score needs a cross-encoder (task 'score') or an embedding model (task 'embed'); "
                              f"this model runs task {self.engine.task!r}")
         prompts = [self._pair_prompt(a, b) for a, b in zip(left, right)]
-        outs = self.encode(prompts, pooling_params, use_tqdm, pooling_task="score")
+        outs = self.encode(prompts, pooling_params, use_tqdm, pooling_task="score",
+                           truncate_prompt_tokens=truncate_prompt_tokens)
         return [ScoringRequestOutput(o.request_id, o.prompt_token_ids, ScoringOutput(_scalar(o))) for o in outs]
 
     def _pair_prompt(self, a: str, b: str) -> dict:
@@ -81,8 +93,8 @@ class PoolingMixin:
             prompt["token_type_ids"] = list(enc["token_type_ids"])
         return prompt
 
-    def _embedding_score(self, left, right, pooling_params, use_tqdm) -> list[ScoringRequestOutput]:
-        outs = self.embed(list(left) + list(right), pooling_params, use_tqdm)
+    def _embedding_score(self, left, right, pooling_params, use_tqdm, truncate) -> list[ScoringRequestOutput]:
+        outs = self.embed(list(left) + list(right), pooling_params, use_tqdm, truncate_prompt_tokens=truncate)
         n = len(left)
         results = []
         for a, b in zip(outs[:n], outs[n:]):
@@ -94,10 +106,12 @@ class PoolingMixin:
         return results
 
 
-def _for_task(params: PoolingParams, task: str) -> PoolingParams:
+def _for_task(params: PoolingParams, task: str, truncate: int | None = None) -> PoolingParams:
     if not isinstance(params, PoolingParams):
         raise ValueError(f"pooling_params must be PoolingParams, got {type(params).__name__}")
-    return dataclasses.replace(params, task=task)
+    if truncate is None:
+        truncate = params.truncate_prompt_tokens
+    return dataclasses.replace(params, task=task, truncate_prompt_tokens=truncate)  # validates truncate
 
 
 def _pairs(text_1, text_2) -> tuple[list, list]:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 from enum import Enum
+
+LOGIT_BIAS_LIMIT = 100.0  # OpenAI's range for logit_bias values: [-100, 100]
 
 
 class RequestOutputKind(Enum):
@@ -15,6 +19,38 @@ class RequestOutputKind(Enum):
 def _check(ok: bool, name: str, allowed: str, value) -> None:
     if not ok:
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_truncate(value) -> None:
+    """truncate_prompt_tokens: keep the last k prompt tokens; -1: as many as the model takes."""
+    _check(value is None or (_is_int(value) and (value == -1 or value >= 1)), "truncate_prompt_tokens",
+           "None, -1 (the model's maximum prompt length) or an integer >= 1", value)
+
+
+def _normalize_logit_bias(bias) -> dict[int, float] | None:
+    """{token id: bias} with float values in [-100, 100]; token ids are checked against the vocab by the engine."""
+    if bias is None:
+        return None
+    _check(isinstance(bias, dict), "logit_bias", "None or a dict {token_id: bias}", bias)
+    bad_keys = [k for k in bias if not _is_int(k)]
+    _check(not bad_keys, "logit_bias", "keyed by integer token ids", bad_keys[:5])
+    bad = {k: v for k, v in bias.items()
+           if not (isinstance(v, numbers.Real) and math.isfinite(v) and abs(v) <= LOGIT_BIAS_LIMIT)}
+    _check(not bad, "logit_bias", f"a dict whose values are numbers in [-{LOGIT_BIAS_LIMIT:g}, {LOGIT_BIAS_LIMIT:g}]",
+           dict(list(bad.items())[:5]))
+    return {int(k): float(v) for k, v in bias.items()}
+
+
+def _normalize_allowed(ids) -> list[int] | None:
+    if ids is None:
+        return None
+    ok = isinstance(ids, (list, tuple, set)) and len(ids) > 0 and all(_is_int(t) for t in ids)
+    _check(ok, "allowed_token_ids", "None or a non-empty list of integer token ids", ids)
+    return sorted({int(t) for t in ids})
 
 
 @dataclass
@@ -38,6 +74,12 @@ class SamplingParams:
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
+    # Added to the logits before sampling (also greedy): {token id: bias in [-100, 100]}.
+    logit_bias: dict[int, float] | None = None
+    # Only these tokens can be sampled (every other token's logit becomes -inf).
+    allowed_token_ids: list[int] | None = None
+    # Keep only the last k prompt tokens (-1: as many as the model takes).
+    truncate_prompt_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -46,6 +88,8 @@ class SamplingParams:
         self.stop_token_ids = list(self.stop_token_ids or [])
         if self.top_k == -1:
             self.top_k = 0
+        self.logit_bias = _normalize_logit_bias(self.logit_bias)
+        self.allowed_token_ids = _normalize_allowed(self.allowed_token_ids)
         self._validate()
 
     def _validate(self) -> None:
@@ -67,6 +111,7 @@ class SamplingParams:
             _check(v is None or (isinstance(v, int) and 0 <= v <= 20), name, "None or an integer in [0, 20]", v)
         _check(all(isinstance(s, str) and s for s in self.stop), "stop", "a non-empty string or list of them", self.stop)
         _check(self.seed is None or isinstance(self.seed, int), "seed", "None or an integer", self.seed)
+        _check_truncate(self.truncate_prompt_tokens)
 
     @property
     def greedy(self) -> bool:
@@ -91,7 +136,9 @@ class PoolingParams:
     softmax: bool | None = None
     task: str | None = None  # filled by the LLM method that created it
     extra: dict = field(default_factory=dict)
+    truncate_prompt_tokens: int | None = None  # keep the last k prompt tokens (-1: the model's maximum)
 
     def __post_init__(self) -> None:
         _check(self.dimensions is None or (isinstance(self.dimensions, int) and self.dimensions >= 1),
                "dimensions", "None or an integer >= 1", self.dimensions)
+        _check_truncate(self.truncate_prompt_tokens)

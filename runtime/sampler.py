@@ -1,9 +1,10 @@
 """Logits -> tokens (+ logprobs): a pure function of (logits, per-row parameters, token history).
 
-Rows are the positions that sample this step, one per request. Order of processing:
-penalties -> min_tokens masking -> greedy argmax, or temperature -> top-k -> top-p -> min-p ->
-sample (per-request torch.Generator when the request has a seed). Logprobs are reported from the
-model's raw distribution (log_softmax of the logits before any processing), as vLLM does by default.
+Rows are the positions that sample this step, one per request. Order of processing (vLLM's):
+allowed_token_ids masking -> logit_bias -> penalties -> min_tokens masking -> greedy argmax, or
+temperature -> top-k -> top-p -> min-p -> sample (per-request torch.Generator when the request has a
+seed). Logprobs are reported from the model's raw distribution (log_softmax of the logits before
+any processing, so before logit_bias too), as vLLM does by default.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow], default_generator: tor
     """logits [S, V] (any float dtype) -> one token per row."""
     logits = logits.float()
     raw_logprobs = torch.log_softmax(logits, dim=-1) if any(r.params.logprobs is not None for r in rows) else None
+    logits = _apply_token_constraints(logits, rows)
     logits = _apply_penalties(logits, rows)
     for i, row in enumerate(rows):
         if row.blocked_token_ids:
@@ -47,6 +49,39 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow], default_generator: tor
         tokens[random] = _sample_random(logits[random], [rows[i] for i in random], default_generator)
     token_list = tokens.tolist()
     return SamplerOutput(token_list, _gather_logprobs(raw_logprobs, rows, token_list))
+
+
+def _apply_token_constraints(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    """allowed_token_ids and logit_bias of every row at once, by (row, token) index lists.
+
+    The Python loop runs over rows and their (few) listed tokens, never over the vocabulary.
+    logits [S, V] -> [S, V]
+    """
+    allow_rows, allow_ids, bias_rows, bias_ids, bias_vals = [], [], [], [], []
+    for i, row in enumerate(rows):
+        p = row.params
+        if p.allowed_token_ids:
+            allow_rows += [i] * len(p.allowed_token_ids)
+            allow_ids += p.allowed_token_ids
+        if p.logit_bias:
+            bias_rows += [i] * len(p.logit_bias)
+            bias_ids += list(p.logit_bias)
+            bias_vals += list(p.logit_bias.values())
+    device = logits.device
+    if allow_rows:
+        r = torch.tensor(allow_rows, dtype=torch.long, device=device)
+        c = torch.tensor(allow_ids, dtype=torch.long, device=device)
+        allowed = torch.zeros_like(logits, dtype=torch.bool)  # [S, V]
+        allowed[r, c] = True
+        restricted = torch.zeros(logits.shape[0], dtype=torch.bool, device=device)  # [S]: rows with a list
+        restricted[r] = True
+        logits = logits.masked_fill(restricted[:, None] & ~allowed, float("-inf"))
+    if bias_rows:
+        r = torch.tensor(bias_rows, dtype=torch.long, device=device)
+        c = torch.tensor(bias_ids, dtype=torch.long, device=device)
+        # (row, token) pairs are unique (dict keys per row), so accumulate adds each bias exactly once
+        logits = logits.index_put((r, c), torch.tensor(bias_vals, dtype=logits.dtype, device=device), accumulate=True)
+    return logits
 
 
 def _apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:

@@ -16,7 +16,7 @@ from .delta import RequestDelta, SampleDelta
 from .protocol import (AssistantMessage, ChatChoiceLogprobs, ChatCompletionChoice, ChatCompletionChunk,
                        ChatCompletionRequest, ChatCompletionResponse, ChatCompletionStreamChoice, ChatLogprobToken,
                        ChatMessage, ChatTopLogprob, DeltaMessage, UsageInfo, random_id)
-from .serving import MIN_LOGPROB, GenerationHandler, clamp, json_response
+from .serving import MIN_LOGPROB, GenerationHandler, clamp, json_response, prompt_logprobs_field
 from .sse import sse_data
 
 
@@ -43,8 +43,9 @@ class ChatHandler(GenerationHandler):
 
     async def create(self, req: ChatCompletionRequest) -> Response:
         self.check_model(req.model)
+        req.check_prompt_logprobs()
         top_k = req.num_logprobs()
-        params = self.make_params(req, req.max_new_tokens(), top_k)
+        params = self.make_params(req, req.max_new_tokens(), top_k, req.prompt_logprobs)
         prompt = render_chat(self.tokenizer, req.messages, self.chat_template,
                              add_generation_prompt=req.add_generation_prompt,
                              continue_final_message=req.continue_final_message,
@@ -65,7 +66,8 @@ class ChatHandler(GenerationHandler):
             for s in sorted(final.samples.values(), key=lambda s: s.index)
         ]
         return ChatCompletionResponse(id=request_id, model=self.model_name, choices=choices,
-                                      usage=self.usage([final]))
+                                      usage=self.usage([final]),
+                                      prompt_logprobs=prompt_logprobs_field(final.prompt_logprobs))
 
     def _logprobs(self, sample: SampleDelta, top_k: int | None) -> ChatChoiceLogprobs | None:
         if top_k is None or sample.logprobs is None:

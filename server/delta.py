@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from anymodel.outputs import Logprob, RequestOutput
+from anymodel.outputs import Logprob, PromptLogprobs, RequestOutput
 
 TokenLogprobs = dict[int, Logprob]  # one generated position: token id -> Logprob
 
@@ -41,6 +41,10 @@ class RequestDelta:
     samples: dict[int, SampleDelta]  # only the samples that changed, by CompletionOutput.index
     finished: bool
     num_cached_tokens: int = 0
+    prompt: str | None = None  # the prompt text the engine ran (None for token-id prompts)
+    # Only on the first delta of a request that asked for them: complete by then (the prompt is
+    # fully computed before the first token is sampled). [num_prompt_tokens], the first is None.
+    prompt_logprobs: PromptLogprobs | None = None
 
     def merge(self, later: "RequestDelta") -> None:
         for index, sample in later.samples.items():
@@ -50,6 +54,8 @@ class RequestDelta:
                 self.samples[index] = sample
         self.finished = later.finished
         self.num_cached_tokens = later.num_cached_tokens
+        if self.prompt_logprobs is None:
+            self.prompt_logprobs = later.prompt_logprobs
 
     @property
     def num_new_tokens(self) -> int:
@@ -64,6 +70,7 @@ class DeltaTracker:
     num_tokens: dict[int, int] = field(default_factory=dict)
     finished: set[int] = field(default_factory=set)
     prompt_token_ids: list[int] | None = None
+    prompt_logprobs_sent: bool = False
     # The engine cuts a stop string out of text it may already have reported in part (a stop
     # string spanning tokens), so the last len(longest stop) - 1 characters are held back until
     # the sample finishes: text handed out is then always a prefix of the final text.
@@ -81,7 +88,11 @@ class DeltaTracker:
             sample = self._sample_delta(comp)
             if sample is not None:
                 samples[comp.index] = sample
-        return RequestDelta(out.request_id, self.prompt_token_ids, samples, out.finished, out.num_cached_tokens)
+        prompt_logprobs = None
+        if (samples or out.finished) and not self.prompt_logprobs_sent and out.prompt_logprobs is not None:
+            prompt_logprobs, self.prompt_logprobs_sent = list(out.prompt_logprobs), True  # its entries stay put
+        return RequestDelta(out.request_id, self.prompt_token_ids, samples, out.finished, out.num_cached_tokens,
+                            out.prompt, prompt_logprobs)
 
     def _sample_delta(self, comp) -> SampleDelta | None:
         if comp.index in self.finished:

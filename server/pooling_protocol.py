@@ -17,6 +17,7 @@ PoolingInput = Union[str, list[str], list[int], list[list[int]]]
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: Optional[str] = None
+    truncate_prompt_tokens: Optional[int] = None  # vLLM: keep each prompt's last k tokens (-1: the most)
 
 
 class PoolingUsage(BaseModel):

@@ -67,13 +67,14 @@ class PoolingHandler:
         params.task = "embed"
         return [out.outputs.data for out in await self.run(prompts, params)]
 
-    async def scores(self, text_1, text_2) -> tuple[list[float], int]:
+    async def scores(self, text_1, text_2, truncate: int | None = None) -> tuple[list[float], int]:
         """(scores, prompt tokens) of the pairs, by cross-encoder or by embedding cosine."""
         from anymodel.llm_pooling import _pairs
 
         left, right = _pairs(text_1, text_2)
         if self.task == "embed":
-            outs = await self.run(list(left) + list(right), PoolingParams(task="embed"))
+            params = PoolingParams(task="embed", truncate_prompt_tokens=truncate)
+            outs = await self.run(list(left) + list(right), params)
             n = len(left)
             sims = [torch.nn.functional.cosine_similarity(a.outputs.data, b.outputs.data, dim=0).item()
                     for a, b in zip(outs[:n], outs[n:])]
@@ -81,7 +82,8 @@ class PoolingHandler:
         if self.task != "score":
             raise ValueError(f"score needs a cross-encoder (task 'score') or an embedding model (task 'embed'); "
                              f"this model runs task {self.task!r}")
-        outs = await self.run([self._pair(a, b) for a, b in zip(left, right)], PoolingParams(task="score"))
+        params = PoolingParams(task="score", truncate_prompt_tokens=truncate)
+        outs = await self.run([self._pair(a, b) for a, b in zip(left, right)], params)
         values = []
         for out in outs:
             if out.outputs.data.numel() != 1:
@@ -137,7 +139,8 @@ async def create_embedding(body: EmbeddingRequest, raw: Request):
 
 async def _embeddings(h: PoolingHandler, body: EmbeddingRequest) -> Response:
     check_model(body.model, h.model_name)
-    params = PoolingParams(dimensions=body.dimensions, normalize=body.normalize, task="embed")
+    params = PoolingParams(dimensions=body.dimensions, normalize=body.normalize, task="embed",
+                           truncate_prompt_tokens=body.truncate_prompt_tokens)
     outs = await h.run(_prompts(body.input), params)
     data = [EmbeddingData(index=i, embedding=_encode(o.outputs.data, body.encoding_format)) for i, o in enumerate(outs)]
     return json_response(EmbeddingResponse(model=h.model_name, data=data, usage=_usage(_tokens(outs))))
@@ -150,7 +153,8 @@ async def create_pooling(body: PoolingRequest, raw: Request):
 
 async def _pooling(h: PoolingHandler, body: PoolingRequest) -> Response:
     check_model(body.model, h.model_name)
-    outs = await h.run(_prompts(body.input), PoolingParams(task="encode"))
+    params = PoolingParams(task="encode", truncate_prompt_tokens=body.truncate_prompt_tokens)
+    outs = await h.run(_prompts(body.input), params)
     data = [PoolingData(index=i, data=_encode(o.outputs.data, body.encoding_format)) for i, o in enumerate(outs)]
     return json_response(PoolingResponse(model=h.model_name, data=data, usage=_usage(_tokens(outs))))
 
@@ -162,7 +166,8 @@ async def create_classify(body: ClassificationRequest, raw: Request):
 
 async def _classify(h: PoolingHandler, body: ClassificationRequest) -> Response:
     check_model(body.model, h.model_name)
-    outs = await h.run(_prompts(body.input), PoolingParams(task="classify"))
+    params = PoolingParams(task="classify", truncate_prompt_tokens=body.truncate_prompt_tokens)
+    outs = await h.run(_prompts(body.input), params)
     labels = getattr(h.config, "id2label", None) or {}
     data = []
     for i, o in enumerate(outs):
@@ -180,7 +185,7 @@ async def create_score(body: ScoreRequest, raw: Request):
 
 async def _score(h: PoolingHandler, body: ScoreRequest) -> Response:
     check_model(body.model, h.model_name)
-    values, tokens = await h.scores(body.text_1, body.text_2)
+    values, tokens = await h.scores(body.text_1, body.text_2, body.truncate_prompt_tokens)
     data = [ScoreData(index=i, score=v) for i, v in enumerate(values)]
     return json_response(ScoreResponse(model=h.model_name, data=data, usage=_usage(tokens)))
 
@@ -198,7 +203,7 @@ async def _rerank(h: PoolingHandler, body: RerankRequest) -> Response:
         raise ValueError("documents must not be empty")
     if body.top_n is not None and body.top_n < 0:
         raise ValueError(f"top_n must be None or an integer >= 0, got {body.top_n}")
-    values, tokens = await h.scores(body.query, body.documents)
+    values, tokens = await h.scores(body.query, body.documents, body.truncate_prompt_tokens)
     order = sorted(range(len(values)), key=lambda i: -values[i])[: body.top_n or None]
     results = [RerankResult(index=i, relevance_score=values[i],
                             document=RerankDocument(text=body.documents[i]) if body.return_documents else None)

@@ -6,6 +6,7 @@ Requests ignore unknown fields (clients send many we do not use); value ranges a
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from typing import Any, Literal, Optional, Union
@@ -60,15 +61,18 @@ class SamplingRequest(BaseModel):
     min_tokens: int = 0
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
-    logit_bias: Optional[dict[str, float]] = None  # accepted only when empty (not supported)
+    logit_bias: Optional[dict[str, float]] = None  # OpenAI's string token ids -> bias, clamped to [-100, 100]
+    allowed_token_ids: Optional[list[int]] = None  # vLLM extra
+    truncate_prompt_tokens: Optional[int] = None  # vLLM extra: keep the last k prompt tokens (-1: the most)
+    prompt_logprobs: Optional[int] = None  # vLLM extra: logprobs of every prompt token (not with stream)
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     user: Optional[str] = None
 
     def sampling_kwargs(self) -> dict[str, Any]:
-        if self.logit_bias:
-            raise ValueError("logit_bias is not supported")
         return dict(
+            logit_bias=logit_bias_ids(self.logit_bias), allowed_token_ids=self.allowed_token_ids,
+            truncate_prompt_tokens=self.truncate_prompt_tokens,
             n=self.n, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
             seed=self.seed, stop=self.stop, stop_token_ids=self.stop_token_ids,
             presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
@@ -79,6 +83,26 @@ class SamplingRequest(BaseModel):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    def check_prompt_logprobs(self) -> None:
+        if self.prompt_logprobs is not None and self.stream:
+            raise ValueError("prompt_logprobs is not available with stream=true")
+
+
+def logit_bias_ids(bias: Optional[dict[str, float]]) -> Optional[dict[int, float]]:
+    """OpenAI's {"50256": -100} -> {50256: -100.0}; values clamped to [-100, 100] as vLLM does."""
+    if bias is None:
+        return None
+    out = {}
+    for key, value in bias.items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise ValueError(f"logit_bias keys must be token ids (integers, as strings in JSON), got {key!r}") from None
+        if math.isnan(value):
+            raise ValueError(f"logit_bias values must be numbers in [-100, 100], got {value} for token {key}")
+        out[token] = min(100.0, max(-100.0, value))
+    return out
 
 
 # ------------------------------------------------------------------------------------ completions
@@ -109,12 +133,25 @@ class CompletionLogprobs(BaseModel):
     top_logprobs: list[Optional[dict[str, float]]] = Field(default_factory=list)
 
 
+class PromptLogprob(BaseModel):
+    """vLLM's Logprob, as its `prompt_logprobs` field serializes it."""
+
+    logprob: float
+    rank: Optional[int] = None
+    decoded_token: Optional[str] = None
+
+
+# one entry per prompt token (the first is None: nothing predicts it), token id -> its logprob
+PromptLogprobsField = Optional[list[Optional[dict[int, PromptLogprob]]]]
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
     logprobs: Optional[CompletionLogprobs] = None
     finish_reason: Optional[str] = None
     stop_reason: Optional[Union[int, str]] = None
+    prompt_logprobs: PromptLogprobsField = None  # vLLM extra, non-streaming only
 
 
 class CompletionResponse(BaseModel):
@@ -200,6 +237,7 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatCompletionChoice]
     usage: Optional[UsageInfo] = None
+    prompt_logprobs: PromptLogprobsField = None  # vLLM extra
 
 
 class DeltaMessage(BaseModel):

@@ -19,7 +19,7 @@ from .async_engine import AsyncEngine, EngineDeadError, EngineStepError
 from .delta import RequestDelta, TokenLogprobs
 from .errors import APIError, error_body
 from .merged_streams import MergedStreams
-from .protocol import SamplingRequest, UsageInfo
+from .protocol import PromptLogprob, SamplingRequest, UsageInfo
 from .sse import DONE, SSEResponse, sse_data
 
 logger = logging.getLogger("anymodel.server")
@@ -48,8 +48,10 @@ class GenerationHandler:
         check_model(name, self.model_name)
 
     @staticmethod
-    def make_params(req: SamplingRequest, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
-        return SamplingParams(max_tokens=max_tokens, logprobs=logprobs, **req.sampling_kwargs())
+    def make_params(req: SamplingRequest, max_tokens: int | None, logprobs: int | None,
+                    prompt_logprobs: int | None = None) -> SamplingParams:
+        return SamplingParams(max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
+                              **req.sampling_kwargs())
 
     async def start(self, request_id: str, prompts: list, params: SamplingParams) -> MergedStreams:
         # all adds go out together (one engine-loop round trip, not one per prompt)
@@ -120,6 +122,16 @@ def _undo(adds: list[asyncio.Future]) -> None:
 
 def clamp(logprob: float) -> float:
     return max(logprob, MIN_LOGPROB)
+
+
+def prompt_logprobs_field(entries) -> list[dict[int, PromptLogprob] | None] | None:
+    """The engine's prompt logprobs in vLLM's response shape, -inf clamped (not valid JSON)."""
+    if entries is None:
+        return None
+    return [None if entry is None else
+            {t: PromptLogprob(logprob=clamp(lp.logprob), rank=lp.rank, decoded_token=lp.decoded_token)
+             for t, lp in entry.items()}
+            for entry in entries]
 
 
 async def _sse_body(chunks: AsyncIterator[str]) -> AsyncIterator[str]:

@@ -42,8 +42,13 @@ class KVCacheManager:
         return [b.block_id for b in self.req_blocks.get(request_id, [])]
 
     def get_computed_blocks(self, request: Request) -> tuple[list[KVBlock], int]:
-        """Longest cached prefix of a new request, leaving at least one token to compute."""
-        if not self.enable_prefix_caching or request.is_pooling:
+        """Longest cached prefix of a new request, leaving at least one token to compute.
+
+        No hit for requests that want prompt logprobs: the model must see every prompt position
+        to score it (vLLM skips the prefix cache for them too).
+        """
+        wants_prompt_logprobs = getattr(request.params, "prompt_logprobs", None) is not None
+        if not self.enable_prefix_caching or request.is_pooling or wants_prompt_logprobs:
             return [], 0
         hashes = self._hashes(request)
         max_blocks = (request.num_tokens - 1) // self.block_size

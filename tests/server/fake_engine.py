@@ -91,6 +91,9 @@ class FakeEngine:
         for rid in [request_ids] if isinstance(request_ids, str) else request_ids:
             self.requests.pop(rid, None)
 
+    def shutdown(self) -> None:  # the real Engine stops its executor's workers; there are none here
+        pass
+
     def has_unfinished(self) -> bool:
         self._touch()
         self.idle_checks += 1

@@ -30,7 +30,7 @@ def assert_error(r: httpx.Response, status: int, *words: str) -> dict:
     ("/v1/completions", {"prompt": "1+1=", "max_tokens": 0}, ["max_tokens"]),
     ("/v1/completions", {"prompt": "1+1=", "logprobs": 50}, ["logprobs"]),
     ("/v1/completions", {"prompt": "1+1=", "presence_penalty": 5}, ["presence_penalty"]),
-    ("/v1/completions", {"prompt": "1+1=", "logit_bias": {"1": 5}}, ["logit_bias"]),
+    ("/v1/completions", {"prompt": "1+1=", "logit_bias": {"one": 5}}, ["logit_bias"]),
     ("/v1/completions", {"prompt": []}, ["prompt"]),
     ("/v1/completions", {"prompt": [10**9]}, ["prompt_token_ids"]),
     ("/v1/chat/completions", {"messages": CHAT, "top_logprobs": 2}, ["top_logprobs requires logprobs"]),
