@@ -136,6 +136,10 @@ class AsyncEngine:
             self.engine.shutdown()  # worker processes of a multiprocess/Ray executor
 
     @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len  # set at construction, safe to read from the event loop
+
+    @property
     def is_alive(self) -> bool:
         return self._thread.is_alive() and not self._closed
 

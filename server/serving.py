@@ -54,6 +54,9 @@ class GenerationHandler:
                               **req.sampling_kwargs())
 
     async def start(self, request_id: str, prompts: list, params: SamplingParams) -> MergedStreams:
+        prompts = [self._tokenized(p) for p in prompts]
+        for p in prompts:
+            self._check_context(len(p["prompt_token_ids"]), params)
         # all adds go out together (one engine-loop round trip, not one per prompt)
         adds = [asyncio.ensure_future(self.engine.add(f"{request_id}-{i}", p, params)) for i, p in enumerate(prompts)]
         try:
@@ -65,6 +68,26 @@ class GenerationHandler:
             _undo(adds)
             raise
         return MergedStreams([a.result() for a in adds])
+
+    def _tokenized(self, prompt) -> Any:
+        """Text prompts are tokenized here (as the engine would: `tokenizer.encode`), so that the
+        request's length is known before it is queued."""
+        if isinstance(prompt, str):
+            return {"prompt": prompt, "prompt_token_ids": self.tokenizer.encode(prompt)}
+        if isinstance(prompt, list):
+            return {"prompt_token_ids": prompt}
+        return prompt
+
+    def _check_context(self, num_prompt_tokens: int, params: SamplingParams) -> None:
+        """An explicit max_tokens that cannot fit beside the prompt is a 400 (vLLM's server rule);
+        the offline API instead stops such a request at the context length."""
+        limit = self.engine.max_model_len
+        k = params.truncate_prompt_tokens
+        n = num_prompt_tokens if k is None else min(num_prompt_tokens, limit - 1 if k == -1 else k)
+        if params.max_tokens is not None and n < limit and n + params.max_tokens > limit:
+            raise APIError(400, f"'max_tokens' or 'max_completion_tokens' is too large: {params.max_tokens}. This "
+                                f"model's maximum context length is {limit} tokens and your request has {n} input "
+                                f"tokens ({params.max_tokens} > {limit} - {n})", param="max_tokens")
 
     @staticmethod
     async def collect(merged: MergedStreams) -> list[RequestDelta]:

@@ -69,6 +69,18 @@ def test_prompt_longer_than_the_context_is_400_naming_both_lengths(demo_server, 
     assert_error(r, 400, str(n), str(max_len))
 
 
+@pytest.mark.parametrize("path, field", [("/v1/completions", "max_tokens"), ("/v1/chat/completions", "max_completion_tokens")])
+def test_max_tokens_beyond_the_context_is_400(demo_server, path, field):
+    """vLLM's server rule: prompt + max_tokens must fit the context (the offline API clips instead)."""
+    max_len = httpx.get(f"{demo_server}/v1/models").json()["data"][0]["max_model_len"]
+    body = {"prompt": "12+34="} if "chat" not in path else {"messages": [{"role": "user", "content": "12+34"}]}
+    n = httpx.post(f"{demo_server}/tokenize", json=body).json()["count"]
+    r = post(demo_server, path, json={**body, field: max_len})
+    assert_error(r, 400, "max_tokens", str(max_len), f"{n} input tokens")
+    ok = post(demo_server, path, json={**body, field: max_len - n, "temperature": 0})
+    assert ok.status_code == 200, ok.text
+
+
 def test_unknown_route_and_wrong_method(demo_server):
     assert_error(httpx.get(f"{demo_server}/v1/nothing"), 404)
     assert_error(httpx.get(f"{demo_server}/v1/completions"), 405)
