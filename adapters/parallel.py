@@ -9,6 +9,10 @@
 
 The LM head is vocab-parallel (`colwise_gather_output` unless the model's plan says otherwise):
 each rank computes logits for its slice of the vocabulary, gathered to [S, V] for sampling.
+
+Pooling models (load_parallel_pooling_model) go through the same steps with only their base model
+cut: every row-parallel output is all-reduced, so the final hidden states [T, H] are whole on
+every rank, and the heads (BERT pooler, classifier, `score`, an LM head for reward) stay whole too.
 """
 
 from __future__ import annotations
@@ -35,7 +39,15 @@ from anymodel.adapters.tensor_parallel import (
 
 logger = logging.getLogger("anymodel")
 
-_INFERRED_PAIRS = ((("q_proj", "k_proj", "v_proj"), "o_proj"), (("gate_proj", "up_proj"), "down_proj"))
+# (column-parallel linears, the row-parallel linear that reads their output), as paths below one
+# module. Column outputs stay sharded through what lies between (attention over local heads, an
+# elementwise activation); the row-parallel linear all-reduces them back to full width.
+_INFERRED_PAIRS = (
+    (("q_proj", "k_proj", "v_proj"), "o_proj"),  # Llama-style attention
+    (("gate_proj", "up_proj"), "down_proj"),  # Llama-style MLP
+    (("attention.self.query", "attention.self.key", "attention.self.value"), "attention.output.dense"),  # BERT layer
+    (("intermediate.dense",), "output.dense"),  # BERT layer: dense -> activation -> dense
+)
 
 
 def load_parallel_causal_lm(cls, has_lm_head: bool, model_dir, config, dtype: torch.dtype, state=None):
@@ -47,16 +59,36 @@ def load_parallel_causal_lm(cls, has_lm_head: bool, model_dir, config, dtype: to
         hf.lm_head = nn.Linear(embed.weight.shape[1], embed.weight.shape[0], bias=False, dtype=dtype, device="meta")
     head_name = _name_of(hf, hf.lm_head if not has_lm_head else hf.get_output_embeddings())
     tied = tied_parameters(hf, head_name)
-    if state.pp_size > 1:
-        apply_pipeline_plan(hf, head_name, state, dtype)
-    specs = apply_tensor_plan(hf, resolve_tp_plan(hf, head_name), state) if state.tp_size > 1 else {}
-    load_sharded(hf, model_dir, specs, dtype, tied)
-    _share_tied(hf, tied, specs)
+    _cut_and_load(hf, head_name, model_dir, dtype, tied, state)
     head = hf.get_submodule(head_name)
     if not has_lm_head:
         del hf.lm_head
     hf.eval()
     return TransformersForCausalLM(hf.base_model, head, hf.config)
+
+
+def load_parallel_pooling_model(cls, model_dir, config, dtype: torch.dtype, state=None) -> nn.Module:
+    """This rank's part of an HF model used for pooling (a base model, *ForSequenceClassification,
+    *ForTokenClassification, a causal LM for reward): its base model cut like a generative one's;
+    everything outside it (heads: [.., H] -> labels / vocabulary) whole on every rank, since it
+    reads hidden states that are whole after each row-parallel all-reduce."""
+    state = state or dist.get_parallel_state()
+    hf = build_on_meta(cls, config, dtype)
+    output = hf.get_output_embeddings()
+    tied = tied_parameters(hf, _name_of(hf, output)) if isinstance(output, nn.Module) else {}
+    _cut_and_load(hf, None, model_dir, dtype, tied, state)
+    hf.eval()
+    return hf
+
+
+def _cut_and_load(hf: nn.Module, head_name: str | None, model_dir, dtype: torch.dtype, tied, state) -> None:
+    """Pipeline stage, then tensor-parallel shards, then this rank's weights. `head_name`: the LM
+    head, vocab-parallel and on the last stage only; None (pooling): no head is cut or dropped."""
+    if state.pp_size > 1:
+        apply_pipeline_plan(hf, head_name, state, dtype)
+    specs = apply_tensor_plan(hf, resolve_tp_plan(hf, head_name), state) if state.tp_size > 1 else {}
+    load_sharded(hf, model_dir, specs, dtype, tied)
+    _share_tied(hf, tied, specs)
 
 
 def build_on_meta(cls, config, dtype: torch.dtype) -> nn.Module:
@@ -97,11 +129,13 @@ def _share_tied(hf: nn.Module, tied: dict[str, str], specs: dict[str, ShardSpec]
 
 
 # ---- pipeline -----------------------------------------------------------------------------------
-def apply_pipeline_plan(hf: nn.Module, head_name: str, state, dtype: torch.dtype) -> None:
+def apply_pipeline_plan(hf: nn.Module, head_name: str | None, state, dtype: torch.dtype) -> None:
+    """Stage the base model; an LM head (`head_name`) lives on the last stage only. Pooling heads
+    stay on every stage (small), but only the last stage runs them (ModelRunner.produces_output)."""
     base = hf.base_model
     plan = resolve_stage_plan(base)
     start, end = apply_stage_plan(base, plan, state.pp_rank, state.pp_size, dtype)
-    if not state.is_last_stage:
+    if head_name is not None and not state.is_last_stage:
         owner, _, attr = head_name.rpartition(".")
         parent = hf.get_submodule(owner) if owner else hf
         setattr(parent, attr, StagePlaceholder(getattr(parent, attr), ["hidden_states"], ["logits"], dtype))
@@ -109,37 +143,56 @@ def apply_pipeline_plan(hf: nn.Module, head_name: str, state, dtype: torch.dtype
 
 
 # ---- tensor -------------------------------------------------------------------------------------
-def resolve_tp_plan(hf: nn.Module, head_name: str) -> dict[str, str]:
+def resolve_tp_plan(hf: nn.Module, head_name: str | None) -> dict[str, str]:
     """The model's resolved plan (class `_tp_plan` + config `base_model_tp_plan`, names relative to
-    `hf`), or one inferred from Llama-style names; the LM head is vocab-parallel by default."""
+    `hf`), or one inferred from Llama- / BERT-style names. With `head_name` (generation) the LM
+    head is vocab-parallel by default; without (pooling) only entries inside the base model apply,
+    so heads stay whole."""
     plan = dict(getattr(hf, "tp_plan", None) or getattr(hf, "_tp_plan", None) or {})
-    if not any(not k.startswith(head_name) for k in plan):
+    if head_name is None:
+        base = _name_of(hf, hf.base_model)
+        plan = {k: v for k, v in plan.items() if not base or k.startswith(f"{base}.")}
+    if not any(head_name is None or not k.startswith(head_name) for k in plan):
         plan = {**infer_tp_plan(hf), **plan}
         logger.warning("anymodel: %s declares no base_model_tp_plan; inferred %s", type(hf).__name__, plan)
-    plan.setdefault(head_name, "colwise_gather_output")
+    if head_name is not None:
+        plan.setdefault(head_name, "colwise_gather_output")
     return plan
 
 
 def infer_tp_plan(hf: nn.Module) -> dict[str, str]:
-    """colwise q/k/v + rowwise o_proj, colwise gate/up + rowwise down_proj, vocab-parallel embedding."""
+    """From the base model's names (_INFERRED_PAIRS: q/k/v + o_proj, gate/up + down_proj, BERT's
+    query/key/value + attention.output.dense, intermediate.dense + output.dense), plus a
+    vocab-parallel input embedding. Heads outside the base model are never matched."""
+    base = _name_of(hf, hf.base_model)
     plan: dict[str, str] = {}
-    for name, module in hf.named_modules():
-        children = dict(module.named_children())
+    for name, module in hf.base_model.named_modules():
+        prefix = re.sub(r"\.\d+\.", ".*.", f".{base}.{name}.").strip(".")  # layers.0 -> layers.*
         for cols, row in _INFERRED_PAIRS:
-            present = [c for c in cols if isinstance(children.get(c), nn.Linear)]
-            if present and isinstance(children.get(row), nn.Linear):
-                prefix = re.sub(r"\.\d+\.", ".*.", f".{name}.").strip(".")
+            present = [c for c in cols if _linear_at(module, c)]
+            if present and _linear_at(module, row):
                 plan.update({f"{prefix}.{c}".lstrip("."): "colwise" for c in present})
                 plan[f"{prefix}.{row}".lstrip(".")] = "rowwise"
     if not plan:
         raise ValueError(
             f"{type(hf).__name__} declares no base_model_tp_plan and none can be inferred (looked for "
-            "q_proj/k_proj/v_proj + o_proj and gate_proj/up_proj + down_proj linears); add a base_model_tp_plan "
-            "to its config or use tensor_parallel_size=1"
+            "q_proj/k_proj/v_proj + o_proj and gate_proj/up_proj + down_proj linears, or BERT-style "
+            "attention.self.query/key/value + attention.output.dense and intermediate.dense + output.dense); "
+            "add a base_model_tp_plan to its config (hf_overrides={'base_model_tp_plan': {...}}) or use "
+            "tensor_parallel_size=1"
         )
     if isinstance(hf.get_input_embeddings(), nn.Embedding):
         plan[_name_of(hf, hf.get_input_embeddings())] = "embedding_rowwise"
     return plan
+
+
+def _linear_at(module: nn.Module, path: str) -> bool:
+    """Whether `path` (dotted, below `module`) names an nn.Linear."""
+    for part in path.split("."):
+        module = module._modules.get(part)
+        if module is None:
+            return False
+    return isinstance(module, nn.Linear)
 
 
 def apply_tensor_plan(root: nn.Module, plan: dict[str, str], state) -> dict[str, ShardSpec]:

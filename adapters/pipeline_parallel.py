@@ -60,7 +60,8 @@ def infer_pp_plan(base: nn.Module) -> dict[str, tuple[list[str], list[str]]]:
     if len(lists) != 1:
         raise ValueError(
             f"pipeline parallelism splits exactly one nn.ModuleList; {type(base).__name__} has no "
-            f"base_model_pp_plan and {len(lists)} ModuleLists among its children: {lists}"
+            f"base_model_pp_plan and {len(lists)} ModuleLists among its children: {lists}; add a "
+            "base_model_pp_plan to its config (hf_overrides={'base_model_pp_plan': {...}}) or use pipeline_parallel_size=1"
         )
     plan: dict[str, tuple[list[str], list[str]]] = {}
     for name, module in children:

@@ -30,8 +30,10 @@ class TransformersPoolingModel(nn.Module):
     def __init__(self, base_model: nn.Module, pooler: Pooler, config) -> None:
         super().__init__()
         self.model = base_model
-        self.pooler = pooler
+        self.pooler = pooler  # a plain object: its head is registered below
         self.config = config
+        if isinstance(pooler.head, nn.Module):  # e.g. `score` [H] -> [L]: moves with .to(device)
+            self.head = pooler.head
 
     def forward(self, input_ids, positions, attn_metadata, token_type_ids=None) -> torch.Tensor:
         kwargs = {} if token_type_ids is None else {"token_type_ids": token_type_ids}

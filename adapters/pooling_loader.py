@@ -7,6 +7,10 @@
 
 Pooler defaults per task (vLLM's), then `overrides` (sentence-transformers files, then the user's
 `override_pooler_config`) on top.
+
+With several ranks (`state.world_size > 1`) the same classes load through adapters/parallel.py:
+the base model cut by its tensor-parallel plan (and pipeline stage), the heads whole on every
+rank. The compat path (attention ours cannot reach, recurrent layers) runs in one process only.
 """
 
 from __future__ import annotations
@@ -37,20 +41,21 @@ _AUTO["score"] = _AUTO["classify"]
 
 
 def load_pooling_model(task: str, model_dir, config, dtype: torch.dtype, overrides: dict,
-                       trust_remote_code: bool = False) -> TransformersPoolingModel:
+                       trust_remote_code: bool = False, state=None) -> TransformersPoolingModel:
+    """`state`: this rank's ParallelState (None: one process)."""
     if task == "embed":
-        base = _load(task_class("embed", config, model_dir, trust_remote_code), model_dir, config, dtype)
+        base = _load(task_class("embed", config, model_dir, trust_remote_code), model_dir, config, dtype, state=state)
         return _mark_compat(as_embedding_model(base, default_config("embed", base).merged(overrides)))
     if task in ("classify", "score"):
-        return _load_classifier(task, model_dir, config, dtype, overrides, trust_remote_code)
+        return _load_classifier(task, model_dir, config, dtype, overrides, trust_remote_code, state)
     if task == "reward":
-        return _load_reward(model_dir, config, dtype, overrides, trust_remote_code)
+        return _load_reward(model_dir, config, dtype, overrides, trust_remote_code, state)
     raise ValueError(f"unsupported pooling task {task!r}; supported: ['embed', 'classify', 'score', 'reward']")
 
 
-def _load_classifier(task, model_dir, config, dtype, overrides, trust_remote_code):
+def _load_classifier(task, model_dir, config, dtype, overrides, trust_remote_code, state=None):
     cls = task_class(task, config, model_dir, trust_remote_code)
-    hf = _load(cls, model_dir, config, dtype, head_required=True)
+    hf = _load(cls, model_dir, config, dtype, head_required=True, state=state)
     base = hf.base_model
     cfg = default_config(task, base).merged(overrides)
     activation = classification_activation(hf.config)
@@ -60,19 +65,20 @@ def _load_classifier(task, model_dir, config, dtype, overrides, trust_remote_cod
     return _mark_compat(TransformersForSequenceClassification(base, hf, cfg, activation))
 
 
-def _load_reward(model_dir, config, dtype, overrides, trust_remote_code):
+def _load_reward(model_dir, config, dtype, overrides, trust_remote_code, state=None):
     arch = _architecture(config)
     if arch.endswith("ForTokenClassification"):
-        hf = _load(task_class("reward", config, model_dir, trust_remote_code), model_dir, config, dtype, head_required=True)
+        cls = task_class("reward", config, model_dir, trust_remote_code)
+        hf = _load(cls, model_dir, config, dtype, head_required=True, state=state)
         head = getattr(hf, "classifier", None) or getattr(hf, "score")  # per token: [n, H] -> [n, L]
         return _mark_compat(as_reward_model(hf.base_model, default_config("reward", hf.base_model).merged(overrides), head))
     cfg = default_config("reward", None).merged(overrides)
     if cfg.pooling_type is PoolingType.STEP and cfg.returned_token_ids:  # needs the LM head's logits
         from anymodel.adapters.causal_lm import TransformersForCausalLM
 
-        hf = _load(task_class("generate", config, model_dir, trust_remote_code), model_dir, config, dtype)
+        hf = _load(task_class("generate", config, model_dir, trust_remote_code), model_dir, config, dtype, state=state)
         return _mark_compat(as_reward_model(TransformersForCausalLM(hf.base_model, hf.get_output_embeddings(), hf.config), cfg))
-    base = _load(task_class("embed", config, model_dir, trust_remote_code), model_dir, config, dtype)
+    base = _load(task_class("embed", config, model_dir, trust_remote_code), model_dir, config, dtype, state=state)
     return _mark_compat(as_reward_model(base, cfg))
 
 
@@ -148,9 +154,11 @@ def _fits(task: str, arch: str) -> bool:
     return arch.endswith("Model") and not arch.endswith(("LMHeadModel", "RewardModel"))
 
 
-def _load(cls: type, model_dir, config, dtype: torch.dtype, head_required: bool = False) -> nn.Module:
+def _load(cls: type, model_dir, config, dtype: torch.dtype, head_required: bool = False, state=None) -> nn.Module:
     from anymodel.attention_backend.interface import register
 
+    if state is not None and state.world_size > 1:
+        return _load_parallel(cls, model_dir, config, dtype, head_required, state)
     compatible = bool(getattr(cls, "_supports_attention_backend", False))
     kwargs = {"attn_implementation": register()} if compatible else {}
     model, info = cls.from_pretrained(model_dir, config=config, dtype=dtype, output_loading_info=True, **kwargs)
@@ -160,11 +168,36 @@ def _load(cls: type, model_dir, config, dtype: torch.dtype, head_required: bool 
     prefix = getattr(model, "base_model_prefix", "")
     missing_head = [k for k in info.get("missing_keys", []) if not k.startswith(prefix + ".")]
     if head_required and missing_head and model.base_model is not model:
-        raise ValueError(
-            f"{cls.__name__}: the checkpoint {str(model_dir)!r} has no trained head ({sorted(missing_head)[:4]} "
-            "missing); pick the task its architecture was trained for, or pass hf_overrides={'architectures': [...]}"
-        )
+        raise _no_trained_head(cls, model_dir, missing_head)
     return model
+
+
+def _load_parallel(cls: type, model_dir, config, dtype: torch.dtype, head_required: bool, state) -> nn.Module:
+    """This rank's part of `cls`: base model sharded (adapters/parallel.py), heads whole."""
+    from anymodel.adapters.parallel import load_parallel_pooling_model
+    from anymodel.adapters.sharded_loader import MissingTensorsError
+
+    if not getattr(cls, "_supports_attention_backend", False) or getattr(cls, "_is_stateful", False):
+        raise ValueError(
+            f"{cls.__name__} runs on the compat path (its own attention, one request at a time), which runs in "
+            f"one process only: use tensor_parallel_size=1 and pipeline_parallel_size=1 (got "
+            f"{state.tp_size} and {state.pp_size})"
+        )
+    try:
+        return load_parallel_pooling_model(cls, model_dir, config, dtype, state)
+    except MissingTensorsError as e:
+        prefix = getattr(cls, "base_model_prefix", "")
+        missing_head = [k for k in e.names if not k.startswith(prefix + ".")]
+        if head_required and missing_head:
+            raise _no_trained_head(cls, model_dir, missing_head) from e
+        raise
+
+
+def _no_trained_head(cls: type, model_dir, missing_head: list[str]) -> ValueError:
+    return ValueError(
+        f"{cls.__name__}: the checkpoint {str(model_dir)!r} has no trained head ({sorted(missing_head)[:4]} "
+        "missing); pick the task its architecture was trained for, or pass hf_overrides={'architectures': [...]}"
+    )
 
 
 def _mark_compat(model: TransformersPoolingModel) -> TransformersPoolingModel:

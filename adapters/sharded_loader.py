@@ -18,6 +18,14 @@ from torch import nn
 from anymodel.adapters.tensor_parallel import ShardSpec
 
 
+class MissingTensorsError(ValueError):
+    """The checkpoint lacks parameters of the model (`names`: qualified parameter names)."""
+
+    def __init__(self, model_dir, names: list[str]) -> None:
+        super().__init__(f"model {str(model_dir)!r}: the checkpoint has no tensor for {names[:8]}")
+        self.names = names
+
+
 def checkpoint_files(model_dir) -> dict[str, Path]:
     """checkpoint tensor name -> the safetensors file that holds it."""
     model_dir = Path(model_dir)
@@ -102,7 +110,7 @@ def load_sharded(model: nn.Module, model_dir, specs: dict[str, ShardSpec], dtype
         elif is_param:
             missing.append(name)
     if missing:
-        raise ValueError(f"model {str(model_dir)!r}: the checkpoint has no tensor for {missing[:8]}")
+        raise MissingTensorsError(model_dir, missing)
     for file, items in plan.items():
         with safe_open(file, framework="pt") as f:
             for name, key in items:

@@ -31,8 +31,6 @@ class Engine:
         self.hf_config = loader.load_config(model_dir, args.trust_remote_code, args.hf_overrides)
         self.tokenizer = loader.load_tokenizer(args.tokenizer or model_dir, args.trust_remote_code, args.tokenizer_revision)
         self.task = pooling.resolve_task(args.task, self.hf_config, model_dir)
-        if self.task != "generate" and args.world_size > 1:
-            raise ValueError(f"task {self.task!r} runs with tensor_parallel_size=1 and pipeline_parallel_size=1")
         self.args = args = dataclasses.replace(args, task=self.task)  # workers build the model for it
         self.max_model_len = loader.derive_max_model_len(self.hf_config, args.max_model_len)
         st_len = pooling.sentence_transformers_max_len(model_dir) if self.task == "embed" else None

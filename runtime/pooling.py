@@ -110,12 +110,13 @@ def pooler_overrides(task: str, model_dir: Path, user: dict | None) -> dict:
     return {**base, **(user or {})}
 
 
-def build_pooling_model(args, model_dir: Path, config, dtype):
-    """The worker's entry point for pooling tasks (args.task is already resolved)."""
+def build_pooling_model(args, model_dir: Path, config, dtype, state=None):
+    """The worker's entry point for pooling tasks (args.task is already resolved); `state`: this
+    rank's ParallelState, whose tensor-parallel shard / pipeline stage the base model is cut to."""
     from anymodel.adapters.pooling_loader import load_pooling_model
 
     overrides = pooler_overrides(args.task, model_dir, args.override_pooler_config)
-    return load_pooling_model(args.task, model_dir, config, dtype, overrides, args.trust_remote_code)
+    return load_pooling_model(args.task, model_dir, config, dtype, overrides, args.trust_remote_code, state)
 
 
 # ---- requests ---------------------------------------------------------------------------------------

@@ -26,13 +26,9 @@ def build_model(args, model_dir, config, device: torch.device, state: ParallelSt
 
     dtype = loader.resolve_dtype(args.dtype, config)
     if args.task not in ("auto", "generate"):  # embed / classify / score / reward: a pooling adapter
-        if (state or get_parallel_state()).world_size > 1:
-            raise ValueError(
-                f"task={args.task!r} runs in one process for now: use tensor_parallel_size=1 and pipeline_parallel_size=1"
-            )
         from anymodel.pooling import build_pooling_model
 
-        return build_pooling_model(args, model_dir, config, dtype).to(device)
+        return build_pooling_model(args, model_dir, config, dtype, state or get_parallel_state()).to(device)
     arch = (getattr(config, "architectures", None) or [type(config).__name__])[0]
     # "auto" falls back to the Transformers backend when the native class refuses the config;
     # "native" loads it anyway, so that from_pretrained raises with the reason.
