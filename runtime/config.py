@@ -50,7 +50,7 @@ class EngineArgs:
     enable_chunked_prefill: bool = True
     attention_backend: str = "auto"
     enable_compat_path: bool = True  # run non-backend-compatible models through their own forward
-    enforce_eager: bool = True
+    enforce_eager: bool = True  # accepted for vLLM compatibility: no CUDA graphs yet, always eager
     served_model_name: str | None = None
     chat_template: str | None = None
     device: str = "auto"
