@@ -3,6 +3,9 @@
 Decoding token by token breaks multi-byte characters and tokenizers that merge spaces, so each
 step decodes a short window: tokens[prefix:read] (already emitted) versus tokens[prefix:] (with the
 new ones), and emits the difference once it no longer ends in an incomplete character (U+FFFD).
+
+The window starts on the last prompt tokens (`prompt_ids`), as in vLLM: the first generated token
+is decoded in context, so a SentencePiece "▁Paris" after "is" yields " Paris", not "Paris".
 """
 
 from __future__ import annotations
@@ -18,10 +21,16 @@ class Detokenizer:
     skip_special_tokens: bool = True
     stop: list[str] = field(default_factory=list)
     include_stop_str_in_output: bool = False
-    token_ids: list[int] = field(default_factory=list)
-    text: str = ""
-    prefix_offset: int = 0
-    read_offset: int = 0
+    prompt_ids: list[int] = field(default_factory=list)  # context only: never part of `text`
+    token_ids: list[int] = field(init=False)  # the prompt's tail, then every generated token
+    text: str = field(init=False, default="")
+    prefix_offset: int = field(init=False)
+    read_offset: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.token_ids = list(self.prompt_ids[-_WINDOW:])
+        self.read_offset = len(self.token_ids)
+        self.prefix_offset = max(self.read_offset - _WINDOW, 0)
 
     def add_tokens(self, new_ids: list[int]) -> str | None:
         """Append tokens; returns the stop string if one appeared (text is then cut there)."""

@@ -38,7 +38,8 @@ class RequestGroup:
     def __post_init__(self) -> None:
         p = self.params
         for child in self.children:
-            detok = Detokenizer(self.tokenizer, p.skip_special_tokens, list(p.stop), p.include_stop_str_in_output)
+            detok = Detokenizer(self.tokenizer, p.skip_special_tokens, list(p.stop), p.include_stop_str_in_output,
+                                prompt_ids=self.prompt_token_ids)
             self.states.append(ChildState(child, detok, [] if p.logprobs is not None else None))
         if p.prompt_logprobs is not None:
             self.prompt_logprobs = [None] * len(self.prompt_token_ids)

@@ -55,3 +55,28 @@ def test_earliest_stop_string_wins():
     d = Detokenizer(ByteTokenizer(), stop=["cd", "bcde"])
     feed(d, "abcdef")
     assert d.text == "ab"  # "cd" completes first, at "abcd"
+
+
+def _metaspace_tokenizer():
+    """A SentencePiece-style word tokenizer: "▁" marks a word start, and decoding drops the "▁" of
+    the very first token (so decode(["▁Paris"]) == "Paris" but decode(["▁is", "▁Paris"]) == "is Paris")."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "▁The": 1, "▁capital": 2, "▁is": 3, "▁Paris": 4, ".": 5}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", clean_up_tokenization_spaces=False)
+
+
+def test_first_token_is_decoded_in_the_prompts_context():
+    tok = _metaspace_tokenizer()
+    prompt = tok.encode("The capital is")
+    assert tok.decode([4]) == "Paris"  # out of context the word-start space is lost
+    d = Detokenizer(tok, prompt_ids=prompt)
+    for t in (4, 5):  # "▁Paris", "."
+        d.add_tokens([t])
+    d.flush()
+    assert d.text == " Paris."
+    assert tok.decode(prompt) + d.text == tok.decode(prompt + [4, 5])  # prompt + text reads as one decode
