@@ -2,13 +2,16 @@
 
 The engine calls `forward(input_ids[1, T], positions[1, T], attn_metadata) -> hidden[T, H]` and
 then `compute_logits(hidden[S, H]) -> logits[S, V]` only at the positions that sample. The
-metadata travels to our attention function through the base model's `**kwargs`.
+metadata travels to our attention function through the base model's `**kwargs`, and through
+`forward_context` where a model's layers do not pass them on.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from anymodel.attention_backend.interface import forward_context
 
 
 class TransformersForCausalLM(nn.Module):
@@ -36,13 +39,14 @@ class TransformersForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn_metadata) -> torch.Tensor:
         if not self._fused:
             self._fuse_once()
-        out = self.model(
-            input_ids=input_ids,
-            position_ids=positions,
-            attn_metadata=attn_metadata,
-            use_cache=False,
-            return_dict=True,
-        )
+        with forward_context(attn_metadata):  # for layers that drop **kwargs before attention
+            out = self.model(
+                input_ids=input_ids,
+                position_ids=positions,
+                attn_metadata=attn_metadata,
+                use_cache=False,
+                return_dict=True,
+            )
         return out.last_hidden_state[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

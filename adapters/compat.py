@@ -1,10 +1,12 @@
 """The compat path: models whose attention does not go through Transformers' attention interface.
 
-Such a model (Bloom, Falcon, older remote code) cannot read our paged cache, so it runs through
-its own forward with its own Transformers cache: token-identical, but slower than the paged path.
-The engine still schedules it (continuous batching, chunked prefill, preemption); each request's
-HF cache lives here, keyed by request id, and is dropped when the request finishes or is preempted.
-Prefix caching is off for these models, since their K/V never enter our blocks.
+Such a model (Bloom, Falcon, older remote code), or one with recurrent state our paged cache cannot
+hold (Mamba, Jamba and other SSM hybrids, MiniMax's linear attention; see loader.recurrent_state),
+runs through its own forward with its own Transformers cache: token-identical, but slower than the
+paged path. The engine still schedules it (continuous batching, chunked prefill, preemption); each
+request's HF cache lives here, keyed by request id, and is dropped when the request finishes or is
+preempted. Prefix caching is off for these models, since their K/V never enter our blocks. A
+recurrent model's later prefill chunks rerun the request from its first token (`replay_prefill`).
 
 Within one step, prefill chunks run one request at a time. The decode rows (one new token on an
 existing cache) run as ONE batched forward, as HF `generate` does with left padding: each
@@ -41,6 +43,15 @@ class CompatCausalLM(TransformersForCausalLM):
     def __init__(self, base_model, lm_head, config) -> None:
         super().__init__(base_model, lm_head, config)
         self.caches: dict[str, object] = {}
+        # Recurrent layers (Mamba, linear attention) continue their state one token at a time only:
+        # Transformers' `generate` never hands them a multi-token chunk on top of a state, and Mamba
+        # or MiniMax would silently restart from zeros. A prefill chunk that continues a request
+        # (chunked prefill) is therefore run again from the request's first token, exactly the
+        # one-shot prefill Transformers does; `history` keeps each such request's token ids.
+        from anymodel.loader import recurrent_state
+
+        self.replay_prefill = recurrent_state(type(base_model), config) is not None
+        self.history: dict[str, list[torch.Tensor]] = {}  # request id -> its token ids so far, [1, q] each
         params = inspect.signature(base_model.forward).parameters
         self._takes_positions = "position_ids" in params
         # Transformers >= 5.2x renamed `past_key_values` to `cache` (in and out); accept either.
@@ -77,15 +88,26 @@ class CompatCausalLM(TransformersForCausalLM):
         cache = self.caches.pop(rid, None) if context > 0 else None
         if context > 0 and cache is None:
             raise RuntimeError(f"compat path: request {rid} resumed without its cache")
+        q = ids.shape[1]
+        if self.replay_prefill:
+            seen = self.history.pop(rid, []) if context > 0 else []
+            self.history[rid] = seen + [ids]
+            if context > 0 and q > 1:  # see __init__: the whole request so far, from no state
+                ids = torch.cat(self.history[rid], dim=1)
+                pos = torch.arange(ids.shape[1], device=ids.device)[None]
+                cache = None
         kwargs = {"position_ids": pos} if self._takes_positions else {}
         kwargs[self._cache_arg] = cache
         out = self.model(input_ids=ids, use_cache=True, return_dict=True, **kwargs)
         self.caches[rid] = _returned_cache(out)
-        return out.last_hidden_state[0]
+        return out.last_hidden_state[0, -q:]
 
     def _decode_batch(self, rids: list[str], ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """One token for each of B requests, ids/pos [B], in one forward -> hidden [B, H]."""
         caches = [self.caches.pop(rid) for rid in rids]
+        if self.replay_prefill:
+            for b, rid in enumerate(rids):
+                self.history[rid].append(ids[b : b + 1, None])
         width = max(c.get_seq_length() for c in caches)
         pads = [width - c.get_seq_length() for c in caches]  # zeros before each request's K/V
         # [B, width + 1]: 0 on the padding, 1 on the cached tokens and on the new one
@@ -113,6 +135,7 @@ class CompatCausalLM(TransformersForCausalLM):
     def release(self, request_ids) -> None:
         for rid in request_ids:
             self.caches.pop(rid, None)
+            self.history.pop(rid, None)
 
 
 def _batching_blocker(params, config) -> str | None:
@@ -185,11 +208,13 @@ def _cache_of(layers: list[DynamicLayer]) -> DynamicCache:
 
 
 def load_compat_causal_lm(cls: type, model_dir, config, dtype: torch.dtype) -> CompatCausalLM:
+    from anymodel.loader import recurrent_state
+
+    why = recurrent_state(cls, config) or f"{cls.__name__} does not support the Transformers attention backend"
     logger.warning(
-        "anymodel: %s does not support the Transformers attention backend; running it on the slower compat "
-        "path (its own attention and cache: decode steps batched where the model allows, prefill one request "
-        "at a time, no prefix caching)",
-        cls.__name__,
+        "anymodel: %s; running it on the slower compat path (its own attention and cache: decode steps batched "
+        "where the model allows, prefill one request at a time, no prefix caching)",
+        why,
     )
     hf = cls.from_pretrained(model_dir, config=config, dtype=dtype)
     hf.eval()

@@ -177,7 +177,9 @@ def _load_parallel(cls: type, model_dir, config, dtype: torch.dtype, head_requir
     from anymodel.adapters.parallel import load_parallel_pooling_model
     from anymodel.adapters.sharded_loader import MissingTensorsError
 
-    if not getattr(cls, "_supports_attention_backend", False) or getattr(cls, "_is_stateful", False):
+    from anymodel.loader import recurrent_state
+
+    if not getattr(cls, "_supports_attention_backend", False) or recurrent_state(cls, config):
         raise ValueError(
             f"{cls.__name__} runs on the compat path (its own attention, one request at a time), which runs in "
             f"one process only: use tensor_parallel_size=1 and pipeline_parallel_size=1 (got "
@@ -202,7 +204,10 @@ def _no_trained_head(cls: type, model_dir, missing_head: list[str]) -> ValueErro
 
 def _mark_compat(model: TransformersPoolingModel) -> TransformersPoolingModel:
     """Models our attention cannot reach run each request alone through their own forward."""
-    if getattr(model.model, "anymodel_compat", False) or getattr(model.model, "_is_stateful", False):
+    from anymodel.loader import recurrent_state
+
+    base = model.model
+    if getattr(base, "anymodel_compat", False) or recurrent_state(type(base), base.config):
         logger.warning("anymodel: %s runs on the compat path (its own attention, one request at a time)",
                        type(model.model).__name__)
         model.uses_paged_kv_cache = False

@@ -2,11 +2,20 @@
 
 A backend-compatible model calls `ALL_ATTENTION_FUNCTIONS[config._attn_implementation](module, q, k,
 v, mask, scaling=..., sliding_window=..., softcap=..., **kwargs)`; the engine's `AttentionMetadata`
-rides in those kwargs as `attn_metadata`. Layers are identified by call order within a forward,
-which also gives shared-weight layers (called twice) a cache each.
+rides in those kwargs as `attn_metadata`, and in `forward_context` for models whose decoder layers
+drop `**kwargs` on the way to attention (Nemotron). Layers are identified by call order within a
+forward, which also gives shared-weight layers (called twice) a cache each.
+
+Beyond plain attention: learnable sinks (`s_aux`, GPT-OSS) join the softmax, and heads whose value
+width differs from the query/key width (MLA: DeepSeek V2/V3, MiniCPM3) are zero-padded to one width.
 """
 
 from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -16,11 +25,30 @@ from anymodel.attention_backend import torch_ref
 from anymodel.attention_backend.metadata import AttentionMetadata
 
 
+# The step's metadata for the forward in progress (see `forward_context`).
+_CURRENT_METADATA: ContextVar[AttentionMetadata | None] = ContextVar("anymodel_attn_metadata", default=None)
+
+
+@contextlib.contextmanager
+def forward_context(meta: AttentionMetadata):
+    """Make `meta` reachable by every attention call of the forward run inside.
+
+    The kwargs route needs every module between the base model and attention to pass `**kwargs`
+    on; some Transformers models drop them in their decoder layer (Nemotron), yet call attention
+    through the interface all the same. A context variable (not a global: one engine per thread
+    may run at once) reaches those too."""
+    token = _CURRENT_METADATA.set(meta)
+    try:
+        yield
+    finally:
+        _CURRENT_METADATA.reset(token)
+
+
 def paged_attention_forward(
     module: torch.nn.Module,
     query: torch.Tensor,  # [1, Hq, T, D]
     key: torch.Tensor,  # [1, Hkv, T, D]
-    value: torch.Tensor,  # [1, Hkv, T, D]
+    value: torch.Tensor,  # [1, Hkv, T, Dv]
     attention_mask: torch.Tensor | None,
     scaling: float | None = None,
     dropout: float = 0.0,
@@ -30,32 +58,71 @@ def paged_attention_forward(
 ) -> tuple[torch.Tensor, None]:
     meta: AttentionMetadata | None = kwargs.get("attn_metadata")
     if meta is None:
+        meta = _CURRENT_METADATA.get()
+    if meta is None:
         raise RuntimeError(
-            f"attention implementation {ATTN_IMPLEMENTATION!r} needs `attn_metadata` in the model's kwargs; "
-            "it only runs inside the anymodel engine (does this model pass **kwargs down to attention?)"
+            f"attention implementation {ATTN_IMPLEMENTATION!r} needs `attn_metadata` in the model's kwargs or "
+            "a `forward_context`; it only runs inside the anymodel engine"
         )
     if query.shape[0] != 1:
         raise RuntimeError(f"anymodel runs one flat row of tokens per step; got batch size {query.shape[0]}")
-    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [T, H, D]
-    scale = scaling if scaling is not None else q.shape[-1] ** -0.5
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", True)))
+    sinks = _sinks(module, kwargs)
+    # MLA heads: values narrower than queries/keys. Zero columns change no dot product and give
+    # zero output columns, cut off below; the cache then keeps one width for K and V, as every
+    # backend's kernels expect.
+    value_dim = value.shape[-1]
+    width = max(key.shape[-1], value_dim)
+    if key.shape[-1] != value_dim:
+        query, key, value = (F.pad(t, (0, width - t.shape[-1])) for t in (query, key, value))
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [T, H, D]
     layer = meta.layer_cursor
     meta.layer_cursor += 1
 
     if meta.kv_caches is None:  # discovery pass: one request, no cache yet
+        if sinks is not None:
+            _check_sinks_supported(meta.backend or torch_ref)
         meta.discovered.append((k.shape[1], k.shape[2], k.dtype))
-        return _dense_single_request(query, key, value, scale, causal, sliding_window, softcap), None
+        out = _dense_single_request(query, key, value, scale, causal, sliding_window, softcap, sinks)
+        return out[..., :value_dim], None
 
     backend = meta.backend or torch_ref
     key_cache, value_cache = meta.kv_caches[layer]
     backend.store_kv(k, v, key_cache, value_cache, meta.slot_mapping)
+    extra = {} if sinks is None else {"sinks": sinks}  # only backends that take sinks get the argument
     out = backend.paged_attention(
-        q, key_cache, value_cache, meta, scale=scale, causal=causal, sliding_window=sliding_window, softcap=softcap
+        q, key_cache, value_cache, meta, scale=scale, causal=causal, sliding_window=sliding_window, softcap=softcap,
+        **extra,
     )
-    return out.unsqueeze(0), None
+    return out[..., :value_dim].unsqueeze(0), None
 
 
-def _dense_single_request(query, key, value, scale, causal, sliding_window, softcap):
+def _sinks(module: torch.nn.Module, kwargs: dict) -> torch.Tensor | None:
+    """Per-query-head sink logits [Hq]: Transformers passes them as `s_aux` (flash / flex), and its
+    eager paged path reads `module.sinks`; either way they join the softmax denominator."""
+    sinks = kwargs.get("s_aux")
+    if sinks is None:
+        sinks = getattr(module, "sinks", None)
+    return sinks if isinstance(sinks, torch.Tensor) else None
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_sinks(paged_attention) -> bool:
+    return "sinks" in inspect.signature(paged_attention).parameters
+
+
+def _check_sinks_supported(backend) -> None:
+    """At discovery, so that the engine fails at start-up rather than on its first step."""
+    if not _takes_sinks(backend.paged_attention):
+        name = getattr(backend, "__name__", type(backend).__name__)
+        raise ValueError(
+            f"this model's attention has learnable sinks (`s_aux`), which attention backend {name!r} does not "
+            "implement; use attention_backend='torch'"
+        )
+
+
+def _dense_single_request(query, key, value, scale, causal, sliding_window, softcap, sinks=None):
     """Plain attention over one request's tokens ([1, H, T, D] in, [1, T, Hq, D] out)."""
     T = query.shape[2]
     pos = torch.arange(T, device=query.device)
@@ -66,7 +133,7 @@ def _dense_single_request(query, key, value, scale, causal, sliding_window, soft
         dist = pos[:, None] - pos[None, :]
         allowed &= (dist if causal else dist.abs()) < sliding_window
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # [1, T, H, D]
-    out = torch_ref._masked_attention(q, k, v, allowed[None], scale, softcap)
+    out = torch_ref._masked_attention(q, k, v, allowed[None], scale, softcap, sinks)
     return out
 
 

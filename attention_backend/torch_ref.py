@@ -6,6 +6,9 @@ Both functions share their signature with the kernels in `triton/`:
     paged_attention(query[T,Hq,D], key_cache, value_cache, meta, *, scale, causal,
                     sliding_window, softcap) -> out[T,Hq,D]
 
+`paged_attention` here also takes `sinks` [Hq] (learnable sink logits, GPT-OSS); a backend
+without that parameter is refused for such models at start-up (see interface.py).
+
 Decode requests (one query token) are attended in one vectorised gather; each prefill chunk is
 attended on its own so that a long prompt never pads the decode batch. The gather indices depend
 only on the step, not the layer, so they are planned once per step and cached on the metadata.
@@ -67,13 +70,14 @@ def paged_attention(
     causal: bool = True,
     sliding_window: int | None = None,
     softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     out = torch.empty_like(query)
     flat_k = key_cache.view(-1, *key_cache.shape[2:])
     flat_v = value_cache.view(-1, *value_cache.shape[2:])
     for g in _plan(meta):
         allowed = g.allowed(causal, sliding_window)
-        o = _masked_attention(query[g.tok], flat_k[g.slots], flat_v[g.slots], allowed, scale, softcap)
+        o = _masked_attention(query[g.tok], flat_k[g.slots], flat_v[g.slots], allowed, scale, softcap, sinks)
         out[g.tok[g.q_valid]] = o[g.q_valid]
     return out
 
@@ -111,8 +115,9 @@ def _group(meta: AttentionMetadata, reqs: list[int]) -> _Group:
     )
 
 
-def _masked_attention(q, k, v, allowed, scale, softcap):
+def _masked_attention(q, k, v, allowed, scale, softcap, sinks=None):
     """q [S,Q,Hq,D], k/v [S,L,Hkv,D], allowed [S,Q,L] -> [S,Q,Hq,D]; scores in float32.
+    `sinks` [Hq]: one extra logit per head in the softmax denominator, attending to nothing.
 
     The G query heads that share a KV head are folded into the query rows ([G*Q, D] @ [D, L]), so
     K and V are read once per KV head: broadcasting K over G would copy it G times (most of a CPU
@@ -126,6 +131,11 @@ def _masked_attention(q, k, v, allowed, scale, softcap):
     if softcap is not None and softcap > 0:
         scores = torch.tanh(scores / softcap) * softcap
     scores = scores.masked_fill(~allowed[:, None, None], float("-inf"))
-    probs = torch.softmax(scores, dim=-1).view(S, Hkv, G * Q, L)
+    if sinks is None:
+        probs = torch.softmax(scores, dim=-1)
+    else:  # softmax over [scores, sink], then drop the sink's column
+        sink = sinks.float().view(1, Hkv, G, 1, 1).expand(S, Hkv, G, Q, 1)
+        probs = torch.softmax(torch.cat((scores, sink), dim=-1), dim=-1)[..., :L]
+    probs = probs.reshape(S, Hkv, G * Q, L)
     o = torch.matmul(probs, v.float().permute(0, 2, 1, 3))  # [S, Hkv, G*Q, D]
     return o.view(S, Hkv, G, Q, D).permute(0, 3, 1, 2, 4).reshape(S, Q, Hq, D).to(q.dtype)

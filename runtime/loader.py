@@ -23,7 +23,8 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 BACKEND_REQUIREMENTS = (
     "1. its modules pass **kwargs down to the attention call;\n"
     "2. attention is called through ALL_ATTENTION_FUNCTIONS[config._attn_implementation];\n"
-    "3. the base model class sets `_supports_attention_backend = True`."
+    "3. the base model class sets `_supports_attention_backend = True`;\n"
+    "4. it keeps no recurrent state (Mamba / linear-attention layers): the paged cache holds only per-token K/V."
 )
 
 
@@ -119,23 +120,59 @@ def eos_token_ids(model_dir: Path, tokenizer) -> frozenset[int]:
 class ModelClass:
     cls: type
     has_lm_head: bool  # cls is a *ForCausalLM (else a base model to which we add the head)
+    recurrent: str | None = None  # why the model has state our paged cache cannot hold (see recurrent_state)
 
     @property
     def backend_compatible(self) -> bool:
-        return bool(getattr(self.cls, "_supports_attention_backend", False))
+        return bool(getattr(self.cls, "_supports_attention_backend", False)) and self.recurrent is None
+
+
+def recurrent_state(cls: type, config) -> str | None:
+    """Why `cls` keeps state besides per-token K/V (Mamba / SSM / linear-attention layers), or None.
+
+    Our attention function only sees the attention layers; the others would run every step
+    without their state (with `use_cache=False`), so their tokens would silently differ. Such
+    models run on the compat path, whose Transformers cache carries that state. Two signals, as
+    either can be missing: the class flag Transformers' `generate` uses (`_is_stateful`), and
+    linear-attention layers in the cache the config asks for (MiniMax's lightning attention sets
+    no flag; a hybrid's flag may be missing in remote code)."""
+    if getattr(cls, "_is_stateful", False):
+        return f"{cls.__name__} keeps recurrent state (`_is_stateful`)"
+    try:
+        from transformers.cache_utils import DynamicCache, LinearAttentionCacheLayerMixin
+
+        layers = DynamicCache(config=config).layers
+    except Exception:  # a config the cache cannot read (older remote code): no layer types to go by
+        return None
+    kinds = sorted({type(layer).__name__ for layer in layers if isinstance(layer, LinearAttentionCacheLayerMixin)})
+    return f"{cls.__name__} has recurrent / linear-attention layers ({', '.join(kinds)})" if kinds else None
 
 
 def resolve_causal_lm_class(config, model_dir: Path, trust_remote_code: bool) -> ModelClass:
+    if getattr(config, "is_encoder_decoder", False):
+        # Transformers maps such a config (Bart, mBART, ...) to its decoder-only *ForCausalLM, which
+        # would load the decoder alone, leave the cross-attention randomly initialised and answer
+        # without the encoder: wrong tokens, no error. Decoder-only checkpoints of these families
+        # (saved from *ForCausalLM) have `is_encoder_decoder: false` and still load.
+        arch = (getattr(config, "architectures", None) or [type(config).__name__])[0]
+        raise ValueError(
+            f"{arch} is an encoder-decoder model; anymodel serves decoder-only causal LMs "
+            "(no encoder inputs, no cross-attention)"
+        )
     auto_map = getattr(config, "auto_map", None) or {}
     if trust_remote_code and ("AutoModelForCausalLM" in auto_map or "AutoModel" in auto_map):
         from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
         key = "AutoModelForCausalLM" if "AutoModelForCausalLM" in auto_map else "AutoModel"
-        return ModelClass(get_class_from_dynamic_module(auto_map[key], str(model_dir)), key != "AutoModel")
+        return _model_class(get_class_from_dynamic_module(auto_map[key], str(model_dir)), key != "AutoModel", config)
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING
 
     if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING:
-        return ModelClass(MODEL_FOR_CAUSAL_LM_MAPPING[type(config)], True)
+        return _model_class(MODEL_FOR_CAUSAL_LM_MAPPING[type(config)], True, config)
     if type(config) in MODEL_MAPPING:
-        return ModelClass(MODEL_MAPPING[type(config)], False)
+        return _model_class(MODEL_MAPPING[type(config)], False, config)
     raise ValueError(f"architecture {getattr(config, 'architectures', None)} has no causal-LM class in Transformers")
+
+
+def _model_class(cls: type, has_lm_head: bool, config) -> ModelClass:
+    return ModelClass(cls, has_lm_head, recurrent_state(cls, config))

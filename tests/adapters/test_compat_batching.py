@@ -133,3 +133,19 @@ def test_batching_blocker_reasons():
     sliding = MistralConfig(num_hidden_layers=2, sliding_window=8)
     assert "DynamicSlidingWindowLayer" in _batching_blocker(params(full), sliding)
     assert _batching_blocker(params(full), MistralConfig(num_hidden_layers=2, sliding_window=None)) is None
+
+
+# Mamba (v1) and MiniMax's lightning attention restart from zeros when handed several tokens on top
+# of a state; Jamba's Mamba layers too. Chunked prefill must not reach them that way.
+@pytest.mark.parametrize("arch", ["mamba", "jamba", "minimax"])
+@pytest.mark.parametrize("setting", ["chunked", "preemption+chunked"])
+def test_recurrent_chunked_prefill_matches_transformers(arch, setting, tmp_path):
+    path = build_tiny_model(arch, tmp_path / arch)
+    prompts = mixed_prompts(path, n=8, seed=5)
+    reference = hf_greedy(path, prompts, MAX_TOKENS)
+    llm = LLM(str(path), dtype="float32", seed=0, **SETTINGS[setting])
+    assert llm.apply_model(lambda m: (type(m).__name__, m.replay_prefill)) == [("CompatCausalLM", True)]
+    steps = llm.apply_model(_record_steps)[0]
+    assert _generate(llm, prompts) == reference
+    assert any(q > 1 and c > 0 for s in steps for q, c in zip(s["qlens"], s["context"]))  # really chunked
+    assert llm.apply_model(lambda m: (len(m.caches), len(m.history))) == [(0, 0)]  # all released

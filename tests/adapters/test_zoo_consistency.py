@@ -1,14 +1,29 @@
 """Strict consistency across the zoo: the Transformers backend's greedy tokens equal plain
 Transformers' greedy tokens (float32, same checkpoint), for every architecture we claim, for a
-batch of mixed-length prompts (1..65 tokens: across 16-token blocks and the 8-token windows)."""
+batch of mixed-length prompts (1..65 tokens: across 16-token blocks and the 8-token windows).
+Each model must also take the path we expect: the paged attention interface, or the compat path
+(its own attention, or recurrent state the paged cache cannot hold).
+
+Target architectures anymodel does not serve are listed in KNOWN_UNSUPPORTED with the reason;
+loading one must fail with a clear ValueError naming it, never run and give wrong tokens."""
 
 import pytest
 
 from anymodel import LLM, SamplingParams
-from tests.models.zoo import COMPAT_ARCHS, CUSTOM_ARCH, ZOO, build_tiny_model, hf_greedy, mixed_prompts
+from tests.models.zoo import (
+    COMPAT_ARCHS, CUSTOM_ARCH, RECURRENT_ARCHS, UNSUPPORTED_ZOO, ZOO, build_tiny_model, cached_model, hf_greedy,
+    mixed_prompts,
+)
 
 MAX_TOKENS = 8
 ARCHS = [*ZOO, CUSTOM_ARCH]
+
+# arch -> (the task its checkpoint is built for, the reason; the load error must match it).
+KNOWN_UNSUPPORTED = {
+    # vLLM lists BartForConditionalGeneration; Transformers would map its config to the decoder-only
+    # BartForCausalLM and drop the encoder (random cross-attention, silently wrong tokens).
+    "bart": ("seq2seq", "encoder-decoder model; anymodel serves decoder-only causal LMs"),
+}
 
 
 def _first_mismatch(got: list[list[int]], want: list[list[int]]) -> str:
@@ -31,11 +46,42 @@ def test_greedy_matches_transformers(arch_case):
     arch, path, prompts, reference = arch_case
     llm = LLM(model=str(path), model_impl="transformers", dtype="float32", seed=0,
               trust_remote_code=arch == CUSTOM_ARCH)
+    path_kind = "compat" if arch in COMPAT_ARCHS else "attention interface"
+    expected_class = "CompatCausalLM" if arch in COMPAT_ARCHS else "TransformersForCausalLM"
+    assert llm.apply_model(lambda m: type(m).__name__) == [expected_class], f"{arch} should take the {path_kind} path"
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
     outs = llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False)
     got = [list(o.outputs[0].token_ids) for o in outs]
-    path_kind = "compat" if arch in COMPAT_ARCHS else "attention interface"
     assert got == reference, f"{arch} ({path_kind}): {_first_mismatch(got, reference)}"
+
+
+def test_recurrent_archs_are_detected():
+    """The loader finds recurrent state from the class flag or the config's cache layers (MiniMax
+    sets no flag), and only there."""
+    from anymodel import loader
+
+    for arch in ZOO:
+        path = cached_model(arch)  # read only
+        config = loader.load_config(path, trust_remote_code=False)
+        spec = loader.resolve_causal_lm_class(config, path, trust_remote_code=False)
+        assert (spec.recurrent is not None) == (arch in RECURRENT_ARCHS), (arch, spec.recurrent)
+        assert spec.backend_compatible == (arch not in COMPAT_ARCHS), arch
+
+
+@pytest.mark.parametrize("arch", sorted(KNOWN_UNSUPPORTED))
+def test_known_unsupported_gets_a_clear_error(arch, tmp_path):
+    task, reason = KNOWN_UNSUPPORTED[arch]
+    assert arch in UNSUPPORTED_ZOO and arch not in ZOO
+    path = build_tiny_model(arch, tmp_path / arch, for_task=task)
+    with pytest.raises(ValueError, match=reason):
+        LLM(model=str(path), model_impl="transformers", dtype="float32")
+
+
+def test_recurrent_model_needs_the_compat_path(tmp_path):
+    """With the compat path off, a recurrent model is refused with the requirement it misses."""
+    path = build_tiny_model("minimax", tmp_path / "minimax")
+    with pytest.raises(ValueError, match="recurrent state"):
+        LLM(model=str(path), model_impl="transformers", dtype="float32", enable_compat_path=False)
 
 
 def test_custom_model_needs_trust_remote_code(tmp_path):

@@ -11,8 +11,9 @@ from anymodel.attention_backend import torch_ref
 
 
 def naive_paged_attention(query, key_cache, value_cache, meta, *, scale, causal=True, sliding_window=None,
-                          softcap=None):
-    """One query token and one head at a time, keys fetched one by one through the block table."""
+                          softcap=None, sinks=None):
+    """One query token and one head at a time, keys fetched one by one through the block table.
+    `sinks` [Hq]: GPT-OSS's extra logit per head, in the softmax and then dropped."""
     out = torch.zeros(query.shape, dtype=torch.float64)
 
     def in_window(q_pos, k_pos):  # causal: the w - 1 keys behind; bidirectional: |q - k| < w
@@ -37,7 +38,9 @@ def naive_paged_attention(query, key_cache, value_cache, meta, *, scale, causal=
                         s = math.tanh(s / softcap) * softcap
                     scores.append(s)
                     values.append(value_cache[block, offset, kv_h].double())
-                probs = torch.softmax(torch.tensor(scores, dtype=torch.float64), 0)
+                if sinks is not None:
+                    scores.append(float(sinks[h]))
+                probs = torch.softmax(torch.tensor(scores, dtype=torch.float64), 0)[: len(values)]
                 out[qsl[i] + j, h] = (probs[:, None] * torch.stack(values)).sum(0)
     return out
 
@@ -47,13 +50,16 @@ CASES = {
     "mqa_bidirectional": dict(query_lens=[4, 1], seq_lens=[6, 7], num_heads=3, num_kv_heads=1, causal=False),
     "window_softcap": dict(query_lens=[6, 1], seq_lens=[11, 10], sliding_window=3, softcap=2.0),
     "window_bidirectional": dict(query_lens=[5], seq_lens=[9], num_kv_heads=4, sliding_window=2, causal=False),
+    "sinks_window": dict(query_lens=[1, 4, 1], seq_lens=[7, 4, 12], sliding_window=3, sinks=[2.0, -1.0, 0.5, 4.0]),
 }
 
 
 @pytest.mark.parametrize("name", CASES)
 def test_torch_ref_matches_naive_loop(name, paged_batch):
     case = dict(CASES[name])
-    attn = {k: case.pop(k) for k in ("causal", "sliding_window", "softcap") if k in case}
+    attn = {k: case.pop(k) for k in ("causal", "sliding_window", "softcap", "sinks") if k in case}
+    if "sinks" in attn:
+        attn["sinks"] = torch.tensor(attn["sinks"])
     b = paged_batch(head_dim=8, block_size=4, seed=len(name), **case)
     torch_ref.store_kv(b.key, b.value, b.key_cache, b.value_cache, b.meta.slot_mapping)
     got = torch_ref.paged_attention(b.query, b.key_cache, b.value_cache, b.meta, scale=0.4, **attn)
@@ -67,3 +73,64 @@ def test_store_kv_writes_each_row_at_its_slot(paged_batch):
     for t, slot in enumerate(b.meta.slot_mapping.tolist()):
         assert torch.equal(b.key_cache[slot // 4, slot % 4], b.key[t])
         assert torch.equal(b.value_cache[slot // 4, slot % 4], b.value[t])
+
+
+# ---- the registered attention function (interface.py) around the kernels
+
+def _call_interface(b, *, kv_caches, backend=torch_ref, value_dim=None, via_context=False, **kwargs):
+    """paged_attention_forward on batch `b` as a model calls it: [1, H, T, D] tensors, the metadata
+    in the kwargs or (layers that drop their kwargs) only in the forward context."""
+    from anymodel.attention_backend.interface import forward_context, paged_attention_forward
+
+    q, k, v = (t.transpose(0, 1)[None] for t in (b.query, b.key, b.value))
+    if value_dim is not None:
+        v = v[..., :value_dim]
+    b.meta.kv_caches, b.meta.backend, b.meta.layer_cursor = kv_caches, backend, 0
+    if via_context:
+        with forward_context(b.meta):
+            out, _ = paged_attention_forward(torch.nn.Module(), q, k, v, None, scaling=0.4, **kwargs)
+    else:
+        out, _ = paged_attention_forward(torch.nn.Module(), q, k, v, None, scaling=0.4, attn_metadata=b.meta,
+                                         **kwargs)
+    return out[0]  # [T, Hq, Dv]
+
+
+def test_interface_needs_metadata_from_kwargs_or_context(paged_batch):
+    from anymodel.attention_backend.interface import paged_attention_forward
+
+    b = paged_batch([2], [2], head_dim=8, block_size=4)
+    q, k, v = (t.transpose(0, 1)[None] for t in (b.query, b.key, b.value))
+    with pytest.raises(RuntimeError, match="forward_context"):
+        paged_attention_forward(torch.nn.Module(), q, k, v, None)
+    b.meta.discovered = []
+    _call_interface(b, kv_caches=None, via_context=True)  # discovery, metadata from the context only
+    assert b.meta.discovered == [(2, 8, torch.float32)]
+
+
+def test_interface_pads_narrow_values_and_cuts_them_back(paged_batch):
+    """MLA: values 6 wide under 8-wide queries/keys are stored zero-padded to 8 (one cache width)
+    and the output is attention over the first 6 value columns."""
+    b = paged_batch([1, 3], [5, 3], head_dim=8, block_size=4)
+    got = _call_interface(b, kv_caches=[(b.key_cache, b.value_cache)], value_dim=6)  # stores, then attends
+    new_rows = b.value_cache.view(-1, *b.value_cache.shape[2:])[b.meta.slot_mapping]
+    assert got.shape[-1] == 6 and not new_rows[..., 6:].any()
+    want = naive_paged_attention(b.query, b.key_cache, b.value_cache, b.meta, scale=0.4)[..., :6]
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_interface_passes_sinks_and_refuses_backends_without_them(paged_batch):
+    from types import SimpleNamespace
+
+    b = paged_batch([2, 1], [6, 9], head_dim=8, block_size=4)
+    sinks = torch.tensor([1.0, -2.0, 0.0, 3.0])
+    got = _call_interface(b, kv_caches=[(b.key_cache, b.value_cache)], s_aux=sinks, via_context=True)
+    want = naive_paged_attention(b.query, b.key_cache, b.value_cache, b.meta, scale=0.4, sinks=sinks)
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+
+    def no_sinks(query, key_cache, value_cache, meta, *, scale, causal=True, sliding_window=None, softcap=None):
+        raise AssertionError("never reached")
+
+    plain = SimpleNamespace(__name__="plain", store_kv=torch_ref.store_kv, paged_attention=no_sinks)
+    b.meta.discovered = []
+    with pytest.raises(ValueError, match="sinks"):  # at discovery: the engine fails at start-up
+        _call_interface(b, kv_caches=None, backend=plain, s_aux=sinks)

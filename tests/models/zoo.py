@@ -14,9 +14,11 @@ gap ~ 1 at the median; see tests/models/test_zoo_builds.py), and gives biases an
 non-trivial values so that code paths like qkv bias or (1 + w) Gemma norms are really exercised.
 
 `build_custom_model` writes TinyCustom (tests/models/custom/), an `auto_map` remote-code model
-that loads only with trust_remote_code=True. `COMPAT_ARCHS` are the zoo archs whose attention
-does not go through ALL_ATTENTION_FUNCTIONS. Builds are cached per process (see
-`build_tiny_model`); building and the reference run use one torch thread (see `_one_thread`).
+that loads only with trust_remote_code=True. `COMPAT_ARCHS` are the zoo archs served by the compat
+path: attention that does not go through ALL_ATTENTION_FUNCTIONS, or recurrent state
+(`RECURRENT_ARCHS`). `UNSUPPORTED_ZOO` holds target archs anymodel refuses (built with their own
+task, e.g. `for_task="seq2seq"`). Builds are cached per process (see `build_tiny_model`); building
+and the reference run use one torch thread (see `_one_thread`).
 """
 
 from __future__ import annotations
@@ -56,6 +58,13 @@ BASE = dict(
     tie_word_embeddings=False,
 )
 _GPT2_STYLE = dict(n_embd=64, n_layer=2, n_head=4, n_positions=512, n_inner=128)
+# Multi-head latent attention; q/k heads are 16 + 8 wide, v heads 16 (MLA has as many KV heads as
+# query heads once the latent is expanded).
+_MLA = dict(num_key_value_heads=4, kv_lora_rank=32, q_lora_rank=48, qk_nope_head_dim=16, qk_rope_head_dim=8,
+            v_head_dim=16)
+_DEEPSEEK_MOE = dict(n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, n_shared_experts=1,
+                     first_k_dense_replace=1, n_group=1, topk_group=1)  # layer 0 dense, layer 1 MoE
+_MAMBA2_HYBRID = dict(mamba_n_heads=8, mamba_d_head=16, mamba_d_state=16, mamba_chunk_size=16)
 
 
 def _arch(model_type: str, **overrides) -> Callable[[], PretrainedConfig]:
@@ -110,12 +119,93 @@ ZOO: dict[str, Callable[[], PretrainedConfig]] = {
     "bloom": _arch("bloom", n_layer=2, n_head=4, tie_word_embeddings=True),
     "falcon": _arch("falcon", num_kv_heads=2, new_decoder_architecture=True, alibi=False,
                     ffn_hidden_size=128),
+    # ---- the rest of vLLM's text-generation table that Transformers implements natively
+    "gemma": _arch("gemma", head_dim=16, tie_word_embeddings=True),  # (1 + w) norms, scaled embeddings
+    "phi": _arch("phi"),  # parallel attention + MLP, partial rotary (half the head)
+    "persimmon": _arch("persimmon"),  # fused qkv, q/k LayerNorm, partial rotary
+    "nemotron": _arch("nemotron", head_dim=16),  # its decoder layer drops **kwargs (forward_context)
+    "glm": _arch("glm", head_dim=16),  # interleaved partial rotary
+    "glm4": _arch("glm4", head_dim=16),
+    "olmo": _arch("olmo"),
+    "exaone": _arch("exaone"),
+    "exaone4": _arch("exaone4", sliding_window=SLIDING_WINDOW,
+                     layer_types=["sliding_attention", "full_attention"]),
+    "cohere2": _arch("cohere2", sliding_window=SLIDING_WINDOW, logit_scale=1.0, tie_word_embeddings=True,
+                     layer_types=["sliding_attention", "full_attention"]),  # full layers: no rope
+    "internlm3": _arch("internlm3", head_dim=16),
+    "hunyuan_v1_dense": _arch("hunyuan_v1_dense", head_dim=16),  # q/k norm after rope
+    "ernie4_5": _arch("ernie4_5", head_dim=16),
+    "arcee": _arch("arcee"),  # ReLU^2 MLP without gate
+    "smollm3": _arch("smollm3", no_rope_layers=[1, 0]),  # second layer without rope (NoPE)
+    "seed_oss": _arch("seed_oss", head_dim=16),
+    # attention sinks (`s_aux`), yarn rope, sliding/full layers
+    "gpt_oss": _arch(
+        "gpt_oss", head_dim=16, num_local_experts=4, num_experts_per_tok=2, sliding_window=SLIDING_WINDOW,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 150000.0, "factor": 4.0, "beta_fast": 32.0,
+                         "beta_slow": 1.0, "truncate": False, "original_max_position_embeddings": 128},
+    ),
+    # MoE
+    "qwen3_moe": _arch("qwen3_moe", num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64),
+    "olmoe": _arch("olmoe", num_experts=4, num_experts_per_tok=2),
+    "granitemoe": _arch("granitemoe", num_local_experts=4, num_experts_per_tok=2, embedding_multiplier=2.0,
+                        attention_multiplier=0.1, residual_multiplier=0.5, logits_scaling=0.5),
+    "granitemoeshared": _arch("granitemoeshared", num_local_experts=4, num_experts_per_tok=2,
+                              shared_intermediate_size=64),
+    "phimoe": _arch("phimoe", num_local_experts=4, num_experts_per_tok=2),
+    "hunyuan_v1_moe": _arch("hunyuan_v1_moe", head_dim=16, num_experts=4, moe_topk=2),
+    "ernie4_5_moe": _arch("ernie4_5_moe", moe_num_experts=4, moe_k=2, moe_intermediate_size=64,
+                          moe_num_shared_experts=1),
+    # the attention config's `rope_theta` works around Transformers 5.24 reading it from there
+    "dbrx": _arch("dbrx", d_model=64, n_heads=4, n_layers=2, max_seq_len=512,
+                  attn_config={"kv_n_heads": 2, "clip_qkv": 8.0, "rope_theta": 10000.0},
+                  ffn_config={"ffn_hidden_size": 64, "moe_num_experts": 4, "moe_top_k": 2}),
+    # MLA: value heads (16) narrower than query/key heads (16 + 8 rope)
+    "deepseek_v2": _arch("deepseek_v2", **_MLA, **_DEEPSEEK_MOE),
+    "deepseek_v3": _arch("deepseek_v3", **_MLA, **_DEEPSEEK_MOE),
+    "minicpm3": _arch("minicpm3", **_MLA),
+    # compat path: own attention (alibi, local attention, own cache)
+    "stablelm": _arch("stablelm"),
+    "gpt_neo": _arch("gpt_neo", num_layers=2, num_heads=4, window_size=SLIDING_WINDOW,
+                     attention_types=[[["global", "local"], 1]]),
+    "xglm": _arch("xglm", d_model=64, ffn_dim=128, num_layers=2, attention_heads=4, max_position_embeddings=512),
+    "biogpt": _arch("biogpt"),
+    "mpt": _arch("mpt", d_model=64, n_heads=4, n_layers=2, expansion_ratio=2, max_seq_len=512),  # alibi
+    # compat path: recurrent / linear-attention state (see runtime/loader.py `recurrent_state`)
+    "mamba": _arch("mamba", state_size=8),
+    "falcon_mamba": _arch("falcon_mamba", state_size=8),
+    "mamba2": _arch("mamba2", num_heads=8, head_dim=16, state_size=16, n_groups=1, chunk_size=16),
+    "jamba": _arch("jamba", attn_layer_period=2, attn_layer_offset=1, num_experts=4, expert_layer_period=2,
+                   expert_layer_offset=1, mamba_d_state=8, use_mamba_kernels=False),
+    "bamba": _arch("bamba", attn_layer_indices=[1], **_MAMBA2_HYBRID),
+    "falcon_h1": _arch("falcon_h1", mamba_d_ssm=128, **_MAMBA2_HYBRID),  # attention and SSM in every layer
+    "granitemoehybrid": _arch("granitemoehybrid", layer_types=["mamba", "attention"], num_local_experts=4,
+                              shared_intermediate_size=64, **_MAMBA2_HYBRID),
+    "nemotron_h": _arch("nemotron_h", head_dim=16, layers_block_type=["mamba", "attention"], mamba_num_heads=8,
+                        mamba_head_dim=16, ssm_state_size=16, n_groups=1, chunk_size=16),
+    "zamba2": _arch("zamba2", layers_block_type=["mamba", "hybrid"], n_mamba_heads=8, mamba_d_state=16,
+                    chunk_size=16, adapter_rank=8, use_mamba_kernels=False),
+    # lightning (linear) attention layers: attention-backend class, but recurrent state
+    "minimax": _arch("minimax", head_dim=16, num_local_experts=4, block_size=16,
+                     layer_types=["linear_attention", "full_attention"]),
 }
 
+# Zoo archs with recurrent or linear-attention state that the paged KV cache cannot hold
+# (runtime/loader.py `recurrent_state`): the loader sends them to the compat path.
+RECURRENT_ARCHS = frozenset({
+    "mamba", "falcon_mamba", "mamba2", "jamba", "bamba", "falcon_h1", "granitemoehybrid", "nemotron_h", "zamba2",
+    "minimax",
+})
+# Zoo archs served by adapters/compat.py: the recurrent ones, and those whose attention does not
+# go through ALL_ATTENTION_FUNCTIONS (base model class has `_supports_attention_backend = False`
+# in transformers 5.24).
+COMPAT_ARCHS = RECURRENT_ARCHS | frozenset({"bloom", "falcon", "stablelm", "gpt_neo", "xglm", "biogpt", "mpt"})
 
-# Zoo archs whose attention does not go through ALL_ATTENTION_FUNCTIONS (base model class has
-# `_supports_attention_backend = False` in transformers 5.24): served by adapters/compat.py.
-COMPAT_ARCHS = frozenset({"bloom", "falcon"})
+# Target architectures anymodel refuses (tests/adapters/test_zoo_consistency.py KNOWN_UNSUPPORTED
+# says why): built like the zoo, with the task they were made for, to check the error.
+UNSUPPORTED_ZOO: dict[str, Callable[[], PretrainedConfig]] = {
+    "bart": _arch("bart", d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                  decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128),
+}
 
 
 def attention_backend_support() -> dict[str, bool]:
@@ -127,6 +217,8 @@ def attention_backend_support() -> dict[str, bool]:
 
 
 def tiny_config(arch: str) -> PretrainedConfig:
+    if arch in UNSUPPORTED_ZOO:
+        return UNSUPPORTED_ZOO[arch]()
     if arch not in ZOO:
         supported = sorted(ZOO) + [CUSTOM_ARCH]
         raise ValueError(f"unsupported zoo arch {arch!r}; supported: {supported}")
@@ -173,6 +265,7 @@ _TASKS = {
     "causal_lm": "AutoModelForCausalLM",
     "embed": "AutoModel",
     "classify": "AutoModelForSequenceClassification",
+    "seq2seq": "AutoModelForSeq2SeqLM",  # encoder-decoder checkpoints (UNSUPPORTED_ZOO)
 }
 
 
