@@ -118,7 +118,7 @@ def _check_sinks_supported(backend) -> None:
         name = getattr(backend, "__name__", type(backend).__name__)
         raise ValueError(
             f"this model's attention has learnable sinks (`s_aux`), which attention backend {name!r} does not "
-            "implement; use attention_backend='torch'"
+            "implement; use attention_backend='triton' (GPU) or 'torch'"
         )
 
 

@@ -116,7 +116,7 @@ def _attend_tile(acc, m_i, l_i, q, key_cache, value_cache, k_off, v_off, k_pos, 
 @triton.jit
 def _paged_attention_kernel(
     query, key_cache, value_cache, out, part_m, part_l,
-    query_start_loc, seq_lens, block_tables,
+    query_start_loc, seq_lens, block_tables, sinks,
     num_reqs, window, score_mul, cap_mul,
     stride_qt, stride_qh,  # query [T, Hq, D]
     stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,  # caches [N, B, Hkv, D]
@@ -126,7 +126,7 @@ def _paged_attention_kernel(
     GROUP: tl.constexpr, G_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, TILE_N: tl.constexpr,
     CAUSAL: tl.constexpr, USE_WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_SINKS: tl.constexpr,
 ):
     tile, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     req = _find_request(query_start_loc, num_reqs, tile, BLOCK_Q)
@@ -155,6 +155,10 @@ def _paged_attention_kernel(
     acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if USE_SINKS:  # a sink is one more score (log2 units) with no value: it starts the softmax
+        if split == 0:  # counted once, by the first split
+            m_i = tl.load(sinks + head, mask=row_ok, other=0.0).to(tl.float32) * 1.4426950408889634
+            l_i = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
     for j in range(lo, hi):
         k_pos = j * TILE_N + tl.arange(0, TILE_N)
         block = tl.load(block_tables + req * stride_bt + k_pos // BLOCK_SIZE, mask=k_pos < seq_len, other=0)
@@ -260,18 +264,21 @@ def paged_attention(
     causal: bool = True,
     sliding_window: int | None = None,
     softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """query [T, Hq, D], caches [N, B, Hkv, D] -> out [T, Hq, D] (query's dtype)."""
+    """query [T, Hq, D], caches [N, B, Hkv, D] -> out [T, Hq, D] (query's dtype); `sinks` [Hq]:
+    learnable sink logits (GPT-OSS) that join each head's softmax denominator."""
     T, Hq, D = query.shape
     Hkv = key_cache.shape[2]
     cfg = launch_config(query.device, key_cache.dtype, D, Hq // Hkv, meta.max_query_len, meta.max_seq_len,
                         meta.num_reqs * Hkv)
     return run(query, key_cache, value_cache, meta, cfg, scale=scale, causal=causal,
-               sliding_window=sliding_window, softcap=softcap)
+               sliding_window=sliding_window, softcap=softcap, sinks=sinks)
 
 
 def run(query, key_cache, value_cache, meta: AttentionMetadata, cfg: LaunchConfig, *, scale: float,
-        causal: bool, sliding_window: int | None, softcap: float | None) -> torch.Tensor:
+        causal: bool, sliding_window: int | None, softcap: float | None,
+        sinks: torch.Tensor | None = None) -> torch.Tensor:
     """`paged_attention` with an explicit launch config (tests force split-K and tile sizes here)."""
     T, Hq, D = query.shape
     Hkv = key_cache.shape[2]
@@ -286,10 +293,11 @@ def run(query, key_cache, value_cache, meta: AttentionMetadata, cfg: LaunchConfi
     part_m = torch.empty(part_shape, dtype=torch.float32, device=query.device) if split else out
     part_l = torch.empty_like(part_m) if split else out
     g_pad = triton.next_power_of_2(Hq // Hkv)
+    sink_logits = sinks.to(device=query.device, dtype=torch.float32).contiguous() if sinks is not None else out
     grid = (T // cfg.block_q + meta.num_reqs, Hkv, cfg.num_splits)
     _paged_attention_kernel[grid](
         query, key_cache, value_cache, part_acc, part_m, part_l,
-        meta.query_start_loc, meta.seq_lens, meta.block_tables,
+        meta.query_start_loc, meta.seq_lens, meta.block_tables, sink_logits,
         meta.num_reqs, sliding_window or 0,
         scale / softcap if use_softcap else scale * LOG2E, softcap * LOG2E if use_softcap else 1.0,
         query.stride(0), query.stride(1),
@@ -303,7 +311,7 @@ def run(query, key_cache, value_cache, meta: AttentionMetadata, cfg: LaunchConfi
         TILE_N=cfg.tile_n,
         CAUSAL=bool(causal), USE_WINDOW=sliding_window is not None, USE_SOFTCAP=use_softcap,
         NUM_SPLITS=cfg.num_splits, DOT_PRECISION="ieee" if key_cache.dtype == torch.float32 else "tf32",
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        USE_SINKS=sinks is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if split:
         _reduce_splits_kernel[(T, Hq)](

@@ -24,7 +24,8 @@ SHARED_LIMIT = {"sm90": 232448, "sm80": 166912}  # bytes per block with the opt-
 CASES = [
     *(f"attention/{s}/sm90" for s in ("llama-prefill-fp16", "llama-decode-split-bf16", "mha-decode-d64-bf16",
                                       "gemma2-prefill-d256-bf16", "gemma2-prefill-d256-fp32", "phi-prefill-d80-fp16",
-                                      "mistral-decode-d128-fp32", "encoder-d96-group7-fp16")),
+                                      "mistral-decode-d128-fp32", "encoder-d96-group7-fp16",
+                                      "gptoss-prefill-sinks-bf16", "gptoss-decode-split-sinks-bf16")),
     "attention/gemma2-prefill-d256-bf16/sm80",
     "attention/gemma2-prefill-d256-fp32/sm80",
     "reduce/d128-s8/sm90",

@@ -7,7 +7,7 @@ from anymodel import LLM, SamplingParams
 from tests.models.zoo import build_tiny_model, mixed_prompts
 
 
-@pytest.mark.parametrize("arch", ["llama", "mistral"])  # mistral: sliding window through the kernel
+@pytest.mark.parametrize("arch", ["llama", "mistral", "gpt_oss"])  # window; gpt_oss: sinks + window
 def test_triton_backend_matches_torch_backend(arch, tmp_path, monkeypatch, device):
     monkeypatch.setenv("ANYMODEL_TRITON_ON_CPU", "1")
     path = build_tiny_model(arch, tmp_path / arch)

@@ -138,6 +138,22 @@ def test_split_k_matches_ref(name, splits, device, triton_pa, paged_batch):
     check_against_ref(b, lambda *args, **kw: triton_pa.run(*args, cfg, **kw), attn)
 
 
+@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("causal, window", [(True, None), (True, 6), (False, None)])
+def test_sinks_match_ref(splits, causal, window, device, triton_pa, paged_batch):
+    """GPT-OSS sinks: one extra logit per query head in the softmax, counted once across splits."""
+    b = paged_batch([1, 5, 1], [20, 9, 3], num_heads=4, num_kv_heads=2, block_size=4, device=device, seed=splits)
+    sinks = torch.tensor([2.0, -1.0, 0.5, 4.0], device=device)  # large enough to change the output
+    g_pad = triton.next_power_of_2(2)
+    cfg = triton_pa.LaunchConfig(block_q=16 // g_pad, tile_n=16, num_splits=splits)
+    attn = dict(scale=0.4, causal=causal, sliding_window=window, softcap=None, sinks=sinks)
+    check_against_ref(b, lambda *args, **kw: triton_pa.run(*args, cfg, **kw), attn)
+    plain = torch_ref.paged_attention(b.query, b.key_cache, b.value_cache, b.meta, scale=0.4, causal=causal,
+                                      sliding_window=window)
+    sunk = torch_ref.paged_attention(b.query, b.key_cache, b.value_cache, b.meta, **attn)
+    assert not torch.allclose(plain, sunk, atol=1e-3)  # the sinks matter in this case
+
+
 def test_split_heuristic(triton_pa):
     assert triton_pa.num_splits(8192, num_programs=8 * 8, num_sms=132) > 1  # 8 requests x 8k, 8 KV heads
     assert triton_pa.num_splits(8192, num_programs=256 * 8, num_sms=132) == 1  # grid already fills the GPU

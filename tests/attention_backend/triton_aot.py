@@ -36,6 +36,9 @@ ATTENTION_SHAPES = {
     "phi-prefill-d80-fp16": (torch.float16, 80, 1, 64, 128, 128, True, False, False),
     "mistral-decode-d128-fp32": (torch.float32, 128, 8, 64, 1, 8192, True, True, False),
     "encoder-d96-group7-fp16": (torch.float16, 96, 7, 16, 64, 64, False, True, False),
+    # learnable sinks (GPT-OSS: head dim 64, 8 query heads per KV head, alternating 128-token window)
+    "gptoss-prefill-sinks-bf16": (torch.bfloat16, 64, 8, 16, 256, 4096, True, True, False),
+    "gptoss-decode-split-sinks-bf16": (torch.bfloat16, 64, 8, 16, 1, 32768, True, False, False),
 }
 ARCHS = {"sm90": 90, "sm80": 80}
 
@@ -59,13 +62,13 @@ def attention_case(shape: str, arch: int):
     t = "*" + TRITON_DTYPE[dtype]
     split = cfg.num_splits > 1
     pointers = dict(query=t, key_cache=t, value_cache=t, out="*fp32" if split else t, part_m="*fp32",
-                    part_l="*fp32", query_start_loc="*i32", seq_lens="*i32", block_tables="*i32")
+                    part_l="*fp32", query_start_loc="*i32", seq_lens="*i32", block_tables="*i32", sinks="*fp32")
     g_pad = triton.next_power_of_2(group)
     constexprs = dict(
         GROUP=group, G_PAD=g_pad, HEAD_DIM=head_dim, D_PAD=triton.next_power_of_2(head_dim),
         BLOCK_SIZE=block_size, BLOCK_Q=cfg.block_q, BLOCK_M=cfg.block_q * g_pad, TILE_N=cfg.tile_n,
         CAUSAL=causal, USE_WINDOW=window, USE_SOFTCAP=softcap, NUM_SPLITS=cfg.num_splits,
-        DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
+        DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32", USE_SINKS="sinks" in shape,
     )
     kernel = compile_kernel(pa._paged_attention_kernel, pointers, ("score_mul", "cap_mul"), constexprs, arch,
                             cfg.num_warps, cfg.num_stages)
