@@ -11,6 +11,7 @@ is decoded in context, so a SentencePiece "▁Paris" after "is" yields " Paris",
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 _WINDOW = 5  # tokens of left context kept for the decode window
 
@@ -26,8 +27,10 @@ class Detokenizer:
     text: str = field(init=False, default="")
     prefix_offset: int = field(init=False)
     read_offset: int = field(init=False)
+    _decode_ids: Callable[[list[int], bool], str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self._decode_ids = _fast_decode(self.tokenizer) or self.tokenizer.decode
         self.token_ids = list(self.prompt_ids[-_WINDOW:])
         self.read_offset = len(self.token_ids)
         self.prefix_offset = max(self.read_offset - _WINDOW, 0)
@@ -53,7 +56,7 @@ class Detokenizer:
             self.read_offset = len(self.token_ids)
 
     def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens) if ids else ""
+        return self._decode_ids(ids, skip_special_tokens=self.skip_special_tokens) if ids else ""
 
     def _check_stop(self, before: int) -> str | None:
         if not self.stop or len(self.text) == before:
@@ -67,3 +70,23 @@ class Detokenizer:
         i, s = min(hits)
         self.text = self.text[: i + len(s)] if self.include_stop_str_in_output else self.text[:i]
         return s
+
+
+def _fast_decode(tokenizer) -> Callable[[list[int], bool], str] | None:
+    """The Rust `tokenizers.Tokenizer.decode` when Transformers' `decode` would return exactly its text.
+
+    Transformers' wrapper costs several times the Rust call (input conversion, kwargs), paid twice
+    per generated token. It adds nothing when the class keeps the stock `decode`/`_decode` and no
+    clean-up of tokenization spaces applies; any other tokenizer keeps its own `decode`.
+    """
+    try:
+        from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:
+        return None
+    cls = type(tokenizer)
+    stock = (isinstance(tokenizer, TokenizersBackend) and cls.decode is PreTrainedTokenizerBase.decode
+             and cls._decode is TokenizersBackend._decode)
+    if not stock or tokenizer.clean_up_tokenization_spaces:
+        return None
+    return tokenizer._tokenizer.decode

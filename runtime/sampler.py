@@ -34,6 +34,8 @@ class SamplerOutput:
 def sample(logits: torch.Tensor, rows: list[SamplingRow], default_generator: torch.Generator | None = None) -> SamplerOutput:
     """logits [S, V] (any float dtype) -> one token per row."""
     logits = logits.float()
+    if all(_plain_greedy(r) for r in rows):  # the common case: skip every mask and index list
+        return SamplerOutput(logits.argmax(dim=-1).tolist(), [None] * len(rows))
     raw_logprobs = torch.log_softmax(logits, dim=-1) if any(r.params.logprobs is not None for r in rows) else None
     logits = _apply_token_constraints(logits, rows)
     logits = _apply_penalties(logits, rows)
@@ -49,6 +51,13 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow], default_generator: tor
         tokens[random] = _sample_random(logits[random], [rows[i] for i in random], default_generator)
     token_list = tokens.tolist()
     return SamplerOutput(token_list, _gather_logprobs(raw_logprobs, rows, token_list))
+
+
+def _plain_greedy(row: SamplingRow) -> bool:
+    """Greedy with nothing that changes the logits or the output: the result is a bare argmax."""
+    p = row.params
+    return (p.greedy and p.logprobs is None and not row.blocked_token_ids and not p.allowed_token_ids
+            and not p.logit_bias and not p.has_penalties)
 
 
 def _apply_token_constraints(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:

@@ -80,3 +80,55 @@ def test_first_token_is_decoded_in_the_prompts_context():
     d.flush()
     assert d.text == " Paris."
     assert tok.decode(prompt) + d.text == tok.decode(prompt + [4, 5])  # prompt + text reads as one decode
+
+
+def _fast_path_tokenizers():
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    import anymodel
+    from tests.models.tokenizer import build_tokenizer
+
+    demo = Path(anymodel.__file__).parent / "demo" / "model"
+    return [build_tokenizer(), AutoTokenizer.from_pretrained(str(demo)), _metaspace_tokenizer()]
+
+
+def _run(tok, prompt, tokens, stop, reference: bool):
+    d = Detokenizer(tok, stop=stop, prompt_ids=prompt, skip_special_tokens=len(tokens) % 2 == 0)
+    if reference:
+        d._decode_ids = tok.decode  # the Transformers call the fast path stands in for
+    steps = []
+    for t in tokens:
+        steps.append((d.add_tokens([t]), d.text))
+        if steps[-1][0]:
+            break
+    d.flush()
+    return steps, d.text
+
+
+def test_fast_decode_path_matches_transformers_decode():
+    """The Rust-level decode gives the same text and stop cuts as tokenizer.decode, token by token."""
+    import random
+
+    from anymodel.detokenizer import _fast_decode
+
+    rng = random.Random(0)
+    for tok in _fast_path_tokenizers():
+        assert _fast_decode(tok) is not None
+        vocab = len(tok)
+        for _ in range(30):
+            prompt = [rng.randrange(vocab) for _ in range(rng.randrange(0, 8))]
+            tokens = [rng.randrange(vocab) for _ in range(rng.randrange(1, 40))]
+            sample = tok.decode(tokens)
+            stop = [sample[i : i + 2] for i in (len(sample) // 2, len(sample) // 3) if sample[i : i + 2].strip()]
+            assert _run(tok, prompt, tokens, stop, False) == _run(tok, prompt, tokens, stop, True)
+
+
+def test_fast_decode_path_skips_tokenizers_with_space_cleanup():
+    from anymodel.detokenizer import _fast_decode
+
+    tok = _metaspace_tokenizer()
+    tok.clean_up_tokenization_spaces = True
+    assert _fast_decode(tok) is None
+    assert _fast_decode(ByteTokenizer()) is None

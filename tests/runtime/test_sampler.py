@@ -67,3 +67,12 @@ def test_logprobs_are_raw_and_ranked():
     ref = torch.log_softmax(LOGITS[0], -1)
     assert set(lp) == {1, 2}
     assert math.isclose(lp[1][0], float(ref[1]), rel_tol=1e-6) and lp[1][1] == 1 and lp[2][1] == 2
+
+
+def test_plain_greedy_fast_path_matches_the_general_path():
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(0))
+    greedy = SamplingParams(temperature=0)
+    fast = sample(logits, [row(greedy) for _ in range(6)])
+    general = sample(logits, [row(greedy) for _ in range(5)] + [row(SamplingParams(temperature=0, logprobs=0))])
+    assert fast.token_ids == general.token_ids == logits.argmax(dim=-1).tolist()
+    assert fast.logprobs == [None] * 6
