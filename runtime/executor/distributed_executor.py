@@ -9,6 +9,8 @@ and every rank allocates the same number of blocks for its own layers.
 from __future__ import annotations
 
 import pickle
+from dataclasses import dataclass
+from typing import Callable
 
 
 class DistributedExecutor:
@@ -37,6 +39,32 @@ class DistributedExecutor:
     def apply_model(self, fn) -> list:
         """fn(model) on every rank, in rank order (rank = pp_rank * tensor_parallel_size + tp_rank)."""
         return self._call("apply_model", fn, fatal=False)
+
+
+@dataclass
+class Replies:
+    """One reply per rank, ("ok", result) or ("error", exc, traceback), gathered in rank order. A
+    rank's error is re-raised; when `fatal`, the other ranks may be stuck in a collective waiting
+    for it, so `shutdown` tears the world down first."""
+
+    results: list
+    fatal: bool
+    shutdown: Callable[[], None]
+    error: tuple | None = None  # the first error of a non-fatal call, raised once all replied
+
+    def add(self, rank: int, reply: tuple) -> None:
+        if reply[0] == "ok":
+            self.results[rank] = reply[1]
+        elif self.fatal:
+            self.shutdown()
+            raise_remote(rank, reply[1], reply[2])
+        else:
+            self.error = self.error or (rank, reply[1], reply[2])
+
+    def finish(self) -> list:
+        if self.error is not None:
+            raise_remote(*self.error)
+        return self.results
 
 
 def raise_remote(rank: int, exc: BaseException, tb: str):

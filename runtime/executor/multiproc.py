@@ -22,7 +22,7 @@ import weakref
 from multiprocessing.connection import wait
 
 from anymodel import distributed
-from anymodel.executor.distributed_executor import DistributedExecutor, dumps, loads, output_rank, raise_remote
+from anymodel.executor.distributed_executor import DistributedExecutor, dumps, loads, Replies, output_rank
 
 _STOP_TIMEOUT_S = 10.0
 # Imported once by the fork server; each rank is forked from it with these already loaded.
@@ -64,10 +64,9 @@ class MultiprocExecutor(DistributedExecutor):
         return self._gather(fatal)
 
     def _gather(self, fatal: bool) -> list:
-        """One reply per rank. A rank's error is re-raised; when `fatal`, the other ranks may be
-        stuck in a collective waiting for it, so the world is torn down first."""
-        results: list = [None] * self.world_size
-        pending, error = set(range(self.world_size)), None
+        """One reply per rank (see `Replies`); a rank that dies without replying is an error."""
+        replies = Replies([None] * self.world_size, fatal, self.shutdown)
+        pending = set(range(self.world_size))
         while pending:
             by_conn = {self.conns[r]: r for r in pending}
             by_sentinel = {self.procs[r].sentinel: r for r in pending}
@@ -79,21 +78,13 @@ class MultiprocExecutor(DistributedExecutor):
                 except EOFError:  # died without a reply: its sentinel reports it below
                     continue
                 pending.discard(rank)
-                if reply[0] == "ok":
-                    results[rank] = reply[1]
-                elif fatal:
-                    self.shutdown()
-                    raise_remote(rank, reply[1], reply[2])
-                else:
-                    error = error or (rank, reply[1], reply[2])
+                replies.add(rank, reply)
             dead = [r for r in pending if not self.procs[r].is_alive() and self.procs[r].sentinel in ready]
             if dead:
                 codes = {r: self.procs[r].exitcode for r in dead}
                 self.shutdown()
                 raise RuntimeError(f"anymodel rank(s) {sorted(codes)} exited unexpectedly (exit codes {codes})")
-        if error is not None:
-            raise_remote(*error)
-        return results
+        return replies.finish()
 
     def shutdown(self) -> None:
         self._finalizer()

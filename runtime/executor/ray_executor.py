@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import weakref
 
-from anymodel.executor.distributed_executor import DistributedExecutor, output_rank, raise_remote
+from anymodel.executor.distributed_executor import DistributedExecutor, Replies, output_rank
 
 _READY_TIMEOUT_S = 120.0
 
@@ -81,11 +81,10 @@ class RayExecutor(DistributedExecutor):
         return self._gather([a.call.remote(method, args) for a in self.actors], fatal)
 
     def _gather(self, refs, fatal: bool) -> list:
-        """Replies in rank order; as in the multiprocess executor, a fatal error tears the world down
-        at once (the other ranks may wait forever in a collective)."""
+        """Replies in rank order (see `Replies`); a failed actor tears the world down at once."""
         ray = _import_ray()
-        results: list = [None] * len(refs)
-        pending, error = {ref: rank for rank, ref in enumerate(refs)}, None
+        replies = Replies([None] * len(refs), fatal, self.shutdown)
+        pending = {ref: rank for rank, ref in enumerate(refs)}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             rank = pending.pop(ready[0])
@@ -94,16 +93,8 @@ class RayExecutor(DistributedExecutor):
             except ray.exceptions.RayError as exc:
                 self.shutdown()
                 raise RuntimeError(f"anymodel rank {rank} (Ray actor) failed: {exc}") from exc
-            if reply[0] == "ok":
-                results[rank] = reply[1]
-            elif fatal:
-                self.shutdown()
-                raise_remote(rank, reply[1], reply[2])
-            else:
-                error = error or (rank, reply[1], reply[2])
-        if error is not None:
-            raise_remote(*error)
-        return results
+            replies.add(rank, reply)
+        return replies.finish()
 
     def shutdown(self) -> None:
         self._finalizer()
