@@ -65,12 +65,10 @@ def window_size(sliding_window: int | None, causal: bool) -> tuple[int, int]:
 
 def _cu_seqlens_k(meta: AttentionMetadata) -> torch.Tensor:
     """[R+1] int32 prefix sums of seq_lens, computed once per step (every layer shares them)."""
-    cached = meta.__dict__.get("_fa_cu_seqlens_k")
-    if cached is None or cached[0] is not meta.seq_lens:
-        cu = torch.nn.functional.pad(meta.seq_lens.cumsum(0, dtype=torch.int32), (1, 0))
-        cached = (meta.seq_lens, cu)
-        meta.__dict__["_fa_cu_seqlens_k"] = cached
-    return cached[1]
+    cu = meta.step_cache.get("flash_cu_seqlens_k")
+    if cu is None:
+        cu = meta.step_cache["flash_cu_seqlens_k"] = torch.nn.functional.pad(meta.seq_lens.cumsum(0, dtype=torch.int32), (1, 0))
+    return cu
 
 
 def _unsupported(query: torch.Tensor, key_cache: torch.Tensor) -> str | None:

@@ -40,6 +40,16 @@ class AttentionMetadata:
     layer_cursor: int = 0
     # Filled during the discovery pass: (num_kv_heads, head_dim, dtype) per attention call.
     discovered: list[tuple[int, int, torch.dtype]] = field(default_factory=list)
+    # What a backend derives from the tensors above once per forward and shares across layers
+    # (torch_ref's gather plan, flash-attn's key offsets); `begin_forward` clears it.
+    step_cache: dict[str, Any] = field(default_factory=dict)
+
+    def begin_forward(self) -> None:
+        """Before each forward that reuses this object (a decode graph's static metadata, whose
+        tensors are refilled in place every step): layers count from 0 again, and derived values
+        are recomputed from the tensors' current contents."""
+        self.layer_cursor = 0
+        self.step_cache.clear()
 
     @property
     def num_reqs(self) -> int:

@@ -30,7 +30,11 @@ def store_kv(
     value_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
 ) -> None:
-    """Write this step's K/V rows [T, Hkv, D] into the caches at `slot_mapping` [T]."""
+    """Write this step's K/V rows [T, Hkv, D] into the caches at `slot_mapping` [T]; rows with a
+    negative slot (padding of a decode graph) are skipped."""
+    if slot_mapping.numel() and int(slot_mapping.min()) < 0:
+        keep = slot_mapping >= 0
+        key, value, slot_mapping = key[keep], value[keep], slot_mapping[keep]
     key_cache.view(-1, *key_cache.shape[2:]).index_copy_(0, slot_mapping, key.to(key_cache.dtype))
     value_cache.view(-1, *value_cache.shape[2:]).index_copy_(0, slot_mapping, value.to(value_cache.dtype))
 
@@ -83,14 +87,13 @@ def paged_attention(
 
 
 def _plan(meta: AttentionMetadata) -> list[_Group]:
-    plan = meta.__dict__.get("_torch_plan")
-    if plan is None or plan[0] is not meta.slot_mapping:
+    plan = meta.step_cache.get("torch_plan")
+    if plan is None:
         query_lens = meta.query_lens.tolist()
         decode = [i for i, q in enumerate(query_lens) if q == 1]
         groups = ([decode] if decode else []) + [[i] for i, q in enumerate(query_lens) if q > 1]
-        plan = (meta.slot_mapping, [_group(meta, reqs) for reqs in groups])
-        meta.__dict__["_torch_plan"] = plan
-    return plan[1]
+        plan = meta.step_cache["torch_plan"] = [_group(meta, reqs) for reqs in groups]
+    return plan
 
 
 def _group(meta: AttentionMetadata, reqs: list[int]) -> _Group:

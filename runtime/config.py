@@ -50,7 +50,9 @@ class EngineArgs:
     enable_chunked_prefill: bool = True
     attention_backend: str = "auto"
     enable_compat_path: bool = True  # run non-backend-compatible models through their own forward
-    enforce_eager: bool = True  # accepted for vLLM compatibility: no CUDA graphs yet, always eager
+    # False: decode steps on one GPU replay CUDA graphs (runtime/cuda_graph.py). Default True until
+    # the path has run on a GPU (vLLM's default is False).
+    enforce_eager: bool = True
     served_model_name: str | None = None
     chat_template: str | None = None
     device: str = "auto"

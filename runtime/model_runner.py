@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from anymodel.attention_backend.metadata import AttentionMetadata
+from anymodel.cuda_graph import DecodeGraphs, GraphSpec
 from anymodel.request import Request
 from anymodel.sampler import SamplingRow, sample, top_logprobs
 from anymodel.scheduler import SchedulerOutput
@@ -40,23 +41,33 @@ class StepInputs:
     def model_kwargs(self) -> dict:
         return {} if self.token_type_ids is None else {"token_type_ids": self.token_type_ids}
 
+    def to(self, device: torch.device) -> "StepInputs":
+        if device.type == "cpu":
+            return self
+        types = None if self.token_type_ids is None else self.token_type_ids.to(device)
+        return StepInputs(self.input_ids.to(device), self.positions.to(device), self.meta.to(device), types)
+
 
 class ModelRunner:
     produces_output = True  # False on pipeline stages before the last: no LM head, nothing to sample
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, block_size: int, backend, seed: int = 0) -> None:
+    def __init__(self, model: torch.nn.Module, device: torch.device, block_size: int, backend, seed: int = 0,
+                 graph_spec: GraphSpec | None = None) -> None:
         self.model = model
         self.device = device
         self.block_size = block_size
         self.backend = backend
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.generator = torch.Generator().manual_seed(seed)
+        self.graph_spec = graph_spec  # decode graphs are captured once the KV cache exists
+        self.graphs: DecodeGraphs | None = None
 
     # ---- KV cache -------------------------------------------------------------------------------
     @torch.inference_mode()
     def discover_layers(self) -> list[tuple[int, int, torch.dtype]]:
         """One tiny forward without a cache: which calls attend, with how many KV heads of which size."""
         meta = self._metadata([2], [2], [[0]], torch.tensor([0, 1]))
+        meta = meta.to(self.device) if self.device.type != "cpu" else meta
         meta.kv_caches = None
         self.model(torch.tensor([[0, 0]], device=self.device), torch.tensor([[0, 1]], device=self.device), meta)
         return meta.discovered
@@ -71,6 +82,22 @@ class ModelRunner:
             tuple(torch.zeros(num_blocks, self.block_size, h, d, dtype=dt, device=self.device) for _ in range(2))
             for h, d, dt in layers
         ]
+        if self.graph_spec is not None:
+            self.capture_decode_graphs(self.graph_spec)
+
+    @torch.inference_mode()
+    def capture_decode_graphs(self, spec: GraphSpec) -> None:
+        """Capture one decode graph per size in `spec` (see cuda_graph.py). On a GPU, a model whose
+        forward cannot be captured (a host sync, say) runs eagerly instead, with a warning."""
+        try:
+            self.graphs = DecodeGraphs(self.model, spec, self.block_size, self.kv_caches, self.backend, self.device)
+        except Exception as e:
+            if self.device.type != "cuda":
+                raise
+            self.graphs = None
+            logger.warning("anymodel: CUDA graph capture failed (%s: %s); decode steps run eagerly", type(e).__name__, e)
+            return
+        logger.info("anymodel: captured decode graphs for batch sizes %s", list(spec.sizes))
 
     # ---- one step -------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -80,8 +107,8 @@ class ModelRunner:
             release(sched.released_req_ids)
         if sched.is_empty:
             return RunnerOutput()
-        inputs = self.prepare_inputs(sched)
-        hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta, **inputs.model_kwargs)  # [T, H]
+        inputs = self.prepare_inputs(sched)  # on the CPU
+        hidden = self._forward(inputs)  # [T, H]
         out = RunnerOutput()
         if not self.produces_output:
             return out
@@ -90,7 +117,15 @@ class ModelRunner:
         self._sample(sched, hidden, starts, out)
         return out
 
+    def _forward(self, inputs: StepInputs) -> torch.Tensor:
+        size = None if self.graphs is None else self.graphs.size_for(inputs.meta, inputs.token_type_ids is not None)
+        if size is not None:
+            return self.graphs.run(inputs.input_ids, inputs.positions, inputs.meta, size)
+        inputs = inputs.to(self.device)
+        return self.model(inputs.input_ids, inputs.positions, inputs.meta, **inputs.model_kwargs)
+
     def prepare_inputs(self, sched: SchedulerOutput) -> StepInputs:
+        """The step's flat row of tokens and its attention metadata, as CPU tensors."""
         ids, positions, qlens, seq_lens = [], [], [], []
         for s in sched.scheduled:
             r, start = s.request, s.request.num_computed_tokens
@@ -103,10 +138,7 @@ class ModelRunner:
         pos = torch.tensor(positions, dtype=torch.long)
         meta = self._metadata(qlens, seq_lens, tables, pos)
         meta.request_ids = [s.request.request_id for s in sched.scheduled]
-        return StepInputs(
-            torch.tensor([ids], dtype=torch.long, device=self.device), pos[None].to(self.device), meta,
-            self._token_type_ids(sched),
-        )
+        return StepInputs(torch.tensor([ids], dtype=torch.long), pos[None], meta, self._token_type_ids(sched))
 
     def _token_type_ids(self, sched: SchedulerOutput) -> torch.Tensor | None:
         """[1, T] segment ids (cross-encoder pairs); zeros for requests without them."""
@@ -116,7 +148,7 @@ class ModelRunner:
         for s in sched.scheduled:
             start, own = s.request.num_computed_tokens, s.request.token_type_ids
             types.extend(own[start : start + s.num_tokens] if own is not None else [0] * s.num_tokens)
-        return torch.tensor([types], dtype=torch.long, device=self.device)
+        return torch.tensor([types], dtype=torch.long)
 
     def _metadata(self, qlens, seq_lens, tables, positions: torch.Tensor) -> AttentionMetadata:
         width = max(len(t) for t in tables)
@@ -136,7 +168,7 @@ class ModelRunner:
             kv_caches=self.kv_caches,
             backend=self.backend,
         )
-        return meta.to(self.device) if self.device.type != "cpu" else meta
+        return meta
 
     # ---- pooling --------------------------------------------------------------------------------
     def _pool(self, sched: SchedulerOutput, hidden: torch.Tensor, starts: list[int], out: RunnerOutput) -> None:

@@ -104,7 +104,8 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=None,
                    help="split long prompts across steps (default: on)")
     g.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=None,
-                   help="accepted for vLLM compatibility; CUDA graphs are not implemented yet, so runs are always eager")
+                   help="--no-enforce-eager: replay decode steps from CUDA graphs (one GPU, triton attention; "
+                        "not yet run on a GPU, so off by default)")
     g.add_argument("--enable-compat-path", action=argparse.BooleanOptionalAction, default=None,
                    help="run models our attention cannot reach through their own forward (default: on)")
     g.add_argument("--served-model-name", metavar="NAME", help="the name clients send as `model` (default: MODEL)")

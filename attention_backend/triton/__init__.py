@@ -11,4 +11,8 @@ this package is imported); that is how the tests check them against `torch_ref`.
 from anymodel.attention_backend.triton.paged_attention import paged_attention
 from anymodel.attention_backend.triton.store_kv import store_kv
 
-__all__ = ["store_kv", "paged_attention"]
+__all__ = ["store_kv", "paged_attention", "CUDA_GRAPHS"]
+
+# No host syncs and launch shapes fixed by the metadata's sizes: decode steps can be captured in
+# CUDA graphs (runtime/cuda_graph.py). torch_ref plans on the host; flash_attn is not checked yet.
+CUDA_GRAPHS = True

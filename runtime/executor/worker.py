@@ -7,6 +7,7 @@ import logging
 import torch
 
 from anymodel import loader
+from anymodel.cuda_graph import GraphSpec, capture_sizes
 from anymodel.distributed import ParallelState, get_parallel_state
 from anymodel.model_runner import ModelRunner
 
@@ -109,6 +110,29 @@ class Worker:
         from anymodel.attention_backend.selector import get_backend
 
         backend = get_backend(args.attention_backend, self.device, args.block_size)
-        self.runner = ModelRunner(self.model, self.device, args.block_size, backend, seed=args.seed)
+        spec = decode_graph_spec(args, config, self.device, self.model, backend, self.state)
+        self.runner = ModelRunner(self.model, self.device, args.block_size, backend, seed=args.seed, graph_spec=spec)
         # Only the last pipeline stage has the LM head: earlier stages run the forward and stop.
         self.runner.produces_output = self.state.is_last_stage
+
+
+def decode_graph_spec(args, config, device: torch.device, model, backend, state: ParallelState) -> GraphSpec | None:
+    """CUDA graphs for decode steps when `enforce_eager=False` and everything in the step can be
+    captured: one GPU, a generating model over the paged cache, an attention backend without host
+    syncs (it says so with `CUDA_GRAPHS = True`). Otherwise None, with the reason logged."""
+    if args.enforce_eager:
+        return None
+    reason = None
+    if device.type != "cuda":
+        reason = f"device {device.type!r} (CUDA only)"
+    elif state.world_size > 1:
+        reason = "tensor/pipeline parallelism (not captured yet)"
+    elif args.task not in ("auto", "generate") or not getattr(model, "uses_paged_kv_cache", True):
+        reason = "a pooling model or one on the compat path"
+    elif not getattr(backend, "CUDA_GRAPHS", False):
+        reason = f"attention backend {getattr(backend, '__name__', backend)!r} cannot be captured; use 'triton'"
+    if reason is not None:
+        logger.info("anymodel: enforce_eager=False, but decode runs eagerly: %s", reason)
+        return None
+    max_seq_len = loader.derive_max_model_len(config, args.max_model_len)
+    return GraphSpec(capture_sizes(args.max_num_seqs), max_seq_len)

@@ -4,6 +4,7 @@ backend's tokens: the kernels are wired in behind the same registered attention 
 import pytest
 
 from anymodel import LLM, SamplingParams
+from anymodel.cuda_graph import GraphSpec, capture_sizes, eager_capture
 from tests.models.zoo import build_tiny_model, mixed_prompts
 
 
@@ -21,3 +22,21 @@ def test_triton_backend_matches_torch_backend(arch, tmp_path, monkeypatch, devic
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         runs[backend] = [o.outputs[0].token_ids for o in outs]
     assert runs["triton"] == runs["torch"]
+
+
+def test_decode_graph_path_through_triton(tmp_path, monkeypatch, device):
+    """Decode graphs' padding rows through the kernels (eager_capture: the graph path without the
+    recording; tests/runtime/test_cuda_graph.py has the rest): slot -1 stores nothing, seq_len-1
+    rows attend one junk key, the launch is sized for the whole context, and tokens do not change."""
+    monkeypatch.setenv("ANYMODEL_TRITON_ON_CPU", "1")
+    path = build_tiny_model("llama", tmp_path / "llama")
+    prompts = [{"prompt_token_ids": p[:8]} for p in mixed_prompts(path, n=3, seed=1)]
+    params = [SamplingParams(temperature=0, max_tokens=m, ignore_eos=True) for m in (3, 2, 4)]
+    kwargs = dict(dtype="float32", model_impl="native", block_size=4, max_num_seqs=4, attention_backend="triton",
+                  device=device.type)
+    expected = [o.outputs[0].token_ids for o in LLM(str(path), **kwargs).generate(prompts, params, use_tqdm=False)]
+    llm = LLM(str(path), **kwargs)
+    runner = llm.engine.executor.worker.runner
+    runner.capture_decode_graphs(GraphSpec(capture_sizes(4), llm.engine.max_model_len, eager_capture))
+    assert [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)] == expected
+    assert runner.graphs.num_replays == 3  # steps of 3 (padded to 4), 2 and 1 requests
