@@ -134,3 +134,19 @@ def test_interface_passes_sinks_and_refuses_backends_without_them(paged_batch):
     b.meta.discovered = []
     with pytest.raises(ValueError, match="sinks"):  # at discovery: the engine fails at start-up
         _call_interface(b, kv_caches=None, backend=plain, s_aux=sinks)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("heads", [(4, 4), (6, 2), (3, 1)])
+def test_sdpa_path_matches_masked_reference(dtype, heads):
+    """The fused path torch_ref takes for plain attention == the float32 reference it replaces."""
+    g = torch.Generator().manual_seed(0)
+    S, Q, L, D = 3, 5, 11, 16
+    hq, hkv = heads
+    q, k, v = (torch.randn(S, n, h, D, generator=g).to(dtype) for n, h in ((Q, hq), (L, hkv), (L, hkv)))
+    allowed = torch.rand(S, Q, L, generator=g) < 0.6
+    allowed[:, :, 0] = True  # every query sees at least one key
+    ref = torch_ref._masked_attention(q, k, v, allowed, 0.3, None)
+    out = torch_ref._sdpa_attention(q, k, v, allowed, 0.3)
+    assert out.dtype == dtype and out.shape == ref.shape
+    torch.testing.assert_close(out.float(), ref.float(), **({} if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)))
