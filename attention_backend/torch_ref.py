@@ -48,10 +48,12 @@ def store_kv(
 
 @dataclass
 class _Group:
-    """Requests attended together, padded to their longest query (Q) and context (L)."""
+    """Requests attended together: all the decode requests (Q = 1 each), or one prefill chunk
+    (S = 1). Either way every one of the S x Q query rows is a real token; contexts are padded to
+    the longest (L), and the padding masked."""
 
-    tok: torch.Tensor  # [S, Q] flat token index of each query row (padding repeats a valid one)
-    q_valid: torch.Tensor  # [S, Q] bool
+    rows: slice | torch.Tensor  # the S*Q flat tokens, request-major; a slice when they are contiguous
+    num_reqs: int  # S
     blocks: torch.Tensor  # [S * nb] cache blocks to gather, request by request (L = nb * block_size)
     q_pos: torch.Tensor  # [S, Q] absolute position of each query
     k_pos: torch.Tensor  # [L]
@@ -72,7 +74,7 @@ class _Group:
 
     def gather(self, cache: torch.Tensor) -> torch.Tensor:
         """[N, B, Hkv, D] cache -> [S, L, Hkv, D] context of each request of the group."""
-        return cache.index_select(0, self.blocks).view(self.tok.shape[0], -1, *cache.shape[2:])
+        return cache.index_select(0, self.blocks).view(self.num_reqs, -1, *cache.shape[2:])
 
 
 def paged_attention(
@@ -87,13 +89,17 @@ def paged_attention(
     softcap: float | None = None,
     sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    out = torch.empty_like(query)
     plain = sinks is None and not (softcap is not None and softcap > 0)
     attend = _sdpa_attention if plain else _masked_attention
-    for g in _plan(meta):
-        allowed = g.allowed(causal, sliding_window)
-        o = attend(query[g.tok], g.gather(key_cache), g.gather(value_cache), allowed, scale, softcap, sinks)
-        out[g.tok[g.q_valid]] = o[g.q_valid]
+    plan = _plan(meta)
+    out = None if len(plan) == 1 else torch.empty_like(query)
+    for g in plan:
+        q = query[g.rows].view(g.num_reqs, -1, *query.shape[1:])  # [S, Q, Hq, D]
+        o = attend(q, g.gather(key_cache), g.gather(value_cache), g.allowed(causal, sliding_window),
+                   scale, softcap, sinks).reshape(-1, *query.shape[1:])  # [S * Q, Hq, D]
+        if out is None:  # one group holds every token, in order (all decode, or one prefill)
+            return o
+        out[g.rows] = o
     return out
 
 
@@ -111,17 +117,18 @@ def _group(meta: AttentionMetadata, reqs: list[int]) -> _Group:
     device = meta.slot_mapping.device
     idx = torch.tensor(reqs, device=device)
     starts = meta.query_start_loc[idx].long()  # [S]
-    qlens = meta.query_lens[idx].long()  # [S]
+    qlens = meta.query_lens[idx].long()  # [S], all equal (see _Group)
     seq_lens = meta.seq_lens[idx].long()  # [S]
-    j = torch.arange(int(qlens.max()), device=device)
-    q_valid = j[None, :] < qlens[:, None]
-    tok = torch.where(q_valid, starts[:, None] + j[None, :], starts[:, None])
+    S, Q = len(reqs), int(qlens[0])
+    j = torch.arange(Q, device=device)
+    first = int(starts[0])
+    contiguous = reqs == list(range(reqs[0], reqs[0] + S))  # consecutive requests: consecutive tokens
     bs = meta.block_size
     num_blocks = -(-int(seq_lens.max()) // bs)
     pos = torch.arange(num_blocks * bs, device=device)
     return _Group(
-        tok=tok,
-        q_valid=q_valid,
+        rows=slice(first, first + S * Q) if contiguous else (starts[:, None] + j[None, :]).view(-1),
+        num_reqs=S,
         blocks=meta.block_tables[idx][:, :num_blocks].reshape(-1).long(),
         q_pos=(seq_lens - qlens)[:, None] + j[None, :],
         k_pos=pos,
