@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 import time
@@ -181,7 +182,8 @@ class Engine:
         return self.max_model_len - 1
 
     def _truncate(self, tokens: PromptTokens, params) -> PromptTokens:
-        """truncate_prompt_tokens=k keeps the last k prompt tokens (vLLM); -1 keeps max_prompt_len."""
+        """truncate_prompt_tokens=k keeps the last k prompt tokens (vLLM); -1 keeps max_prompt_len.
+        A text prompt keeps the special tokens its tokenizer added (vLLM truncates in the tokenizer)."""
         k = getattr(params, "truncate_prompt_tokens", None)
         if k is None:
             return tokens
@@ -193,11 +195,30 @@ class Engine:
                              f"the request, max_model_len={self.max_model_len}), got {k}")
         if len(tokens.token_ids) <= k:
             return tokens
-        ids = tokens.token_ids[-k:]
-        types = tokens.token_type_ids[-k:] if tokens.token_type_ids is not None else None
+        from_text = tokens.text is not None and tokens.token_type_ids is None
+        head, body, tail = self._split_special(tokens.token_ids) if from_text else ([], [], [])
+        if not from_text or k < len(head) + len(tail):  # token ids (or pairs): the last k, as given
+            ids = tokens.token_ids[-k:]
+            types = tokens.token_type_ids[-k:] if tokens.token_type_ids is not None else None
+            text = self.tokenizer.decode(ids) if tokens.text is not None else None
+            return PromptTokens(text, ids, types)
+        # Text: as a tokenizer truncating on the left would, the special tokens `encode` added
+        # (Llama's BOS; BERT's CLS and SEP) stay, and the text's last tokens fill the rest.
+        body = body[len(body) - (k - len(head) - len(tail)) :]
         # the text reported with the outputs (and echoed by the server) is what the model saw
-        text = self.tokenizer.decode(ids) if tokens.text is not None else None
-        return PromptTokens(text, ids, types)
+        return PromptTokens(self.tokenizer.decode(body), head + body + tail, None)
+
+    @functools.cached_property
+    def _affixes(self) -> tuple[list[int], list[int]]:
+        return special_affixes(self.tokenizer)
+
+    def _split_special(self, ids: list[int]) -> tuple[list[int], list[int], list[int]]:
+        """ids -> (the special tokens `encode` puts before the text, the text's ids, those after)."""
+        head, tail = self._affixes
+        end = len(ids) - len(tail)
+        if ids[: len(head)] != head or ids[end:] != tail or end < len(head):
+            return [], ids, []
+        return head, ids[len(head) : end], tail
 
     def _validate(self, token_ids: list[int], params) -> None:
         if not token_ids:
@@ -257,6 +278,17 @@ class PromptTokens:
     text: str | None
     token_ids: list[int]
     token_type_ids: list[int] | None = None  # segment ids of a cross-encoder pair, one per token
+
+
+def special_affixes(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids `tokenizer.encode` adds before and after any text: ([BOS], []) for Llama,
+    ([CLS], [SEP]) for BERT, ([], []) for Qwen; found by encoding a probe with and without them."""
+    plain = tokenizer.encode("a", add_special_tokens=False)
+    full = tokenizer.encode("a")
+    for i in range(len(full) - len(plain) + 1):
+        if full[i : i + len(plain)] == plain:
+            return full[:i], full[i + len(plain) :]
+    return [], []
 
 
 def _token_type_ids(prompt: dict, num_tokens: int) -> list[int] | None:

@@ -73,3 +73,18 @@ def test_cls_override_and_no_normalize(minilm_dir, sentence_model):
     (out,) = llm.embed("The girl is carrying a baby.", use_tqdm=False)
     ref = sentence_model[0].auto_model(**sentence_model.tokenize(["The girl is carrying a baby."])).last_hidden_state
     assert torch.allclose(torch.tensor(out.outputs.embedding), ref[0, 0].detach(), atol=1e-4)
+
+
+def test_text_truncation_keeps_cls_and_sep(minilm_llm):
+    """truncate_prompt_tokens on text cuts the words, not BERT's [CLS]/[SEP] (a tokenizer
+    truncating on the left does the same): the embedding is that of the kept words."""
+    from anymodel.engine import special_affixes
+
+    tok = minilm_llm.get_tokenizer()
+    assert special_affixes(tok) == ([tok.cls_token_id], [tok.sep_token_id])
+    text = "one two three four five six seven eight"
+    cut = minilm_llm.embed([text], use_tqdm=False, truncate_prompt_tokens=5)[0]
+    ids = tok.encode(text)
+    assert cut.prompt_token_ids == ids[:1] + ids[-4:-1] + ids[-1:]
+    direct = minilm_llm.embed([{"prompt_token_ids": ids[:1] + ids[-4:]}], use_tqdm=False)[0]
+    assert cut.outputs.embedding == direct.outputs.embedding

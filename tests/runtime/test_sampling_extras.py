@@ -109,8 +109,13 @@ def test_truncation_equals_running_the_truncated_prompt(tiny_llm):
     direct = gen(tiny_llm, [ids[-5:]])[0]
     assert truncated.prompt_token_ids == ids[-5:]
     assert truncated.outputs[0].token_ids == direct.outputs[0].token_ids
+    # a text prompt keeps the BOS its tokenizer adds, as vLLM's tokenizer-side truncation does
+    assert ids[0] == tiny_llm.get_tokenizer().bos_token_id
     text = gen(tiny_llm, ["the quick brown fox jumps over the lazy dog"], truncate_prompt_tokens=5)[0]
-    assert text.prompt_token_ids == ids[-5:] and text.outputs[0].token_ids == direct.outputs[0].token_ids
+    with_bos = gen(tiny_llm, [ids[:1] + ids[-4:]])[0]
+    assert text.prompt_token_ids == ids[:1] + ids[-4:]
+    assert text.outputs[0].token_ids == with_bos.outputs[0].token_ids
+    assert text.prompt == tiny_llm.get_tokenizer().decode(ids[-4:])
     short = gen(tiny_llm, [ids], truncate_prompt_tokens=100)[0]  # longer than the prompt: untouched
     assert short.prompt_token_ids == ids
 
