@@ -133,10 +133,11 @@ def hf_position_ids(base: nn.Module, input_ids, positions, attn_metadata) -> tor
 
 
 # ---- turning a generative (or base) model into a pooling one --------------------------------------
-def as_embedding_model(model: nn.Module, config: PoolerConfig) -> TransformersForEmbedding:
-    """Default (vLLM's): the last token's hidden state, L2-normalised."""
+def as_embedding_model(model: nn.Module, config: PoolerConfig, head: Head | None = None) -> TransformersForEmbedding:
+    """Default (vLLM's): the last token's hidden state, L2-normalised. `head`: projections of the
+    pooled embedding (sentence-transformers Dense modules)."""
     base = getattr(model, "model", model) if hasattr(model, "lm_head") else model
-    return TransformersForEmbedding(base, Pooler(config), base.config)
+    return TransformersForEmbedding(base, Pooler(config, head=head), base.config)
 
 
 def as_classification_model(model: nn.Module, score: nn.Module, config: PoolerConfig, activation):

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from anymodel.adapters.pooler import PoolerConfig, PoolingType
+from anymodel.adapters.st_dense import load_dense_stack
 from anymodel.adapters.pooling import (
     TransformersForSequenceClassification,
     TransformersPoolingModel,
@@ -45,7 +46,8 @@ def load_pooling_model(task: str, model_dir, config, dtype: torch.dtype, overrid
     """`state`: this rank's ParallelState (None: one process)."""
     if task == "embed":
         base = _load(task_class("embed", config, model_dir, trust_remote_code), model_dir, config, dtype, state=state)
-        return _mark_compat(as_embedding_model(base, default_config("embed", base).merged(overrides)))
+        dense = load_dense_stack(model_dir, dtype, trust_remote_code)  # sentence-transformers projections, if any
+        return _mark_compat(as_embedding_model(base, default_config("embed", base).merged(overrides), dense))
     if task in ("classify", "score"):
         return _load_classifier(task, model_dir, config, dtype, overrides, trust_remote_code, state)
     if task == "reward":

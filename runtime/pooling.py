@@ -84,8 +84,6 @@ def sentence_transformers_pooling(model_dir: Path) -> dict:
     modules = json.loads(modules_file.read_text())
     types = [m.get("type", "") for m in modules]
     out = {"normalize": any(t.endswith("models.Normalize") for t in types)}
-    if any(t.endswith("models.Dense") for t in types):
-        logger.warning("anymodel: sentence-transformers Dense modules are not applied; embeddings will differ")
     pooling = next((m for m in modules if m.get("type", "").endswith("models.Pooling")), None)
     config_file = Path(model_dir) / (pooling or {}).get("path", "1_Pooling") / "config.json"
     if pooling is not None and config_file.exists():

@@ -88,3 +88,61 @@ def test_text_truncation_keeps_cls_and_sep(minilm_llm):
     assert cut.prompt_token_ids == ids[:1] + ids[-4:-1] + ids[-1:]
     direct = minilm_llm.embed([{"prompt_token_ids": ids[:1] + ids[-4:]}], use_tqdm=False)[0]
     assert cut.outputs.embedding == direct.outputs.embedding
+
+
+def _with_dense_modules(minilm_dir, folder, dense_modules):
+    """A copy of MiniLM (weights linked) whose modules.json puts sentence-transformers Dense modules
+    between Pooling and Normalize, saved by sentence-transformers itself."""
+    import json
+    import os
+
+    for f in os.listdir(minilm_dir):
+        (folder / f).symlink_to(os.path.join(minilm_dir, f))
+    (folder / "modules.json").unlink()
+    modules = json.loads((minilm_dir / "modules.json").read_text())
+    normalize = modules.pop()
+    for i, dense in enumerate(dense_modules):
+        path = f"{2 + i}_Dense"
+        (folder / path).mkdir()
+        dense.save(str(folder / path))
+        modules.append({"idx": 2 + i, "name": str(2 + i), "path": path, "type": "sentence_transformers.models.Dense"})
+    normalize.update(idx=len(modules), name=str(len(modules)))
+    (folder / "modules.json").write_text(json.dumps(modules + [normalize]))
+    return folder
+
+
+def test_dense_modules_match_sentence_transformers(minilm_dir, tmp_path):
+    """Dense projections (LaBSE / distiluse / stella style) run after pooling, before normalising:
+    a residual ReLU layer then a tanh projection 384 -> 32, as sentence-transformers computes them."""
+    from pathlib import Path
+
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Dense
+
+    from anymodel import LLM
+
+    torch.manual_seed(0)
+    dense = [Dense(384, 384, activation_function=torch.nn.ReLU(), use_residual=True), Dense(384, 32, bias=False)]
+    folder = _with_dense_modules(Path(minilm_dir), tmp_path, dense)
+    texts = sentences(6)
+    ref = SentenceTransformer(str(folder), device="cpu").encode(texts, convert_to_tensor=True)
+    llm = LLM(str(folder), task="embed", num_kv_blocks=64, dtype="float32")
+    ours = torch.tensor([o.outputs.embedding for o in llm.embed(texts, use_tqdm=False)])
+    assert ours.shape == ref.shape == (6, 32)
+    torch.testing.assert_close(ours, ref.float(), atol=1e-5, rtol=1e-4)
+
+
+def test_dense_module_with_untrusted_activation_is_refused(minilm_dir, tmp_path):
+    import json
+    from pathlib import Path
+
+    from sentence_transformers.models import Dense
+
+    from anymodel import LLM
+
+    folder = _with_dense_modules(Path(minilm_dir), tmp_path, [Dense(384, 8)])
+    config = json.loads((folder / "2_Dense" / "config.json").read_text())
+    config["activation_function"] = "mypackage.activations.Swish"
+    (folder / "2_Dense" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="activation_function 'mypackage.activations.Swish'.*trust_remote_code=True"):
+        LLM(str(folder), task="embed", num_kv_blocks=64)
