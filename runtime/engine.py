@@ -37,6 +37,8 @@ class Engine:
         st_len = pooling.sentence_transformers_max_len(model_dir) if self.task == "embed" else None
         if st_len and args.max_model_len is None:  # sentence-transformers truncates there: so do we
             self.max_model_len = min(self.max_model_len, st_len)
+        # text is lower-cased before tokenizing, as sentence-transformers does for these models
+        self.lower_case = self.task == "embed" and pooling.sentence_transformers_lower_case(model_dir)
         self.model_name = args.served_model_name or args.model or "anymodel-demo"
         self.eos_token_ids = loader.eos_token_ids(model_dir, self.tokenizer)
         self.vocab_size = self.hf_config.get_text_config().vocab_size
@@ -169,7 +171,7 @@ class Engine:
 
     def _tokenize_plain(self, prompt) -> PromptTokens:
         if isinstance(prompt, str):
-            return PromptTokens(prompt, self.tokenizer.encode(prompt))
+            return PromptTokens(prompt, self.tokenizer.encode(prompt.lower() if self.lower_case else prompt))
         if isinstance(prompt, (list, tuple)) and all(isinstance(t, int) for t in prompt):
             return PromptTokens(None, list(prompt))
         raise ValueError(f"prompt must be a str, a list of token ids, or a dict; got {type(prompt).__name__}")

@@ -95,12 +95,19 @@ def sentence_transformers_pooling(model_dir: Path) -> dict:
     return out
 
 
-def sentence_transformers_max_len(model_dir: Path) -> int | None:
+def _sentence_bert_config(model_dir: Path) -> dict:
     config_file = Path(model_dir) / "sentence_bert_config.json"
-    if not config_file.exists():
-        return None
-    value = json.loads(config_file.read_text()).get("max_seq_length")
+    return json.loads(config_file.read_text()) if config_file.exists() else {}
+
+
+def sentence_transformers_max_len(model_dir: Path) -> int | None:
+    value = _sentence_bert_config(model_dir).get("max_seq_length")
     return value if isinstance(value, int) and value > 0 else None
+
+
+def sentence_transformers_lower_case(model_dir: Path) -> bool:
+    """sentence-transformers lower-cases text before tokenizing when its config says so."""
+    return bool(_sentence_bert_config(model_dir).get("do_lower_case", False))
 
 
 def pooler_overrides(task: str, model_dir: Path, user: dict | None) -> dict:

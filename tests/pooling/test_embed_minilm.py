@@ -146,3 +146,33 @@ def test_dense_module_with_untrusted_activation_is_refused(minilm_dir, tmp_path)
     (folder / "2_Dense" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="activation_function 'mypackage.activations.Swish'.*trust_remote_code=True"):
         LLM(str(folder), task="embed", num_kv_blocks=64)
+
+
+def test_do_lower_case_lowercases_text_before_tokenizing(minilm_dir, tmp_path):
+    """sentence_bert_config.json `do_lower_case`: with a case-sensitive tokenizer, upper-case words
+    would become other tokens; sentence-transformers lower-cases first, and so do we."""
+    import json
+    import os
+    from pathlib import Path
+
+    from sentence_transformers import SentenceTransformer
+
+    from anymodel import LLM
+
+    for f in os.listdir(minilm_dir):
+        if f not in ("tokenizer.json", "tokenizer_config.json", "sentence_bert_config.json"):
+            (tmp_path / f).symlink_to(os.path.join(minilm_dir, f))
+    tok = json.loads((Path(minilm_dir) / "tokenizer.json").read_text())
+    tok["normalizer"]["lowercase"] = False  # case-sensitive: "Paris" is not "paris"
+    (tmp_path / "tokenizer.json").write_text(json.dumps(tok))
+    tok_config = json.loads((Path(minilm_dir) / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**tok_config, "do_lower_case": False}))
+    (tmp_path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 256, "do_lower_case": True}))
+    texts = ["Paris is the CAPITAL of France.", "A Man Is Eating Food."]
+    st = SentenceTransformer(str(tmp_path), device="cpu")
+    llm = LLM(str(tmp_path), task="embed", num_kv_blocks=64, dtype="float32")
+    outs = llm.embed(texts, use_tqdm=False)
+    assert [o.prompt_token_ids for o in outs] == [st.tokenizer(t.lower())["input_ids"] for t in texts]
+    assert outs[0].prompt_token_ids != llm.get_tokenizer().encode(texts[0])  # the case mattered
+    ref = st.encode(texts, convert_to_tensor=True)
+    torch.testing.assert_close(torch.tensor([o.outputs.embedding for o in outs]), ref.float(), atol=1e-5, rtol=1e-4)
