@@ -41,7 +41,8 @@ class EngineArgs:
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     distributed_executor_backend: str | None = None
-    kv_cache_memory: int | None = None  # bytes; None: num_kv_blocks or a default share of memory
+    kv_cache_memory: int | None = None  # bytes; None: num_kv_blocks, else gpu_memory_utilization (GPU) / 1 GiB (CPU)
+    gpu_memory_utilization: float = 0.9  # GPU: the share of device memory for weights, activations and KV cache
     num_kv_blocks: int | None = None
     block_size: int = 16
     max_num_seqs: int = 256
@@ -67,6 +68,8 @@ class EngineArgs:
             _positive(name, getattr(self, name), optional=False)
         for name in ("max_model_len", "num_kv_blocks", "kv_cache_memory", "max_num_batched_tokens"):
             _positive(name, getattr(self, name))
+        if not (isinstance(self.gpu_memory_utilization, (int, float)) and 0 < self.gpu_memory_utilization <= 1):
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}")
         if self.hf_overrides is not None and not (isinstance(self.hf_overrides, dict) or callable(self.hf_overrides)):
             raise ValueError(f"hf_overrides must be a dict or a callable(config) -> config, got {type(self.hf_overrides).__name__}")
         if self.override_pooler_config is not None and not isinstance(self.override_pooler_config, dict):

@@ -44,9 +44,9 @@ class Engine:
         self.vocab_size = self.hf_config.get_text_config().vocab_size
         self.executor = make_executor(args, model_dir, self.hf_config)
         self.paged, prefix_ok = self.executor.apply_model(model_traits)[0]
+        self.token_budget = args.max_num_batched_tokens or max(2048, self.max_model_len)  # tokens per step
         self.kv = KVCacheManager(self._init_kv_cache(), args.block_size, args.enable_prefix_caching and prefix_ok)
-        budget = args.max_num_batched_tokens or max(2048, self.max_model_len)
-        self.scheduler = Scheduler(self.kv, args.max_num_seqs, budget, args.enable_chunked_prefill)
+        self.scheduler = Scheduler(self.kv, args.max_num_seqs, self.token_budget, args.enable_chunked_prefill)
         self.outputs = OutputProcessor(self.tokenizer)
         self.pooling = PoolingOutputs()
         self._ids = itertools.count()
@@ -60,7 +60,7 @@ class Engine:
         if self.args.num_kv_blocks is not None:
             num_blocks = self.args.num_kv_blocks
         else:
-            memory = self.args.kv_cache_memory or _DEFAULT_CPU_KV_BYTES
+            memory = self.args.kv_cache_memory or self._default_kv_memory(layers, per_block)
             cap = self.args.max_num_seqs * -(-self.max_model_len // self.args.block_size)
             num_blocks = min(memory // per_block, cap)
         if num_blocks < 1:
@@ -69,6 +69,21 @@ class Engine:
             self.executor.allocate_kv_cache(layers, num_blocks)
         logger.info("anymodel: %d KV blocks of %d tokens (%d layers)", num_blocks, self.args.block_size, len(layers))
         return num_blocks
+
+    def _default_kv_memory(self, layers, per_block: int) -> int:
+        """GPU: what `gpu_memory_utilization` leaves after a profiling step (kv_budget.py); CPU: 1 GiB."""
+        util = self.args.gpu_memory_utilization
+        budget = self.executor.kv_memory_budget(layers, util, self.token_budget, self.args.max_num_seqs) if layers else None
+        if budget is None:
+            return _DEFAULT_CPU_KV_BYTES
+        if budget < per_block:
+            raise ValueError(
+                f"gpu_memory_utilization={util} leaves {budget / 2**30:.2f} GiB for the KV cache after the weights and a "
+                f"{self.token_budget}-token step, less than one block ({per_block} bytes): raise gpu_memory_utilization, "
+                "lower max_num_batched_tokens / max_model_len, or pass kv_cache_memory"
+            )
+        logger.info("anymodel: gpu_memory_utilization=%s leaves %.2f GiB for the KV cache", util, budget / 2**30)
+        return budget
 
     def _estimated_bytes_per_block(self) -> int:
         """For models that keep their own cache (compat path): K and V of every layer, full width."""

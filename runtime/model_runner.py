@@ -13,6 +13,7 @@ import torch
 
 from anymodel.attention_backend.metadata import AttentionMetadata
 from anymodel.cuda_graph import DecodeGraphs, GraphSpec
+from anymodel.kv_budget import measure_kv_budget
 from anymodel.request import Request
 from anymodel.sampler import SamplingRow, sample, top_logprobs
 from anymodel.scheduler import SchedulerOutput
@@ -75,13 +76,38 @@ class ModelRunner:
     def bytes_per_block(self, layers) -> int:
         return sum(2 * self.block_size * h * d * torch.empty(0, dtype=dt).element_size() for h, d, dt in layers)
 
-    def allocate_kv_cache(self, layers, num_blocks: int) -> None:
+    def _new_kv_cache(self, layers, num_blocks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         # Zeroed, not empty: padded gathers read slots no request wrote, and an uninitialised NaN
         # there would survive the 0-probability multiply (0 * NaN = NaN).
-        self.kv_caches = [
+        return [
             tuple(torch.zeros(num_blocks, self.block_size, h, d, dtype=dt, device=self.device) for _ in range(2))
             for h, d, dt in layers
         ]
+
+    def kv_memory_budget(self, layers, utilization: float, num_tokens: int, num_logit_rows: int) -> int | None:
+        """Bytes the KV cache may take on this GPU (see kv_budget.py); None on CPU."""
+        return measure_kv_budget(self, layers, utilization, num_tokens, num_logit_rows)
+
+    @torch.inference_mode()
+    def profile_step(self, layers, num_tokens: int, num_logit_rows: int) -> int:
+        """The largest step the scheduler may send, for its peak memory: one `num_tokens`-token
+        prefill over a scratch KV cache just big enough, then the LM head on `num_logit_rows` rows.
+        Returns the scratch cache's size in bytes; the cache is gone afterwards."""
+        num_blocks = -(-num_tokens // self.block_size)
+        saved, self.kv_caches = self.kv_caches, self._new_kv_cache(layers, num_blocks)
+        try:
+            positions = torch.arange(num_tokens)
+            meta = self._metadata([num_tokens], [num_tokens], [list(range(num_blocks))], positions)
+            inputs = StepInputs(torch.zeros(1, num_tokens, dtype=torch.long), positions[None], meta).to(self.device)
+            hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)
+            if self.produces_output and hasattr(self.model, "compute_logits"):
+                self.model.compute_logits(hidden[:num_logit_rows])
+            return self.bytes_per_block(layers) * num_blocks
+        finally:
+            self.kv_caches = saved
+
+    def allocate_kv_cache(self, layers, num_blocks: int) -> None:
+        self.kv_caches = self._new_kv_cache(layers, num_blocks)
         if self.graph_spec is not None:
             self.capture_decode_graphs(self.graph_spec)
 

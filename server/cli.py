@@ -96,6 +96,8 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--attention-backend", choices=ATTENTION_BACKENDS, help="default: auto")
     g.add_argument("--kv-cache-memory", type=_bytes, metavar="BYTES", help="KV cache size, e.g. 8GiB or 2e9")
     g.add_argument("--num-kv-blocks", type=int, metavar="N", help="KV cache size in blocks (instead of bytes)")
+    g.add_argument("--gpu-memory-utilization", type=float, metavar="F",
+                   help="GPU: share of device memory for weights, activations and KV cache (default: 0.9)")
     g.add_argument("--block-size", type=int, metavar="N", help="tokens per KV block (default: 16)")
     g.add_argument("--max-num-seqs", type=int, metavar="N", help="most requests in one batch (default: 256)")
     g.add_argument("--max-num-batched-tokens", type=int, metavar="N", help="token budget of one step")

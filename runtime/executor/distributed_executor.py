@@ -30,6 +30,12 @@ class DistributedExecutor:
     def bytes_per_block(self, layers) -> int:
         return max(self._bytes_per_block)
 
+    def kv_memory_budget(self, layers, utilization: float, num_tokens: int, num_logit_rows: int) -> int | None:
+        """Every rank profiles its own shard and stage together (their collectives pair up); the
+        smallest budget sizes every rank's cache. None when the ranks are on CPU."""
+        budgets = self._call("kv_memory_budget", utilization, num_tokens, num_logit_rows)
+        return None if any(b is None for b in budgets) else min(budgets)
+
     def allocate_kv_cache(self, layers, num_blocks: int) -> None:
         self._call("allocate_kv_cache", num_blocks)
 

@@ -48,6 +48,9 @@ class RankWorker:
     def bytes_per_block(self) -> int:
         return self.worker.runner.bytes_per_block(self.layers)
 
+    def kv_memory_budget(self, utilization: float, num_tokens: int, num_logit_rows: int) -> int | None:
+        return self.worker.runner.kv_memory_budget(self.layers, utilization, num_tokens, num_logit_rows)
+
     def allocate_kv_cache(self, num_blocks: int) -> None:
         self.worker.runner.allocate_kv_cache(self.layers, num_blocks)
 

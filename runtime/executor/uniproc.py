@@ -19,6 +19,9 @@ class UniProcExecutor:
     def bytes_per_block(self, layers) -> int:
         return self.worker.runner.bytes_per_block(layers)
 
+    def kv_memory_budget(self, layers, utilization: float, num_tokens: int, num_logit_rows: int) -> int | None:
+        return self.worker.runner.kv_memory_budget(layers, utilization, num_tokens, num_logit_rows)
+
     def allocate_kv_cache(self, layers, num_blocks: int) -> None:
         self.worker.runner.allocate_kv_cache(layers, num_blocks)
 
