@@ -39,6 +39,7 @@ class Engine:
             self.max_model_len = min(self.max_model_len, st_len)
         # text is lower-cased before tokenizing, as sentence-transformers does for these models
         self.lower_case = self.task == "embed" and pooling.sentence_transformers_lower_case(model_dir)
+        self.embedding_size = pooling.embedding_size(self.hf_config, model_dir) if self.task == "embed" else None
         self.model_name = args.served_model_name or args.model or "anymodel-demo"
         self.eos_token_ids = loader.eos_token_ids(model_dir, self.tokenizer)
         self.vocab_size = self.hf_config.get_text_config().vocab_size
@@ -93,7 +94,7 @@ class Engine:
     # ---- public API -----------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt, params: SamplingParams | PoolingParams | None = None) -> None:
         params = params or (SamplingParams() if self.task == "generate" else PoolingParams())
-        pooling.check_request(self.task, params, self.hf_config)
+        pooling.check_request(self.task, params, self.hf_config, self.embedding_size)
         tokens = self._truncate(self._tokenize(prompt), params)
         self._validate(tokens.token_ids, params)
         if isinstance(params, PoolingParams):

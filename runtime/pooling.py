@@ -95,6 +95,16 @@ def sentence_transformers_pooling(model_dir: Path) -> dict:
     return out
 
 
+def embedding_size(config, model_dir: Path) -> int:
+    """Width of an embedding: the last sentence-transformers Dense module's output, else the hidden size."""
+    modules_file = Path(model_dir) / "modules.json"
+    modules = json.loads(modules_file.read_text()) if modules_file.exists() else []
+    dense = [m for m in modules if m.get("type", "").endswith("models.Dense")]
+    if dense:
+        return json.loads((Path(model_dir) / dense[-1].get("path", "") / "config.json").read_text())["out_features"]
+    return config.get_text_config().hidden_size
+
+
 def _sentence_bert_config(model_dir: Path) -> dict:
     config_file = Path(model_dir) / "sentence_bert_config.json"
     return json.loads(config_file.read_text()) if config_file.exists() else {}
@@ -125,7 +135,7 @@ def build_pooling_model(args, model_dir: Path, config, dtype, state=None):
 
 
 # ---- requests ---------------------------------------------------------------------------------------
-def check_request(model_task: str, params, config) -> None:
+def check_request(model_task: str, params, config, embedding_size: int | None = None) -> None:
     """A request the model can answer, or a ValueError that says what to do instead."""
     if isinstance(params, SamplingParams):
         if model_task != "generate":
@@ -143,10 +153,11 @@ def check_request(model_task: str, params, config) -> None:
     if kind not in SERVES[model_task]:
         raise ValueError(f"a {kind!r} request is not supported by a model running task {model_task!r}; "
                          f"supported: {list(SERVES[model_task])}")
-    check_dimensions(params, model_task, config)
+    check_dimensions(params, model_task, config, embedding_size or config.get_text_config().hidden_size)
 
 
-def check_dimensions(params: PoolingParams, model_task: str, config) -> None:
+def check_dimensions(params: PoolingParams, model_task: str, config, size: int) -> None:
+    """`size`: the model's embedding width (the hidden size, or a Dense module's output)."""
     if params.dimensions is None:
         return
     if model_task != "embed":
@@ -157,7 +168,6 @@ def check_dimensions(params: PoolingParams, model_task: str, config) -> None:
             "dimensions: this model does not support Matryoshka representation; changing the output "
             "dimensions would give poor embeddings (hf_overrides={'is_matryoshka': True} to force it)"
         )
-    size = config.get_text_config().hidden_size
     if dims and params.dimensions not in dims:
         raise ValueError(f"dimensions must be one of {sorted(dims)}, got {params.dimensions}")
     if params.dimensions > size:

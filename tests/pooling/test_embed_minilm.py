@@ -130,6 +130,13 @@ def test_dense_modules_match_sentence_transformers(minilm_dir, tmp_path):
     ours = torch.tensor([o.outputs.embedding for o in llm.embed(texts, use_tqdm=False)])
     assert ours.shape == ref.shape == (6, 32)
     torch.testing.assert_close(ours, ref.float(), atol=1e-5, rtol=1e-4)
+    assert llm.engine.embedding_size == 32  # Matryoshka `dimensions` are checked against the Dense output
+    with pytest.raises(ValueError, match="Matryoshka"):
+        llm.embed("x", PoolingParams(dimensions=16), use_tqdm=False)
+    llm.engine.hf_config.is_matryoshka = True
+    assert len(llm.embed("x", PoolingParams(dimensions=16), use_tqdm=False)[0].outputs.embedding) == 16
+    with pytest.raises(ValueError, match=r"dimensions must be <= 32 \(the embedding size\)"):
+        llm.embed("x", PoolingParams(dimensions=100), use_tqdm=False)
 
 
 def test_dense_module_with_untrusted_activation_is_refused(minilm_dir, tmp_path):
