@@ -47,6 +47,7 @@ class EngineArgs:
     block_size: int = 16
     max_num_seqs: int = 256
     max_num_batched_tokens: int | None = None  # None: max(2048, max_model_len) on CPU
+    max_logprobs: int = 20  # the most logprobs / prompt_logprobs a request may ask for; -1: no cap
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     attention_backend: str = "auto"
@@ -68,6 +69,8 @@ class EngineArgs:
             _positive(name, getattr(self, name), optional=False)
         for name in ("max_model_len", "num_kv_blocks", "kv_cache_memory", "max_num_batched_tokens"):
             _positive(name, getattr(self, name))
+        if not (isinstance(self.max_logprobs, int) and self.max_logprobs >= -1):
+            raise ValueError(f"max_logprobs must be -1 (no cap) or an integer >= 0, got {self.max_logprobs!r}")
         if not (isinstance(self.gpu_memory_utilization, (int, float)) and 0 < self.gpu_memory_utilization <= 1):
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}")
         if self.hf_overrides is not None and not (isinstance(self.hf_overrides, dict) or callable(self.hf_overrides)):

@@ -95,6 +95,8 @@ class Engine:
     def add_request(self, request_id: str, prompt, params: SamplingParams | PoolingParams | None = None) -> None:
         params = params or (SamplingParams() if self.task == "generate" else PoolingParams())
         pooling.check_request(self.task, params, self.hf_config, self.embedding_size)
+        if isinstance(params, SamplingParams):
+            params = self._resolve_logprobs(params)
         tokens = self._truncate(self._tokenize(prompt), params)
         self._validate(tokens.token_ids, params)
         if isinstance(params, PoolingParams):
@@ -260,6 +262,19 @@ class Engine:
                 f"prompt ({n} tokens) plus max_tokens needs {needed} tokens of KV cache but it holds "
                 f"{self.kv.capacity_tokens}; lower max_tokens or raise kv_cache_memory / num_kv_blocks"
             )
+
+    def _resolve_logprobs(self, params: SamplingParams) -> SamplingParams:
+        """-1 means the whole vocabulary (vLLM); either count must fit the engine's max_logprobs."""
+        cap = self.args.max_logprobs
+        for name in ("logprobs", "prompt_logprobs"):
+            k = getattr(params, name)
+            if k == -1:
+                k = self.vocab_size
+                params = params.clone(**{name: k})
+            if k is not None and cap != -1 and k > cap:
+                raise ValueError(f"{name}={k} is more than this engine's max_logprobs ({cap}); ask for at most {cap}, "
+                                 "or start the engine with a larger max_logprobs (-1: no cap)")
+        return params
 
     def _validate_token_lists(self, params: SamplingParams) -> None:
         """Token ids named by logit_bias / allowed_token_ids index the logits: they must be in the vocabulary."""

@@ -106,9 +106,10 @@ class SamplingParams:
         _check(-2 <= self.presence_penalty <= 2, "presence_penalty", "in [-2, 2]", self.presence_penalty)
         _check(-2 <= self.frequency_penalty <= 2, "frequency_penalty", "in [-2, 2]", self.frequency_penalty)
         _check(self.repetition_penalty > 0, "repetition_penalty", "> 0", self.repetition_penalty)
-        for name in ("logprobs", "prompt_logprobs"):
+        for name in ("logprobs", "prompt_logprobs"):  # the engine caps them at its max_logprobs
             v = getattr(self, name)
-            _check(v is None or (isinstance(v, int) and 0 <= v <= 20), name, "None or an integer in [0, 20]", v)
+            _check(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= -1), name,
+                   "None, -1 (the whole vocabulary) or an integer >= 0", v)
         _check(all(isinstance(s, str) and s for s in self.stop), "stop", "a non-empty string or list of them", self.stop)
         _check(self.seed is None or isinstance(self.seed, int), "seed", "None or an integer", self.seed)
         _check_truncate(self.truncate_prompt_tokens)

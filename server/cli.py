@@ -100,6 +100,8 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="GPU: share of device memory for weights, activations and KV cache (default: 0.9)")
     g.add_argument("--block-size", type=int, metavar="N", help="tokens per KV block (default: 16)")
     g.add_argument("--max-num-seqs", type=int, metavar="N", help="most requests in one batch (default: 256)")
+    g.add_argument("--max-logprobs", type=int, metavar="N",
+                   help="most logprobs / prompt_logprobs a request may ask for (default: 20; -1: no cap)")
     g.add_argument("--max-num-batched-tokens", type=int, metavar="N", help="token budget of one step")
     g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None,
                    help="reuse KV blocks of shared prompt prefixes (default: on)")

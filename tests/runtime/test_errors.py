@@ -16,7 +16,8 @@ from anymodel import LLM, SamplingParams
         ({"top_k": -2}, "top_k"),
         ({"min_p": 2.0}, "min_p"),
         ({"n": 0}, "n"),
-        ({"logprobs": 50}, "logprobs"),
+        ({"logprobs": -2}, "logprobs"),
+        ({"prompt_logprobs": 1.5}, "prompt_logprobs"),
         ({"repetition_penalty": 0.0}, "repetition_penalty"),
         ({"min_tokens": 5, "max_tokens": 2}, "min_tokens"),
     ],
@@ -34,6 +35,7 @@ def test_sampling_params_reject_invalid(kwargs, names):
         ({"dtype": "int3"}, "dtype"),
         ({"attention_backend": "magic"}, "attention_backend"),
         ({"block_size": 0}, "block_size"),
+        ({"max_logprobs": -3}, r"max_logprobs must be -1 \(no cap\) or an integer >= 0"),
         ({"no_such_flag": 1}, "no_such_flag"),
     ],
 )

@@ -161,3 +161,23 @@ def test_embed_truncation_equals_embedding_the_truncated_prompt(tiny_embed_llm):
     assert len(long.prompt_token_ids) == limit
     with pytest.raises(ValueError, match="truncate_prompt_tokens"):
         tiny_embed_llm.embed([ids], use_tqdm=False, truncate_prompt_tokens=0)
+
+
+def test_logprobs_are_capped_by_max_logprobs(tiny_llm):
+    with pytest.raises(ValueError, match=r"logprobs=50 is more than this engine's max_logprobs \(20\)"):
+        gen(tiny_llm, ["hi"], logprobs=50)
+    with pytest.raises(ValueError, match=r"prompt_logprobs=384 is more than this engine's max_logprobs \(20\)"):
+        gen(tiny_llm, ["hi"], prompt_logprobs=-1)  # -1: the whole vocabulary (384 tokens)
+    assert not tiny_llm.engine.has_unfinished()
+
+
+def test_minus_one_returns_the_whole_vocabulary(tiny_model_dir):
+    from anymodel import LLM
+
+    llm = LLM(str(tiny_model_dir), dtype="float32", max_logprobs=-1)
+    out = gen(llm, ["the quick brown fox"], max_tokens=2, logprobs=-1, prompt_logprobs=-1)[0]
+    step = out.outputs[0].logprobs[0]
+    assert len(step) == 384  # every token of the vocabulary, each with its rank
+    assert sorted(lp.rank for lp in step.values()) == list(range(1, 385))
+    assert math.isclose(sum(math.exp(lp.logprob) for lp in step.values()), 1.0, rel_tol=1e-4)
+    assert all(len(p) == 384 for p in out.prompt_logprobs[1:])
