@@ -6,6 +6,8 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by server and worker subprocesses
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test touches the network
+# Tiny test models take the oneDNN-packed GEMM path too (production packs only large weights).
+os.environ.setdefault("ANYMODEL_CPU_PACK_MIN_NUMEL", "0")
 
 import torch  # noqa: E402
 
