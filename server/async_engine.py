@@ -229,6 +229,7 @@ class AsyncEngine:
         if not isinstance(out, RequestOutput):  # a PoolingRequestOutput: one final output, sent as is
             req.send(out)
             del self._requests[request_id]
+            self._observe_finished(req, "stop", now)
             return
         delta = req.tracker.delta(out)
         if delta.num_new_tokens:
@@ -237,10 +238,12 @@ class AsyncEngine:
             req.send(delta)
         if out.finished:
             del self._requests[request_id]
-            if self.metrics is not None:
-                reason = out.outputs[0].finish_reason if out.outputs else None
-                self.metrics.finished.labels(reason or "unknown").inc()
-                self.metrics.e2e.observe(now - req.arrival)
+            self._observe_finished(req, (out.outputs[0].finish_reason if out.outputs else None) or "unknown", now)
+
+    def _observe_finished(self, req: _Request, reason: str, now: float) -> None:
+        if self.metrics is not None:
+            self.metrics.finished.labels(reason).inc()
+            self.metrics.e2e.observe(now - req.arrival)
 
     def _observe_latency(self, req: _Request, now: float) -> None:
         if self.metrics is not None:

@@ -116,3 +116,16 @@ def test_classify_endpoint_and_wrong_kind(score_server):
     r = httpx.post(f"{url}/v1/embeddings", json={"input": "hello"})
     assert r.status_code == 400 and "'embed' request is not supported" in r.json()["error"]["message"]
     assert httpx.get(f"{url}/health").status_code == 200  # the engine keeps serving
+
+
+def test_pooling_requests_show_in_metrics(client, embed_server):
+    from tests.server.test_concurrency import metric
+
+    before = httpx.get(f"{embed_server}/metrics").text
+    resp = client.embeddings.create(model=_model(embed_server), input=["A man is eating food.", "ok"],
+                                    encoding_format="float")
+    after = httpx.get(f"{embed_server}/metrics").text
+    assert metric(after, "prompt_tokens_total") - metric(before, "prompt_tokens_total") == resp.usage.prompt_tokens
+    done = 'request_success_total{finished_reason="stop"}'
+    assert metric(after, done) - metric(before, done) == 2
+    assert metric(after, "e2e_request_latency_seconds_count") - metric(before, "e2e_request_latency_seconds_count") == 2
