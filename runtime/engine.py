@@ -16,7 +16,7 @@ from anymodel.kv_cache import KVCacheManager
 from anymodel.outputs import EngineStats, PoolingRequestOutput, RequestOutput
 from anymodel.output_processor import OutputProcessor, RequestGroup
 from anymodel.pooling_outputs import PoolingOutputs
-from anymodel.params import PoolingParams, SamplingParams
+from anymodel.params import PoolingParams, SamplingParams, truncated_prompt_len
 from anymodel.request import Request, RequestStatus
 from anymodel.scheduler import Scheduler
 
@@ -208,12 +208,11 @@ class Engine:
         if k is None:
             return tokens
         limit = self.max_prompt_len(params)
-        if k == -1:
-            k = limit
-        elif k > limit:
+        if k > limit:
             raise ValueError(f"truncate_prompt_tokens must be -1 or in [1, {limit}] (this model's longest prompt for "
                              f"the request, max_model_len={self.max_model_len}), got {k}")
-        if len(tokens.token_ids) <= k:
+        k = truncated_prompt_len(len(tokens.token_ids), k, limit)
+        if k == len(tokens.token_ids):
             return tokens
         from_text = tokens.text is not None and tokens.token_type_ids is None
         head, body, tail = self._split_special(tokens.token_ids) if from_text else ([], [], [])

@@ -143,3 +143,12 @@ class PoolingParams:
         _check(self.dimensions is None or (isinstance(self.dimensions, int) and self.dimensions >= 1),
                "dimensions", "None or an integer >= 1", self.dimensions)
         _check_truncate(self.truncate_prompt_tokens)
+
+
+def truncated_prompt_len(num_tokens: int, truncate_prompt_tokens: int | None, max_prompt_len: int) -> int:
+    """Length of a prompt after truncate_prompt_tokens=k: its last k tokens; -1: the longest the
+    request may have (`max_prompt_len`); None: all of it."""
+    k = truncate_prompt_tokens
+    if k is None:
+        return num_tokens
+    return min(num_tokens, max_prompt_len if k == -1 else k)

@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator
 
 from fastapi.responses import Response
 
-from anymodel.params import SamplingParams
+from anymodel.params import SamplingParams, truncated_prompt_len
 
 from .async_engine import AsyncEngine, EngineDeadError, EngineStepError
 from .delta import RequestDelta, TokenLogprobs
@@ -82,8 +82,8 @@ class GenerationHandler:
         """An explicit max_tokens that cannot fit beside the prompt is a 400 (vLLM's server rule);
         the offline API instead stops such a request at the context length."""
         limit = self.engine.max_model_len
-        k = params.truncate_prompt_tokens
-        n = num_prompt_tokens if k is None else min(num_prompt_tokens, limit - 1 if k == -1 else k)
+        # the engine's rule; a generation's longest prompt leaves room for one token (Engine.max_prompt_len)
+        n = truncated_prompt_len(num_prompt_tokens, params.truncate_prompt_tokens, limit - 1)
         if params.max_tokens is not None and n < limit and n + params.max_tokens > limit:
             raise APIError(400, f"'max_tokens' or 'max_completion_tokens' is too large: {params.max_tokens}. This "
                                 f"model's maximum context length is {limit} tokens and your request has {n} input "
