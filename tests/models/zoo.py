@@ -163,6 +163,32 @@ ZOO: dict[str, Callable[[], PretrainedConfig]] = {
     "deepseek_v2": _arch("deepseek_v2", **_MLA, **_DEEPSEEK_MOE),
     "deepseek_v3": _arch("deepseek_v3", **_MLA, **_DEEPSEEK_MOE),
     "minicpm3": _arch("minicpm3", **_MLA),
+    # ---- newer Transformers architectures (5.x), each through the attention interface
+    "olmo3": _arch("olmo3", sliding_window=SLIDING_WINDOW, layer_types=["sliding_attention", "full_attention"]),
+    "apertus": _arch("apertus"),  # xIELU activation, q/k norms
+    "helium": _arch("helium", head_dim=16),
+    "glm4_moe": _arch("glm4_moe", head_dim=16, **_DEEPSEEK_MOE),
+    "glm4_moe_lite": _arch("glm4_moe_lite"),
+    "dots1": _arch("dots1", head_dim=16, **_DEEPSEEK_MOE),
+    "vaultgemma": _arch("vaultgemma", head_dim=16),
+    "diffllama": _arch("diffllama"),  # differential attention: two softmaxes per head
+    "bitnet": _arch("bitnet"),
+    "flex_olmo": _arch("flex_olmo", num_experts=4, num_experts_per_tok=2),
+    # the third layer reuses the second's K/V (num_kv_shared_layers); sliding/full layers
+    "gemma4_text": _arch("gemma4_text", head_dim=16, sliding_window=SLIDING_WINDOW, num_hidden_layers=3,
+                         num_kv_shared_layers=1, layer_types=["sliding_attention", "full_attention", "full_attention"]),
+    "minimax_m2": _arch("minimax_m2", head_dim=16, num_local_experts=4, num_experts_per_tok=2),
+    "exaone_moe": _arch("exaone_moe"),
+    "nanochat": _arch("nanochat"),
+    "codegen": _arch("codegen", **_GPT2_STYLE, rotary_dim=8),
+    "cohere2_moe": _arch("cohere2_moe", sliding_window=SLIDING_WINDOW, logit_scale=1.0,
+                         layer_types=["sliding_attention", "full_attention"]),
+    "ministral3": _arch("ministral3"),
+    "cwm": _arch("cwm"),
+    "solar_open": _arch("solar_open"),
+    "jais2": _arch("jais2"),
+    "mellum": _arch("mellum"),
+    "hyperclovax": _arch("hyperclovax"),
     # compat path: own attention (alibi, local attention, own cache)
     "stablelm": _arch("stablelm"),
     "gpt_neo": _arch("gpt_neo", num_layers=2, num_heads=4, window_size=SLIDING_WINDOW,
@@ -184,6 +210,7 @@ ZOO: dict[str, Callable[[], PretrainedConfig]] = {
                         mamba_head_dim=16, ssm_state_size=16, n_groups=1, chunk_size=16),
     "zamba2": _arch("zamba2", layers_block_type=["mamba", "hybrid"], n_mamba_heads=8, mamba_d_state=16,
                     chunk_size=16, adapter_rank=8, use_mamba_kernels=False),
+    "lfm2": _arch("lfm2", layer_types=["conv", "full_attention"]),  # short-convolution state
     # lightning (linear) attention layers: attention-backend class, but recurrent state
     "minimax": _arch("minimax", head_dim=16, num_local_experts=4, block_size=16,
                      layer_types=["linear_attention", "full_attention"]),
@@ -193,7 +220,7 @@ ZOO: dict[str, Callable[[], PretrainedConfig]] = {
 # (runtime/loader.py `recurrent_state`): the loader sends them to the compat path.
 RECURRENT_ARCHS = frozenset({
     "mamba", "falcon_mamba", "mamba2", "jamba", "bamba", "falcon_h1", "granitemoehybrid", "nemotron_h", "zamba2",
-    "minimax",
+    "minimax", "lfm2",
 })
 # Zoo archs served by adapters/compat.py: the recurrent ones, and those whose attention does not
 # go through ALL_ATTENTION_FUNCTIONS (base model class has `_supports_attention_backend = False`
