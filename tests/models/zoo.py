@@ -64,6 +64,7 @@ _MLA = dict(num_key_value_heads=4, kv_lora_rank=32, q_lora_rank=48, qk_nope_head
             v_head_dim=16)
 _DEEPSEEK_MOE = dict(n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, n_shared_experts=1,
                      first_k_dense_replace=1, n_group=1, topk_group=1)  # layer 0 dense, layer 1 MoE
+_GATED_DELTANET = dict(linear_num_value_heads=4, linear_num_key_heads=2, linear_key_head_dim=16, linear_value_head_dim=16)
 _MAMBA2_HYBRID = dict(mamba_n_heads=8, mamba_d_head=16, mamba_d_state=16, mamba_chunk_size=16)
 
 
@@ -211,6 +212,12 @@ ZOO: dict[str, Callable[[], PretrainedConfig]] = {
     "zamba2": _arch("zamba2", layers_block_type=["mamba", "hybrid"], n_mamba_heads=8, mamba_d_state=16,
                     chunk_size=16, adapter_rank=8, use_mamba_kernels=False),
     "lfm2": _arch("lfm2", layer_types=["conv", "full_attention"]),  # short-convolution state
+    # gated DeltaNet (linear attention) layers beside full attention
+    "qwen3_next": _arch("qwen3_next", head_dim=16, layer_types=["linear_attention", "full_attention"], num_experts=4,
+                        num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32,
+                        **_GATED_DELTANET),
+    "qwen3_5_text": _arch("qwen3_5_text", head_dim=16, layer_types=["linear_attention", "full_attention"],
+                          **_GATED_DELTANET),
     # lightning (linear) attention layers: attention-backend class, but recurrent state
     "minimax": _arch("minimax", head_dim=16, num_local_experts=4, block_size=16,
                      layer_types=["linear_attention", "full_attention"]),
@@ -220,7 +227,7 @@ ZOO: dict[str, Callable[[], PretrainedConfig]] = {
 # (runtime/loader.py `recurrent_state`): the loader sends them to the compat path.
 RECURRENT_ARCHS = frozenset({
     "mamba", "falcon_mamba", "mamba2", "jamba", "bamba", "falcon_h1", "granitemoehybrid", "nemotron_h", "zamba2",
-    "minimax", "lfm2",
+    "minimax", "lfm2", "qwen3_next", "qwen3_5_text",
 })
 # Zoo archs served by adapters/compat.py: the recurrent ones, and those whose attention does not
 # go through ALL_ATTENTION_FUNCTIONS (base model class has `_supports_attention_backend = False`
