@@ -71,8 +71,17 @@ def load_causal_lm(cls: type, has_lm_head: bool, model_dir, config, dtype: torch
     hf.eval()
     restore_computed_buffers(hf, cls)
     if has_lm_head:
-        return TransformersForCausalLM(hf.base_model, hf.get_output_embeddings(), hf.config)
+        return TransformersForCausalLM(decoder_of(hf), hf.get_output_embeddings(), hf.config)
     return TransformersForCausalLM(hf, _load_lm_head(hf, model_dir, dtype), hf.config)
+
+
+def decoder_of(hf: nn.Module) -> nn.Module:
+    """The base model under a *ForCausalLM: `base_model`, unless the class's prefix names no
+    attribute (Llama 4 text says "language_model" but keeps it in `model`): then `model`."""
+    base = hf.base_model
+    if base is hf and isinstance(getattr(hf, "model", None), nn.Module):
+        base = hf.model
+    return base
 
 
 def _load_lm_head(base: nn.Module, model_dir, dtype: torch.dtype) -> nn.Module:

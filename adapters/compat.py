@@ -26,7 +26,7 @@ import logging
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from anymodel.adapters.causal_lm import TransformersForCausalLM
+from anymodel.adapters.causal_lm import TransformersForCausalLM, decoder_of
 
 logger = logging.getLogger("anymodel")
 
@@ -208,9 +208,10 @@ def _cache_of(layers: list[DynamicLayer]) -> DynamicCache:
 
 
 def load_compat_causal_lm(cls: type, model_dir, config, dtype: torch.dtype) -> CompatCausalLM:
-    from anymodel.loader import recurrent_state
+    from anymodel.loader import recurrent_state, unsupported_attention
 
-    why = recurrent_state(cls, config) or f"{cls.__name__} does not support the Transformers attention backend"
+    why = (recurrent_state(cls, config) or unsupported_attention(config)
+           or f"{cls.__name__} does not support the Transformers attention backend")
     logger.warning(
         "anymodel: %s; running it on the slower compat path (its own attention and cache: decode steps batched "
         "where the model allows, prefill one request at a time, no prefix caching)",
@@ -218,4 +219,4 @@ def load_compat_causal_lm(cls: type, model_dir, config, dtype: torch.dtype) -> C
     )
     hf = cls.from_pretrained(model_dir, config=config, dtype=dtype)
     hf.eval()
-    return CompatCausalLM(hf.base_model, hf.get_output_embeddings(), hf.config)
+    return CompatCausalLM(decoder_of(hf), hf.get_output_embeddings(), hf.config)

@@ -25,7 +25,7 @@ from torch import nn
 
 from anymodel import distributed as dist
 from anymodel.adapters.attention_heads import heads_of, localize_heads
-from anymodel.adapters.causal_lm import TransformersForCausalLM
+from anymodel.adapters.causal_lm import TransformersForCausalLM, decoder_of
 from anymodel.adapters.pipeline_parallel import StagePlaceholder, apply_stage_plan, resolve_stage_plan
 from anymodel.adapters.sharded_loader import load_sharded
 from anymodel.adapters.tensor_parallel import (
@@ -64,7 +64,7 @@ def load_parallel_causal_lm(cls, has_lm_head: bool, model_dir, config, dtype: to
     if not has_lm_head:
         del hf.lm_head
     hf.eval()
-    return TransformersForCausalLM(hf.base_model, head, hf.config)
+    return TransformersForCausalLM(decoder_of(hf), head, hf.config)
 
 
 def load_parallel_pooling_model(cls, model_dir, config, dtype: torch.dtype, state=None) -> nn.Module:

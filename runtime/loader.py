@@ -121,10 +121,21 @@ class ModelClass:
     cls: type
     has_lm_head: bool  # cls is a *ForCausalLM (else a base model to which we add the head)
     recurrent: str | None = None  # why the model has state our paged cache cannot hold (see recurrent_state)
+    own_attention: str | None = None  # attention our function cannot reproduce (see unsupported_attention)
 
     @property
     def backend_compatible(self) -> bool:
-        return bool(getattr(self.cls, "_supports_attention_backend", False)) and self.recurrent is None
+        return (bool(getattr(self.cls, "_supports_attention_backend", False)) and self.recurrent is None
+                and self.own_attention is None)
+
+
+def unsupported_attention(config) -> str | None:
+    """Attention patterns the paged kernels do not implement; such models keep their own attention
+    (compat path) rather than run ours with silently different tokens."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(text, "attention_chunk_size", None):
+        return f"chunked local attention (attention_chunk_size={text.attention_chunk_size})"
+    return None
 
 
 def recurrent_state(cls: type, config) -> str | None:
@@ -175,4 +186,4 @@ def resolve_causal_lm_class(config, model_dir: Path, trust_remote_code: bool) ->
 
 
 def _model_class(cls: type, has_lm_head: bool, config) -> ModelClass:
-    return ModelClass(cls, has_lm_head, recurrent_state(cls, config))
+    return ModelClass(cls, has_lm_head, recurrent_state(cls, config), unsupported_attention(config))

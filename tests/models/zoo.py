@@ -197,6 +197,9 @@ ZOO: dict[str, Callable[[], PretrainedConfig]] = {
     "xglm": _arch("xglm", d_model=64, ffn_dim=128, num_layers=2, attention_heads=4, max_position_embeddings=512),
     "biogpt": _arch("biogpt"),
     "mpt": _arch("mpt", d_model=64, n_heads=4, n_layers=2, expansion_ratio=2, max_seq_len=512),  # alibi
+    # chunked local attention (8-token chunks), NoPE layers with temperature tuning, MoE
+    "llama4_text": _arch("llama4_text", head_dim=16, num_local_experts=4, num_experts_per_tok=1,
+                         intermediate_size_mlp=128, attention_chunk_size=8),
     # compat path: recurrent / linear-attention state (see runtime/loader.py `recurrent_state`)
     "mamba": _arch("mamba", state_size=8),
     "falcon_mamba": _arch("falcon_mamba", state_size=8),
@@ -229,10 +232,12 @@ RECURRENT_ARCHS = frozenset({
     "mamba", "falcon_mamba", "mamba2", "jamba", "bamba", "falcon_h1", "granitemoehybrid", "nemotron_h", "zamba2",
     "minimax", "lfm2", "qwen3_next", "qwen3_5_text",
 })
-# Zoo archs served by adapters/compat.py: the recurrent ones, and those whose attention does not
+# Zoo archs served by adapters/compat.py: the recurrent ones, those whose attention does not
 # go through ALL_ATTENTION_FUNCTIONS (base model class has `_supports_attention_backend = False`
-# in transformers 5.24).
-COMPAT_ARCHS = RECURRENT_ARCHS | frozenset({"bloom", "falcon", "stablelm", "gpt_neo", "xglm", "biogpt", "mpt"})
+# in transformers 5.24), and Llama 4's chunked attention (runtime/loader.py `unsupported_attention`).
+OWN_ATTENTION_ARCHS = frozenset({"llama4_text"})
+COMPAT_ARCHS = RECURRENT_ARCHS | OWN_ATTENTION_ARCHS | frozenset({"bloom", "falcon", "stablelm", "gpt_neo", "xglm",
+                                                                 "biogpt", "mpt"})
 
 # Target architectures anymodel refuses (tests/adapters/test_zoo_consistency.py KNOWN_UNSUPPORTED
 # says why): built like the zoo, with the task they were made for, to check the error.
