@@ -83,6 +83,7 @@ def paged_attention_forward(
     if meta.kv_caches is None:  # discovery pass: one request, no cache yet
         if sinks is not None:
             _check_sinks_supported(meta.backend or torch_ref)
+        _check_no_own_mask(module, attention_mask)
         meta.discovered.append((k.shape[1], k.shape[2], k.dtype))
         out = _dense_single_request(query, key, value, scale, causal, sliding_window, softcap, sinks)
         return out[..., :value_dim], None
@@ -119,6 +120,17 @@ def _check_sinks_supported(backend) -> None:
         raise ValueError(
             f"this model's attention has learnable sinks (`s_aux`), which attention backend {name!r} does not "
             "implement; use attention_backend='triton' (GPU) or 'torch'"
+        )
+
+
+def _check_no_own_mask(module: torch.nn.Module, attention_mask) -> None:
+    """With our implementation Transformers' mask builders return None, so a mask that reaches us
+    is one the model made itself (a learned bias, Doge's dynamic mask): the paged kernels cannot
+    apply it, and ignoring it would change the tokens. Refused at start-up."""
+    if isinstance(attention_mask, torch.Tensor):
+        raise ValueError(
+            f"{type(module).__name__} passes its own attention mask / bias to the attention function, which "
+            "anymodel's paged attention cannot apply; this architecture is not supported yet"
         )
 
 

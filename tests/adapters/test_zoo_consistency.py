@@ -23,6 +23,8 @@ KNOWN_UNSUPPORTED = {
     # vLLM lists BartForConditionalGeneration; Transformers would map its config to the decoder-only
     # BartForCausalLM and drop the encoder (random cross-attention, silently wrong tokens).
     "bart": ("seq2seq", "encoder-decoder model; anymodel serves decoder-only causal LMs"),
+    # Doge adds a learned dynamic mask to the scores; our kernels would drop it (refused at start-up).
+    "doge": ("causal_lm", "DogeAttention passes its own attention mask / bias to the attention function"),
 }
 
 

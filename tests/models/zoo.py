@@ -244,6 +244,7 @@ COMPAT_ARCHS = RECURRENT_ARCHS | OWN_ATTENTION_ARCHS | frozenset({"bloom", "falc
 UNSUPPORTED_ZOO: dict[str, Callable[[], PretrainedConfig]] = {
     "bart": _arch("bart", d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                   decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128),
+    "doge": _arch("doge"),  # dynamic mask attention: its own mask reaches the attention function
 }
 
 
