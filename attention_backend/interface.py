@@ -56,6 +56,7 @@ def paged_attention_forward(
     softcap: float | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
+    # Returns [1, T, Hq, Dv] contiguous, as Transformers' own attention functions do (JetMoE views it).
     meta: AttentionMetadata | None = kwargs.get("attn_metadata")
     if meta is None:
         meta = _CURRENT_METADATA.get()
@@ -86,7 +87,7 @@ def paged_attention_forward(
         _check_no_own_mask(module, attention_mask)
         meta.discovered.append((k.shape[1], k.shape[2], k.dtype))
         out = _dense_single_request(query, key, value, scale, causal, sliding_window, softcap, sinks)
-        return out[..., :value_dim], None
+        return out[..., :value_dim].contiguous(), None
 
     backend = meta.backend or torch_ref
     key_cache, value_cache = meta.kv_caches[layer]
@@ -96,7 +97,7 @@ def paged_attention_forward(
         q, key_cache, value_cache, meta, scale=scale, causal=causal, sliding_window=sliding_window, softcap=softcap,
         **extra,
     )
-    return out[..., :value_dim].unsqueeze(0), None
+    return out[..., :value_dim].unsqueeze(0).contiguous(), None
 
 
 def _sinks(module: torch.nn.Module, kwargs: dict) -> torch.Tensor | None:

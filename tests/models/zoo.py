@@ -190,6 +190,8 @@ ZOO: dict[str, Callable[[], PretrainedConfig]] = {
     "jais2": _arch("jais2"),
     "mellum": _arch("mellum"),
     "hyperclovax": _arch("hyperclovax"),
+    "jetmoe": _arch("jetmoe", num_local_experts=4, num_experts_per_tok=2, kv_channels=16),  # MoE attention too
+    "afmoe": _arch("afmoe"),
     # compat path: own attention (alibi, local attention, own cache)
     "stablelm": _arch("stablelm"),
     "gpt_neo": _arch("gpt_neo", num_layers=2, num_heads=4, window_size=SLIDING_WINDOW,
