@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-_DENSE = "sentence_transformers.models.Dense"
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -36,12 +35,20 @@ class STDense(nn.Module):
         return out + x if self.residual else out
 
 
+def sentence_transformers_modules(model_dir: Path) -> list[dict] | None:
+    """modules.json's entries ({"type", "path", ...}) in order; None when the directory has none."""
+    modules_file = Path(model_dir) / "modules.json"
+    return json.loads(modules_file.read_text()) if modules_file.exists() else None
+
+
+def modules_of_kind(modules: list[dict] | None, kind: str) -> list[dict]:
+    """The entries of one sentence-transformers module class ("Pooling", "Dense", "Normalize")."""
+    return [m for m in modules or [] if m.get("type", "").endswith(f"models.{kind}")]
+
+
 def load_dense_stack(model_dir: Path, dtype: torch.dtype, trust_remote_code: bool = False) -> nn.Sequential | None:
     """The model's Dense modules in order, or None when modules.json lists none."""
-    modules_file = Path(model_dir) / "modules.json"
-    if not modules_file.exists():
-        return None
-    entries = [m for m in json.loads(modules_file.read_text()) if m.get("type", "").endswith(_DENSE)]
+    entries = modules_of_kind(sentence_transformers_modules(model_dir), "Dense")
     if not entries:
         return None
     return nn.Sequential(*(_load_dense(Path(model_dir) / m.get("path", ""), dtype, trust_remote_code) for m in entries))

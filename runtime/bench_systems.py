@@ -149,21 +149,22 @@ class HFContinuousBatchingSystem:
             generation_config=self.generation_config, continuous_batching_config=self.cb_config, block=True,
             timeout=5, warmup=False,
         )
-        self.manager = context.__enter__()
+        manager = context.__enter__()
         try:
-            return self._timed_run(prompts, output_len)
+            return self._timed_run(manager, prompts, output_len)
         finally:
             context.__exit__(None, None, None)
 
-    def _timed_run(self, prompts: list[list[int]], output_len: int) -> RunResult:
+    @staticmethod
+    def _timed_run(manager, prompts: list[list[int]], output_len: int) -> RunResult:
         start = time.perf_counter()
-        ids = self.manager.add_requests(inputs=prompts, max_new_tokens=output_len, record_timestamps=True)
+        ids = manager.add_requests(inputs=prompts, max_new_tokens=output_len, record_timestamps=True)
         done = {}
         while len(done) < len(ids):
-            result = self.manager.get_result(timeout=1)
+            result = manager.get_result(timeout=1)
             if result is not None and result.is_finished():
                 done[result.request_id] = result
-            elif result is None and not self.manager.is_running():
+            elif result is None and not manager.is_running():
                 raise RuntimeError("Transformers' continuous batching thread stopped")
         elapsed = time.perf_counter() - start
         outs = [done[i] for i in ids]

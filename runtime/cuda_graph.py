@@ -19,15 +19,12 @@ buffers, padding and slicing without a graph (the reference, and how CPU tests c
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 from anymodel.attention_backend.metadata import AttentionMetadata
-
-logger = logging.getLogger("anymodel")
 
 Replay = Callable[[], torch.Tensor]  # runs the captured forward, returns its (static) hidden [P, H]
 _MAX_CAPTURE_SIZE = 512

@@ -67,11 +67,12 @@ class ModelRunner:
     @torch.inference_mode()
     def discover_layers(self) -> list[tuple[int, int, torch.dtype]]:
         """One tiny forward without a cache: which calls attend, with how many KV heads of which size."""
-        meta = self._metadata([2], [2], [[0]], torch.tensor([0, 1]))
-        meta = meta.to(self.device) if self.device.type != "cpu" else meta
-        meta.kv_caches = None
-        self.model(torch.tensor([[0, 0]], device=self.device), torch.tensor([[0, 1]], device=self.device), meta)
-        return meta.discovered
+        positions = torch.tensor([0, 1])
+        inputs = StepInputs(torch.zeros(1, 2, dtype=torch.long), positions[None],
+                            self._metadata([2], [2], [[0]], positions)).to(self.device)
+        inputs.meta.kv_caches = None
+        self.model(inputs.input_ids, inputs.positions, inputs.meta)
+        return inputs.meta.discovered
 
     def bytes_per_block(self, layers) -> int:
         return sum(2 * self.block_size * h * d * torch.empty(0, dtype=dt).element_size() for h, d, dt in layers)

@@ -16,6 +16,7 @@ import json
 import logging
 from pathlib import Path
 
+from anymodel.adapters.st_dense import modules_of_kind, sentence_transformers_modules
 from anymodel.params import PoolingParams, SamplingParams
 
 logger = logging.getLogger("anymodel")
@@ -78,13 +79,11 @@ def resolve_task(requested: str, config, model_dir: Path) -> str:
 # ---- sentence-transformers files -------------------------------------------------------------------
 def sentence_transformers_pooling(model_dir: Path) -> dict:
     """{pooling_type, normalize} from modules.json + 1_Pooling/config.json; {} when absent."""
-    modules_file = Path(model_dir) / "modules.json"
-    if not modules_file.exists():
+    modules = sentence_transformers_modules(model_dir)
+    if modules is None:
         return {}
-    modules = json.loads(modules_file.read_text())
-    types = [m.get("type", "") for m in modules]
-    out = {"normalize": any(t.endswith("models.Normalize") for t in types)}
-    pooling = next((m for m in modules if m.get("type", "").endswith("models.Pooling")), None)
+    out = {"normalize": bool(modules_of_kind(modules, "Normalize"))}
+    pooling = next(iter(modules_of_kind(modules, "Pooling")), None)
     config_file = Path(model_dir) / (pooling or {}).get("path", "1_Pooling") / "config.json"
     if pooling is not None and config_file.exists():
         modes = [mode for key, mode in _ST_MODES.items() if json.loads(config_file.read_text()).get(key)]
@@ -97,9 +96,7 @@ def sentence_transformers_pooling(model_dir: Path) -> dict:
 
 def embedding_size(config, model_dir: Path) -> int:
     """Width of an embedding: the last sentence-transformers Dense module's output, else the hidden size."""
-    modules_file = Path(model_dir) / "modules.json"
-    modules = json.loads(modules_file.read_text()) if modules_file.exists() else []
-    dense = [m for m in modules if m.get("type", "").endswith("models.Dense")]
+    dense = modules_of_kind(sentence_transformers_modules(model_dir), "Dense")
     if dense:
         return json.loads((Path(model_dir) / dense[-1].get("path", "") / "config.json").read_text())["out_features"]
     return config.get_text_config().hidden_size
