@@ -116,6 +116,8 @@ class Engine:
         self._counters["prompt"] += len(tokens.token_ids)
 
     def step(self) -> list[RequestOutput | PoolingRequestOutput]:
+        """One step. A request whose sampling or output processing raised ends alone: its blocks
+        are freed and its final RequestOutput carries `error` (a RequestFailedError)."""
         sched = self.scheduler.schedule()
         if sched.is_empty and not sched.released_req_ids:
             return []
@@ -124,13 +126,19 @@ class Engine:
         finished = self.outputs.apply(sched, result)
         pooled = self.pooling.collect(result.pooled)  # each pooling request ends in its one step
         finished += [(req, RequestStatus.FINISHED_STOPPED) for req, _ in pooled]
-        for req, status in finished:
-            self.scheduler.finish(req, status)
+        self._finish(finished)
+        outputs, failed = self.outputs.collect(sched)
+        self._finish(failed)  # their output could not be built: they end here
         self._counters["generation"] += len(result.sampled)
-        outputs = self.outputs.collect(sched) + [out for _, out in pooled]
-        if finished and not self.has_unfinished():
+        outputs += [out for _, out in pooled]
+        if (finished or failed) and not self.has_unfinished():
             self._release_idle()
         return outputs
+
+    def _finish(self, finished: list[tuple[Request, RequestStatus]]) -> None:
+        for req, status in finished:
+            if not req.is_finished:  # a child can end twice in one step: stopped, then its group failed
+                self.scheduler.finish(req, status)
 
     def _release_idle(self) -> None:
         """Nothing left to run: let workers drop the state of the requests that just finished."""
@@ -247,6 +255,7 @@ class Engine:
             raise ValueError(f"prompt_token_ids must be in [0, {self.vocab_size}); got {bad[:5]}")
         if isinstance(params, SamplingParams):
             self._validate_token_lists(params)
+            self._validate_n(params.n)
         n = len(token_ids)
         if n > self.max_model_len - (0 if isinstance(params, PoolingParams) else 1):
             raise ValueError(
@@ -275,10 +284,21 @@ class Engine:
                                  "or start the engine with a larger max_logprobs (-1: no cap)")
         return params
 
+    def _validate_n(self, n: int) -> None:
+        """Each of the n samples is one sequence with its own state and KV blocks: a request may
+        ask for at most as many as the engine runs at once (n=10**7 would otherwise fill memory)."""
+        limit = self.args.max_num_seqs
+        if n > limit:
+            raise ValueError(f"n={n} is more than this engine's max_num_seqs ({limit}), the most sequences it runs "
+                             f"at once (each of the n samples is one); ask for n <= {limit}, or start the engine "
+                             "with a larger max_num_seqs")
+
     def _validate_token_lists(self, params: SamplingParams) -> None:
-        """Token ids named by logit_bias / allowed_token_ids index the logits: they must be in the vocabulary."""
+        """Token ids named by logit_bias / allowed_token_ids / stop_token_ids index the logits (the
+        stop ids are masked while min_tokens is not reached): they must be in the vocabulary."""
         for name, ids in (("logit_bias", params.logit_bias or {}),
-                          ("allowed_token_ids", params.allowed_token_ids or [])):
+                          ("allowed_token_ids", params.allowed_token_ids or []),
+                          ("stop_token_ids", params.stop_token_ids or [])):
             bad = [t for t in ids if not 0 <= t < self.vocab_size]
             if bad:
                 raise ValueError(f"{name} token ids must be in [0, {self.vocab_size}) (the model's vocabulary); "
@@ -292,7 +312,7 @@ class Engine:
 
     def _make_request(self, rid: str, token_ids: list[int], params, index: int) -> Request:
         if isinstance(params, SamplingParams) and params.seed is not None and index:
-            params = params.clone(seed=params.seed + index)  # n samples must differ yet reproduce
+            params = params.clone(seed=(params.seed + index) % 2**64)  # n samples must differ yet reproduce
         return Request(
             request_id=rid,
             prompt_token_ids=token_ids,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from anymodel.config import EngineArgs
+from anymodel.errors import RequestFailedError
 from anymodel.llm_pooling import PoolingMixin
 from anymodel.outputs import RequestOutput
 from anymodel.params import SamplingParams
@@ -37,24 +38,28 @@ class LLM(PoolingMixin):
     def chat(
         self,
         messages: list[dict] | list[list[dict]],
-        sampling_params: SamplingParams | None = None,
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
+        lora_request: Any = None,
         chat_template: str | None = None,
         add_generation_prompt: bool = True,
-        **template_kwargs: Any,
+        continue_final_message: bool = False,
+        tools: list[dict] | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[RequestOutput]:
+        """vLLM's LLM.chat: one conversation (a list of messages) or a list of them. Every keyword
+        is honoured or refused: `tools` and `lora_request` are not supported yet (ValueError), and an
+        unknown keyword is a TypeError, as Python makes it."""
+        _refuse_unsupported(tools=tools, lora_request=lora_request)
+        if add_generation_prompt and continue_final_message:
+            raise ValueError("continue_final_message=True continues the last (assistant) message: pass "
+                             "add_generation_prompt=False with it")
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        template_kwargs = chat_kwargs(chat_template_kwargs)
         tok = self.engine.tokenizer
-        prompts = [
-            tok.apply_chat_template(
-                conv,
-                chat_template=chat_template or self.engine_args.chat_template,
-                add_generation_prompt=add_generation_prompt,
-                tokenize=False,
-                **template_kwargs,
-            )
-            for conv in conversations
-        ]
+        template = chat_template or self.engine_args.chat_template
+        prompts = [_render(tok, conv, template, add_generation_prompt, continue_final_message, template_kwargs)
+                   for conv in conversations]
         # The template already holds any BOS it wants: tokenize without adding special tokens again.
         inputs = [{"prompt": p, "prompt_token_ids": tok.encode(p, add_special_tokens=False)} for p in prompts]
         return self.generate(inputs, sampling_params, use_tqdm)
@@ -77,6 +82,10 @@ class LLM(PoolingMixin):
         return self._drain(ids, use_tqdm)
 
     def _drain(self, ids: list[str], use_tqdm: bool) -> list:
+        """Step until every request finished. A request that failed inside a step (RequestFailedError)
+        does not stop the others: they all complete, then the first failure is raised, naming the
+        request's position in the input (the completed outputs are on the error, `.outputs`, with
+        None for each failed one)."""
         from tqdm.auto import tqdm
 
         results: dict[str, Any] = {}
@@ -90,7 +99,56 @@ class LLM(PoolingMixin):
         finally:
             bar.close()
             self.engine.abort([i for i in ids if i not in results])
-        return [results[i] for i in ids]
+        outputs = [results[i] for i in ids]
+        _raise_first_failure(outputs)
+        return outputs
+
+
+def _raise_first_failure(outputs: list) -> None:
+    failed = [i for i, out in enumerate(outputs) if getattr(out, "error", None) is not None]
+    if not failed:
+        return
+    first = outputs[failed[0]]
+    error = RequestFailedError(first.request_id, f"prompt {failed[0]} of {len(outputs)} ({first.error}); "
+                                                 f"{len(failed)} failed, {len(outputs) - len(failed)} completed")
+    error.outputs = [None if i in failed else out for i, out in enumerate(outputs)]
+    raise error from first.error
+
+
+# Keys the engine sets itself; in chat_template_kwargs they would clash with its own arguments.
+_RESERVED_TEMPLATE_KEYS = ("chat_template", "tokenize", "messages", "conversation", "add_generation_prompt",
+                           "continue_final_message")
+
+
+def chat_kwargs(chat_template_kwargs: dict | None) -> dict:
+    """vLLM's chat_template_kwargs: extra variables for the template (e.g. enable_thinking)."""
+    if chat_template_kwargs is None:
+        return {}
+    if not isinstance(chat_template_kwargs, dict):
+        raise ValueError(f"chat_template_kwargs must be a dict, got {type(chat_template_kwargs).__name__}")
+    clash = [k for k in chat_template_kwargs if k in _RESERVED_TEMPLATE_KEYS]
+    if clash:
+        raise ValueError(f"chat_template_kwargs must not set {clash[0]!r} (reserved: {list(_RESERVED_TEMPLATE_KEYS)}); "
+                         "pass chat_template / add_generation_prompt / continue_final_message as LLM.chat arguments")
+    return dict(chat_template_kwargs)
+
+
+def _render(tok, conversation, template, add_generation_prompt: bool, continue_final_message: bool,
+            template_kwargs: dict) -> str:
+    import jinja2
+
+    try:
+        return tok.apply_chat_template(conversation, chat_template=template, add_generation_prompt=add_generation_prompt,
+                                       continue_final_message=continue_final_message, tokenize=False,
+                                       **template_kwargs)
+    except jinja2.TemplateError as e:  # includes raise_exception() inside templates: bad input, as in the server
+        raise ValueError(f"chat template failed: {e}") from e
+
+
+def _refuse_unsupported(**options) -> None:
+    for name, value in options.items():
+        if value is not None:
+            raise ValueError(f"{name} is not supported by anymodel yet; pass {name}=None")
 
 
 def _as_list(prompts) -> list:

@@ -29,6 +29,8 @@ class RunnerOutput:
     prompt_logprobs: dict[str, tuple[int, list[dict[int, tuple[float, int]]]]] = field(default_factory=dict)
     # pooling requests: the pooler's output (on CPU), e.g. [H] embedding, [L] probs, [T, H] ALL
     pooled: dict[str, torch.Tensor] = field(default_factory=dict)
+    # request id -> why its sampling (or prompt logprobs) raised: that request alone fails
+    failed: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -227,14 +229,39 @@ class ModelRunner:
                 rows.append(_sampling_row(r))
                 reqs.append(r)
         if rows:
-            logits = self.model.compute_logits(hidden[sample_idx])
-            result = sample(logits, rows, self.generator)
-            for r, tok, lp in zip(reqs, result.token_ids, result.logprobs):
-                out.sampled[r.request_id] = tok
-                if lp is not None:
-                    out.logprobs[r.request_id] = lp
+            self._sample_rows(hidden, sample_idx, rows, reqs, out)
         for i, s in prompt_lp:
-            out.prompt_logprobs[s.request.request_id] = self._prompt_logprobs(s, hidden[starts[i] : starts[i + 1]])
+            rid = s.request.request_id
+            try:
+                out.prompt_logprobs[rid] = self._prompt_logprobs(s, hidden[starts[i] : starts[i + 1]])
+            except Exception as e:
+                out.failed[rid] = _failure("prompt logprobs", e)
+
+    def _sample_rows(self, hidden, sample_idx: list[int], rows: list[SamplingRow], reqs: list[Request],
+                     out: RunnerOutput) -> None:
+        """All rows in one batched call. If it raises, each row again alone, from fresh logits (the
+        batched call may have changed them in place) and its seeded generator as it was: only the
+        rows that fail alone fail (RunnerOutput.failed); the others get their tokens."""
+        seeded = [(r.generator, r.generator.get_state()) for r in rows if r.generator is not None]
+        try:
+            result = sample(self.model.compute_logits(hidden[sample_idx]), rows, self.generator)
+            results = list(zip(reqs, result.token_ids, result.logprobs))
+        except Exception as e:
+            logger.warning("anymodel: batched sampling failed (%s: %s); sampling row by row", type(e).__name__, e)
+            for generator, state in seeded:
+                generator.set_state(state)
+            results = []
+            for idx, row, r in zip(sample_idx, rows, reqs):
+                try:
+                    one = sample(self.model.compute_logits(hidden[idx : idx + 1]), [row], self.generator)
+                except Exception as e:
+                    out.failed[r.request_id] = _failure("sampling", e)
+                    continue
+                results.append((r, one.token_ids[0], one.logprobs[0]))
+        for r, tok, lp in results:
+            out.sampled[r.request_id] = tok
+            if lp is not None:
+                out.logprobs[r.request_id] = lp
 
     def _prompt_logprobs(self, s, hidden: torch.Tensor):
         """Logprob of each next prompt token predicted inside this chunk."""
@@ -244,6 +271,11 @@ class ModelRunner:
         targets = r.prompt_token_ids[start + 1 : stop + 1]
         k = r.params.prompt_logprobs
         return start + 1, [top_logprobs(logprobs[j], t, k) for j, t in enumerate(targets)]
+
+
+def _failure(what: str, e: Exception) -> str:
+    logger.error("anymodel: %s failed for one request: %s: %s", what, type(e).__name__, e)
+    return f"{what} failed: {type(e).__name__}: {e}"
 
 
 def _sampling_row(r: Request) -> SamplingRow:

@@ -2,16 +2,26 @@
 
 A user request is a RequestGroup of n child Requests (one per sample); each child has its own
 detokenizer and stop checks. Stop order per new token: stop_token_ids, EOS, stop strings, length.
+
+Each request's work here (logprob dicts, detokenizing, stop checks, building its output) runs under
+its own guard: an exception fails that request's group alone (status FINISHED_ERROR, and one final
+RequestOutput carrying a RequestFailedError), never the step. The runner reports the requests whose
+sampling failed (RunnerOutput.failed) and they end the same way.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import logging
+
 from anymodel.detokenizer import Detokenizer
+from anymodel.errors import RequestFailedError
 from anymodel.outputs import CompletionOutput, Logprob, RequestOutput
 from anymodel.params import RequestOutputKind, SamplingParams
 from anymodel.request import Request, RequestStatus
+
+logger = logging.getLogger("anymodel")
 
 
 @dataclass
@@ -34,6 +44,7 @@ class RequestGroup:
     tokenizer: object
     states: list[ChildState] = field(default_factory=list)
     prompt_logprobs: list | None = None
+    error: RequestFailedError | None = None  # set once one of its children failed; the group is over
 
     def __post_init__(self) -> None:
         p = self.params
@@ -69,18 +80,49 @@ class OutputProcessor:
         return group
 
     def apply(self, sched, result) -> list[tuple[Request, RequestStatus]]:
-        """Record this step's tokens; returns the children that finished (to free their blocks)."""
+        """Record this step's tokens; returns the children that finished (to free their blocks),
+        the children of failed groups among them (FINISHED_ERROR)."""
         finished = []
+        for rid, reason in getattr(result, "failed", {}).items():
+            finished += self._fail(rid, reason)
         for rid, (start, entries) in result.prompt_logprobs.items():
-            group, _ = self._child[rid]
-            for j, entry in enumerate(entries):
-                group.prompt_logprobs[start + j] = self._logprob_dict(entry)
+            finished += self._guarded(rid, self._record_prompt_logprobs, rid, start, entries)
         for rid, token in result.sampled.items():
-            group, state = self._child[rid]
-            status = self._append(state, token, result.logprobs.get(rid))
-            if status is not None:
-                finished.append((state.request, status))
+            finished += self._guarded(rid, self._record_token, rid, token, result.logprobs.get(rid))
         return finished
+
+    def _guarded(self, rid: str, fn, *args) -> list[tuple[Request, RequestStatus]]:
+        """fn(*args) for the child `rid`; if it raises, that child's group fails (and only it)."""
+        entry = self._child.get(rid)
+        if entry is None or entry[0].error is not None:  # its group failed earlier in this step
+            return []
+        try:
+            return fn(*args)
+        except Exception as e:
+            logger.exception("anymodel: processing the output of request %r failed", rid)
+            return self._fail(rid, f"{type(e).__name__}: {e}")
+
+    def _record_prompt_logprobs(self, rid: str, start: int, entries) -> list:
+        group, _ = self._child[rid]
+        for j, entry in enumerate(entries):
+            group.prompt_logprobs[start + j] = self._logprob_dict(entry)
+        return []
+
+    def _record_token(self, rid: str, token: int, logprobs) -> list:
+        _, state = self._child[rid]
+        status = self._append(state, token, logprobs)
+        return [] if status is None else [(state.request, status)]
+
+    def _fail(self, rid: str, reason: str) -> list[tuple[Request, RequestStatus]]:
+        """Child `rid` failed: its group ends with an error; its unfinished children are returned
+        (FINISHED_ERROR) so that the engine frees their blocks."""
+        entry = self._child.get(rid)
+        if entry is None:
+            return []
+        group = entry[0]
+        if group.error is None:
+            group.error = RequestFailedError(group.request_id, reason)
+        return [(c, RequestStatus.FINISHED_ERROR) for c in group.children if not c.is_finished]
 
     def _append(self, state: ChildState, token: int, logprobs) -> RequestStatus | None:
         r, p = state.request, state.request.params
@@ -108,21 +150,35 @@ class OutputProcessor:
     def _logprob_dict(self, entry: dict[int, tuple[float, int]]) -> dict[int, Logprob]:
         return {t: Logprob(lp, rank, self.tokenizer.decode([t])) for t, (lp, rank) in entry.items()}
 
-    def collect(self, sched) -> list[RequestOutput]:
-        """Outputs for the groups that progressed this step; finished groups are dropped."""
-        outputs, seen = [], set()
+    def collect(self, sched) -> tuple[list[RequestOutput], list[tuple[Request, RequestStatus]]]:
+        """Outputs for the groups that progressed this step; finished groups are dropped. Also
+        returns the children of groups whose output could not be built (they failed here)."""
+        outputs, failed, seen = [], [], set()
         for s in sched.scheduled:
             entry = self._child.get(s.request.request_id)
             if entry is None or id(entry[0]) in seen:
                 continue
             group = entry[0]
             seen.add(id(group))
-            out = self._make_output(group)
+            try:
+                out = self._make_output(group)
+            except Exception as e:
+                logger.exception("anymodel: building the output of request %r failed", group.request_id)
+                failed += self._fail(s.request.request_id, f"{type(e).__name__}: {e}")
+                out = None
+            if group.error is not None:
+                out = self._error_output(group)
             if out is not None:
                 outputs.append(out)
-            if group.finished:
+            if group.error is not None or group.finished:
                 self.pop(group.request_id)
-        return outputs
+        return outputs, failed
+
+    @staticmethod
+    def _error_output(group: RequestGroup) -> RequestOutput:
+        """The one (final) output of a failed group: no completions, only the error."""
+        return RequestOutput(request_id=group.request_id, prompt=group.prompt, prompt_token_ids=group.prompt_token_ids,
+                             outputs=[], finished=True, error=group.error)
 
     def _make_output(self, group: RequestGroup) -> RequestOutput | None:
         kind = group.params.output_kind

@@ -25,6 +25,14 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+SEED_RANGE = (0, 2**64 - 1)  # what torch.Generator.manual_seed takes without sign tricks
+
+
+def _finite(value) -> bool:
+    """A real number that is neither NaN nor infinite (bools are not numbers here)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _check_truncate(value) -> None:
     """truncate_prompt_tokens: keep the last k prompt tokens; -1: as many as the model takes."""
     _check(value is None or (_is_int(value) and (value == -1 or value >= 1)), "truncate_prompt_tokens",
@@ -93,14 +101,17 @@ class SamplingParams:
         self._validate()
 
     def _validate(self) -> None:
-        _check(isinstance(self.n, int) and self.n >= 1, "n", "an integer >= 1", self.n)
+        # NaN fails every comparison below and inf passes some: every float must be finite first.
+        for name in ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty"):
+            _check(_finite(getattr(self, name)), name, "a finite number", getattr(self, name))
+        _check(_is_int(self.n) and self.n >= 1, "n", "an integer >= 1", self.n)
         _check(self.temperature >= 0, "temperature", ">= 0", self.temperature)
         _check(0 < self.top_p <= 1, "top_p", "in (0, 1]", self.top_p)
-        _check(isinstance(self.top_k, int) and self.top_k >= 0, "top_k", "-1, 0 (disabled) or a positive integer", self.top_k)
+        _check(_is_int(self.top_k) and self.top_k >= 0, "top_k", "-1, 0 (disabled) or a positive integer", self.top_k)
         _check(0 <= self.min_p <= 1, "min_p", "in [0, 1]", self.min_p)
-        _check(self.max_tokens is None or (isinstance(self.max_tokens, int) and self.max_tokens >= 1),
+        _check(self.max_tokens is None or (_is_int(self.max_tokens) and self.max_tokens >= 1),
                "max_tokens", "None or an integer >= 1", self.max_tokens)
-        _check(isinstance(self.min_tokens, int) and self.min_tokens >= 0, "min_tokens", "an integer >= 0", self.min_tokens)
+        _check(_is_int(self.min_tokens) and self.min_tokens >= 0, "min_tokens", "an integer >= 0", self.min_tokens)
         if self.max_tokens is not None:
             _check(self.min_tokens <= self.max_tokens, "min_tokens", f"<= max_tokens ({self.max_tokens})", self.min_tokens)
         _check(-2 <= self.presence_penalty <= 2, "presence_penalty", "in [-2, 2]", self.presence_penalty)
@@ -108,10 +119,14 @@ class SamplingParams:
         _check(self.repetition_penalty > 0, "repetition_penalty", "> 0", self.repetition_penalty)
         for name in ("logprobs", "prompt_logprobs"):  # the engine caps them at its max_logprobs
             v = getattr(self, name)
-            _check(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= -1), name,
-                   "None, -1 (the whole vocabulary) or an integer >= 0", v)
+            _check(v is None or (_is_int(v) and v >= -1), name, "None, -1 (the whole vocabulary) or an integer >= 0", v)
         _check(all(isinstance(s, str) and s for s in self.stop), "stop", "a non-empty string or list of them", self.stop)
-        _check(self.seed is None or isinstance(self.seed, int), "seed", "None or an integer", self.seed)
+        # ids are checked against the vocabulary by the engine (it knows the vocabulary)
+        _check(all(_is_int(t) for t in self.stop_token_ids), "stop_token_ids", "a list of integer token ids",
+               self.stop_token_ids)
+        lo, hi = SEED_RANGE
+        _check(self.seed is None or (_is_int(self.seed) and lo <= self.seed <= hi), "seed",
+               f"None or an integer in [{lo}, 2**64 - 1]", self.seed)
         _check_truncate(self.truncate_prompt_tokens)
 
     @property

@@ -163,9 +163,11 @@ def _gather_logprobs(raw: torch.Tensor | None, rows: list[SamplingRow], tokens: 
 
 
 def top_logprobs(logprobs: torch.Tensor, token: int, k: int) -> dict[int, tuple[float, int]]:
-    """logprobs [V] -> {token: (logprob, rank)} for the chosen token and the top k (rank 1 = best)."""
+    """logprobs [V] -> {token: (logprob, rank)} for the chosen token and the top k (rank 1 = best).
+    k may exceed V (max_logprobs above a small vocabulary, or padded logits): all V come back, as in vLLM."""
     chosen = logprobs[token]
     result = {token: (float(chosen), int((logprobs > chosen).sum()) + 1)}
+    k = min(k, logprobs.shape[-1])
     if k > 0:
         vals, ids = logprobs.topk(k)
         for rank, (v, t) in enumerate(zip(vals.tolist(), ids.tolist()), start=1):
