@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from anymodel.adapters.sliding_windows import layer_windows
 from anymodel.attention_backend.interface import forward_context
 
 
@@ -25,6 +26,8 @@ class TransformersForCausalLM(nn.Module):
         self.final_logit_softcapping = getattr(text, "final_logit_softcapping", None)
         self.logit_scale = getattr(text, "logit_scale", None)  # Cohere: logits * scale
         self.logits_scaling = getattr(text, "logits_scaling", None)  # Granite: logits / scaling
+        # Each layer's sliding window, from the config (not the attention kwarg; see sliding_windows.py)
+        self.layer_windows = layer_windows(config)
         self._fused = False
 
     def _fuse_once(self) -> None:
@@ -39,7 +42,8 @@ class TransformersForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn_metadata) -> torch.Tensor:
         if not self._fused:
             self._fuse_once()
-        with forward_context(attn_metadata):  # for layers that drop **kwargs before attention
+        # the context: for layers that drop **kwargs before attention, and the per-layer windows
+        with forward_context(attn_metadata, self.layer_windows):
             out = self.model(
                 input_ids=input_ids,
                 position_ids=positions,

@@ -21,6 +21,8 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from anymodel.adapters.pooler import Head, Pooler, PoolerConfig, PoolingInput, PoolingType
+from anymodel.adapters.sliding_windows import layer_windows
+from anymodel.attention_backend.interface import forward_context
 
 
 class TransformersPoolingModel(nn.Module):
@@ -34,19 +36,21 @@ class TransformersPoolingModel(nn.Module):
         self.config = config
         if isinstance(pooler.head, nn.Module):  # e.g. `score` [H] -> [L]: moves with .to(device)
             self.head = pooler.head
+        self.layer_windows = layer_windows(config)  # each layer's sliding window (sliding_windows.py)
 
     def forward(self, input_ids, positions, attn_metadata, token_type_ids=None) -> torch.Tensor:
         kwargs = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         if not self.uses_paged_kv_cache:
             return self._forward_per_request(input_ids, attn_metadata, kwargs)
-        out = self.model(
-            input_ids=input_ids,
-            position_ids=hf_position_ids(self.model, input_ids, positions, attn_metadata),
-            attn_metadata=attn_metadata,
-            use_cache=False,
-            return_dict=True,
-            **kwargs,
-        )
+        with forward_context(attn_metadata, self.layer_windows):
+            out = self.model(
+                input_ids=input_ids,
+                position_ids=hf_position_ids(self.model, input_ids, positions, attn_metadata),
+                attn_metadata=attn_metadata,
+                use_cache=False,
+                return_dict=True,
+                **kwargs,
+            )
         return out.last_hidden_state[0]
 
     def _forward_per_request(self, input_ids, attn_metadata, kwargs) -> torch.Tensor:

@@ -27,20 +27,30 @@ from anymodel.attention_backend.metadata import AttentionMetadata
 
 # The step's metadata for the forward in progress (see `forward_context`).
 _CURRENT_METADATA: ContextVar[AttentionMetadata | None] = ContextVar("anymodel_attn_metadata", default=None)
+# The running model's window per decoder layer (adapters/sliding_windows.py), or None.
+_LAYER_WINDOWS: ContextVar[tuple[int | None, ...] | None] = ContextVar("anymodel_layer_windows", default=None)
 
 
 @contextlib.contextmanager
-def forward_context(meta: AttentionMetadata):
-    """Make `meta` reachable by every attention call of the forward run inside.
+def forward_context(meta: AttentionMetadata, layer_windows: tuple[int | None, ...] | None = None):
+    """Make `meta` (and the model's per-layer windows) reachable by every attention call of the
+    forward run inside.
 
     The kwargs route needs every module between the base model and attention to pass `**kwargs`
     on; some Transformers models drop them in their decoder layer (Nemotron), yet call attention
     through the interface all the same. A context variable (not a global: one engine per thread
-    may run at once) reaches those too."""
+    may run at once) reaches those too.
+
+    `layer_windows[i]`: layer i's sliding window as Transformers' mask functions apply it, read
+    from the config at load. Transformers enforces windows only through the mask (which our
+    implementation never gets), and some models pass no `sliding_window` kwarg at all (PhiMoE),
+    so with a list here the kwarg is not trusted."""
     token = _CURRENT_METADATA.set(meta)
+    windows = _LAYER_WINDOWS.set(layer_windows)
     try:
         yield
     finally:
+        _LAYER_WINDOWS.reset(windows)
         _CURRENT_METADATA.reset(token)
 
 
@@ -80,6 +90,7 @@ def paged_attention_forward(
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [T, H, D]
     layer = meta.layer_cursor
     meta.layer_cursor += 1
+    sliding_window = _layer_window(module, layer, causal, sliding_window)
 
     if meta.kv_caches is None:  # discovery pass: one request, no cache yet
         if sinks is not None:
@@ -98,6 +109,26 @@ def paged_attention_forward(
         **extra,
     )
     return out[..., :value_dim].unsqueeze(0).contiguous(), None
+
+
+def _layer_window(module: torch.nn.Module, call: int, causal: bool, kwarg: int | None) -> int | None:
+    """This layer's window in the kernels' terms (|q - k| < w on each side attended, as
+    flash-attention's `window_size=(w - 1, w - 1)`), from the forward's per-layer list when there is
+    one: the layer is the module's `layer_idx`, else the call's position in the forward.
+
+    The list holds Transformers' mask semantics (adapters/sliding_windows.py): causal q - k < w,
+    the same; bidirectional |q - k| <= w, one wider here. Without a list (or past its end) the
+    model's own kwarg, already in flash terms, is all there is."""
+    windows = _LAYER_WINDOWS.get()
+    if windows is None:
+        return kwarg
+    index = getattr(module, "layer_idx", None)
+    if not isinstance(index, int) or not 0 <= index < len(windows):
+        index = call
+    if index >= len(windows):
+        return kwarg
+    window = windows[index]
+    return window if window is None or causal else window + 1
 
 
 def _sinks(module: torch.nn.Module, kwargs: dict) -> torch.Tensor | None:
