@@ -239,21 +239,24 @@ class ModelRunner:
 
     def _sample_rows(self, hidden, sample_idx: list[int], rows: list[SamplingRow], reqs: list[Request],
                      out: RunnerOutput) -> None:
-        """All rows in one batched call. If it raises, each row again alone, from fresh logits (the
-        batched call may have changed them in place) and its seeded generator as it was: only the
-        rows that fail alone fail (RunnerOutput.failed); the others get their tokens."""
+        """All rows in one batched call. If it raises, each row again alone, from the same logits
+        (sample leaves them unchanged) and its seeded generator as it was: only the rows that fail
+        alone fail (RunnerOutput.failed); the others get the tokens they would have had. The logits
+        themselves are outside the guard: a failing LM head is the step's failure, not a request's
+        (and under tensor parallelism every rank must make the same collective calls)."""
+        logits = self.model.compute_logits(hidden[sample_idx])  # [S, V]
         seeded = [(r.generator, r.generator.get_state()) for r in rows if r.generator is not None]
         try:
-            result = sample(self.model.compute_logits(hidden[sample_idx]), rows, self.generator)
+            result = sample(logits, rows, self.generator)
             results = list(zip(reqs, result.token_ids, result.logprobs))
         except Exception as e:
             logger.warning("anymodel: batched sampling failed (%s: %s); sampling row by row", type(e).__name__, e)
             for generator, state in seeded:
                 generator.set_state(state)
             results = []
-            for idx, row, r in zip(sample_idx, rows, reqs):
+            for i, (row, r) in enumerate(zip(rows, reqs)):
                 try:
-                    one = sample(self.model.compute_logits(hidden[idx : idx + 1]), [row], self.generator)
+                    one = sample(logits[i : i + 1], [row], self.generator)
                 except Exception as e:
                     out.failed[r.request_id] = _failure("sampling", e)
                     continue

@@ -32,10 +32,13 @@ class SamplerOutput:
 
 
 def sample(logits: torch.Tensor, rows: list[SamplingRow], default_generator: torch.Generator | None = None) -> SamplerOutput:
-    """logits [S, V] (any float dtype) -> one token per row."""
-    logits = logits.float()
+    """logits [S, V] (any float dtype) -> one token per row. The caller's logits are left as they
+    were (the runner re-samples rows from them when a batch fails)."""
+    given, logits = logits, logits.float()
     if all(_plain_greedy(r) for r in rows):  # the common case: skip every mask and index list
         return SamplerOutput(logits.argmax(dim=-1).tolist(), [None] * len(rows))
+    if logits is given and any(r.params.has_penalties or r.blocked_token_ids for r in rows):
+        logits = logits.clone()  # penalties and blocked tokens write in place
     raw_logprobs = torch.log_softmax(logits, dim=-1) if any(r.params.logprobs is not None for r in rows) else None
     logits = _apply_token_constraints(logits, rows)
     logits = _apply_penalties(logits, rows)

@@ -5,8 +5,17 @@
     RequestStream   ◄─ asyncio.Queue per request ── RequestDelta (call_soon_threadsafe)
                                                     publish an EngineStats snapshot for /metrics
 
-With no unfinished request the thread blocks on the command queue, so an idle server uses no CPU.
-A failing step() fails the requests it was running (they become HTTP 500s); the loop goes on.
+With no unfinished request the thread blocks on the command queue, so an idle server uses no CPU;
+it wakes every `health_check_interval` seconds to call `engine.check_health()` (when the engine has
+one: a dead worker rank is found while idle, not at the next request).
+
+Failures, narrowest first:
+- one request failed inside a step (its output carries a RequestFailedError): only its stream gets
+  the error (a RequestStepError, HTTP 500); the other requests stream on;
+- step() raised an ordinary exception: the requests it was running fail (HTTP 500); the loop goes on;
+- step() or check_health() raised an EngineFatalError (a worker died): every request in flight gets
+  that error at once, the loop stops (`is_alive` False: /health answers 503) and `on_fatal(error)`
+  is called once, so that the CLI can exit and an orchestrator restart the server.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from anymodel.errors import EngineFatalError, RequestFailedError
 from anymodel.outputs import EngineStats, RequestOutput
 
 from .delta import DeltaTracker, RequestDelta
@@ -33,6 +43,15 @@ class EngineStepError(RuntimeError):
 
 class EngineDeadError(RuntimeError):
     """The engine loop is not running (shut down, or crashed) (HTTP 500)."""
+
+
+class RequestStepError(EngineStepError, RequestFailedError):
+    """One request failed inside a step and only it ended: the engine's RequestFailedError, as an
+    EngineStepError so that the app answers 500 (or ends a started stream in-band) like any step error."""
+
+    def __init__(self, error: RequestFailedError):
+        RuntimeError.__init__(self, str(error))
+        self.request_id = error.request_id
 
 
 def _resolve(future: asyncio.Future, error: BaseException | None) -> None:
@@ -122,6 +141,9 @@ class AsyncEngine:
         self._requests: dict[str, _Request] = {}  # engine thread only
         self._lock = threading.Lock()  # orders "closed" against new adds
         self._closed = False
+        # Called once (from the engine thread) after an EngineFatalError stopped the loop.
+        self.on_fatal: Callable[[BaseException], None] | None = None
+        self.health_check_interval = 1.0  # seconds between engine.check_health() calls while idle
         self._thread = threading.Thread(target=self._run, name="anymodel-engine", daemon=True)
 
     # ------------------------------------------------------------------ event-loop side
@@ -165,21 +187,35 @@ class AsyncEngine:
 
     # ------------------------------------------------------------------ engine-thread side
     def _run(self) -> None:
+        error: BaseException = EngineDeadError("the engine loop stopped")
         try:
             self._publish_stats()
             while self._apply_commands(block=not self.engine.has_unfinished()):
                 if self.engine.has_unfinished():
                     self._step()
                 self._publish_stats()
+        except EngineFatalError as e:  # a worker died: nothing can run any more
+            logger.error("engine failed, stopping: %s: %s", type(e).__name__, e)
+            error = e
         except BaseException:  # a bug here must not leave clients waiting forever
             logger.exception("engine loop crashed")
         finally:
-            self._close(EngineDeadError("the engine loop stopped"))
+            self._close(error)
+        if isinstance(error, EngineFatalError):
+            self._notify_fatal(error)
+
+    def _notify_fatal(self, error: EngineFatalError) -> None:
+        if self.on_fatal is None:
+            return
+        try:
+            self.on_fatal(error)
+        except Exception:
+            logger.exception("on_fatal hook failed")
 
     def _apply_commands(self, block: bool) -> bool:
         """Apply every pending command; False on "stop". Blocks for the first one when idle."""
         try:
-            cmd = self._commands.get(block=block)
+            cmd = self._next_command() if block else self._commands.get_nowait()
         except queue.Empty:
             return True
         while cmd[0] != "stop":
@@ -192,6 +228,17 @@ class AsyncEngine:
             except queue.Empty:
                 return True
         return False
+
+    def _next_command(self) -> tuple:
+        """Wait for a command, checking the engine's health between waits. Only commands change an
+        idle engine, so nothing else (has_unfinished, step) runs while it waits."""
+        while True:
+            try:
+                return self._commands.get(timeout=self.health_check_interval)
+            except queue.Empty:
+                check = getattr(self.engine, "check_health", None)
+                if check is not None:
+                    check()  # raises EngineFatalError (WorkerDiedError) when a rank is gone
 
     def _add(self, request_id: str, prompt: Any, params: Any, req: _Request, ack: asyncio.Future) -> None:
         try:
@@ -215,6 +262,8 @@ class AsyncEngine:
     def _step(self) -> None:
         try:
             outputs = self.engine.step()
+        except EngineFatalError:
+            raise  # the loop stops (see _run)
         except Exception as e:
             logger.exception("engine step failed")
             self._fail_all(EngineStepError(f"engine step failed: {type(e).__name__}: {e}"))
@@ -226,6 +275,12 @@ class AsyncEngine:
                 self._deliver(out.request_id, req, out, now)
 
     def _deliver(self, request_id: str, req: _Request, out: RequestOutput, now: float) -> None:
+        error = getattr(out, "error", None)
+        if error is not None:  # this request alone failed inside the step; it is over
+            req.send(RequestStepError(error) if isinstance(error, RequestFailedError) else error)
+            del self._requests[request_id]
+            self._observe_finished(req, "error", now)
+            return
         if not isinstance(out, RequestOutput):  # a PoolingRequestOutput: one final output, sent as is
             req.send(out)
             del self._requests[request_id]

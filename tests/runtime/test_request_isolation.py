@@ -68,7 +68,8 @@ def test_a_sampling_fault_fails_only_its_request(demo, monkeypatch):
 def test_seeded_rows_keep_their_stream_when_the_batch_falls_back(demo, monkeypatch):
     """Row-by-row re-sampling restores each seeded generator: the other requests' samples are the
     ones they get without the fault."""
-    params = [SamplingParams(temperature=1.0, max_tokens=6, seed=s) for s in (7, 1234, 8)]
+    params = [SamplingParams(temperature=1.0, max_tokens=6, seed=s, repetition_penalty=1.3, min_tokens=2)
+              for s in (7, 1234, 8)]
     clean = demo.generate(PROMPTS[:3], params, use_tqdm=False)
     _fail_rows_with_seed(monkeypatch, 1234)
     with pytest.raises(RequestFailedError) as e:
@@ -77,6 +78,18 @@ def test_seeded_rows_keep_their_stream_when_the_batch_falls_back(demo, monkeypat
     assert [got[0].outputs[0].token_ids, got[2].outputs[0].token_ids] == \
         [clean[0].outputs[0].token_ids, clean[2].outputs[0].token_ids]
     _clean(demo)
+
+
+def test_sample_leaves_the_callers_logits_unchanged():
+    """What makes row-by-row re-sampling exact: penalties and blocked tokens work on a copy."""
+    import torch
+
+    logits = torch.randn(2, 16)
+    before = logits.clone()
+    rows = [sampler.SamplingRow(SamplingParams(temperature=0, repetition_penalty=1.5, presence_penalty=1.0),
+                                [1, 2, 3], [4, 4], [5], None) for _ in range(2)]
+    sampler.sample(logits, rows)
+    assert torch.equal(logits, before)
 
 
 def test_an_output_processing_fault_fails_only_its_request(demo, monkeypatch):

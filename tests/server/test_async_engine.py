@@ -8,8 +8,10 @@ import time
 
 import pytest
 
+from anymodel.errors import RequestFailedError, WorkerDiedError
+from anymodel.outputs import RequestOutput
 from anymodel.params import SamplingParams
-from anymodel.server.async_engine import AsyncEngine, EngineDeadError, EngineStepError
+from anymodel.server.async_engine import AsyncEngine, EngineDeadError, EngineStepError, RequestStepError
 
 from tests.server.fake_engine import FakeEngine
 
@@ -146,3 +148,109 @@ def test_slow_reader_gets_the_backlog_coalesced(engines):
     deltas = run(go())
     assert len(deltas) == 1 and deltas[0].finished
     assert deltas[0].samples[0].text == "cdefghij" and len(deltas[0].samples[1].token_ids) == 8
+
+
+# ---- issue 13: one request's failure, and the engine's death ----------------------------------------
+
+
+class FaultyEngine(FakeEngine):
+    """"ERR" in a prompt: that request fails inside the step (its output carries the error, as the
+    real Engine reports it); "DIE": step() raises WorkerDiedError; `dead`: check_health raises it."""
+
+    def __init__(self):
+        super().__init__()
+        self.dead = False
+        self.health_checks = 0
+
+    def step(self):
+        if any("DIE" in r["prompt"] for r in self.requests.values()):
+            raise WorkerDiedError("rank 1 exited with code -9")
+        failed = [rid for rid, r in self.requests.items() if "ERR" in r["prompt"] and r["out"][0]]
+        outputs = super().step()
+        for rid in failed:
+            r = self.requests.pop(rid, None) or {"prompt": "", "ids": []}
+            outputs = [o for o in outputs if o.request_id != rid]
+            outputs.append(RequestOutput(rid, r["prompt"], r["ids"], [], True,
+                                         error=RequestFailedError(rid, "sampling failed: injected")))
+        return outputs
+
+    def check_health(self):
+        self.health_checks += 1
+        if self.dead:
+            raise WorkerDiedError("rank 1 stopped answering")
+
+
+@pytest.fixture
+def faulty():
+    fake = FaultyEngine()
+    eng = AsyncEngine(fake)
+    fatal: list[BaseException] = []
+    eng.on_fatal = fatal.append
+    eng.health_check_interval = 0.02
+    eng.start()
+    yield fake, eng, fatal
+    eng.shutdown()
+
+
+def test_one_failed_request_gets_its_error_and_the_others_stream_on(faulty):
+    fake, eng, fatal = faulty
+
+    async def go():
+        good = [await eng.add(f"ok{i}", "SLOW ab", SamplingParams(max_tokens=4)) for i in range(2)]
+        bad = await eng.add("bad", "ERR ab", SamplingParams(max_tokens=4))
+        with pytest.raises(RequestFailedError, match="'bad' failed: sampling failed: injected") as e:
+            async for _ in bad:
+                pass
+        assert isinstance(e.value, RequestStepError)  # the app's 500 for a step error, in-band on a stream
+        return await asyncio.gather(*[_text(s) for s in good])
+
+    assert run(go()) == ["cdef", "cdef"]
+    assert eng.is_alive and not fatal
+
+
+def test_worker_death_in_a_step_fails_every_request_and_stops_the_loop(faulty):
+    fake, eng, fatal = faulty
+
+    async def go():
+        streams = [await eng.add(f"r{i}", "SLOW ab", SamplingParams(max_tokens=50)) for i in range(3)]
+        await streams[0].__anext__()
+        await eng.add("die", "DIE", SamplingParams(max_tokens=5))
+        for stream in streams:
+            with pytest.raises(WorkerDiedError, match="rank 1 exited"):
+                async for _ in stream:
+                    pass
+        await _wait_until(lambda: fatal)
+        with pytest.raises(EngineDeadError):
+            await eng.add("late", "ab", SamplingParams())
+
+    run(go())
+    assert not eng.is_alive
+    assert len(fatal) == 1 and isinstance(fatal[0], WorkerDiedError)
+
+
+def test_worker_death_while_idle_is_found_by_the_health_check(faulty):
+    fake, eng, fatal = faulty
+    assert run(_text_of(eng)) == "cde"
+
+    async def go():
+        await _wait_until(lambda: fake.health_checks >= 2)  # idle: checked again and again
+        assert eng.is_alive
+        fake.dead = True
+        await _wait_until(lambda: fatal)
+
+    run(go())
+    assert not eng.is_alive
+    assert len(fatal) == 1 and "stopped answering" in str(fatal[0])
+
+
+def test_an_ordinary_step_error_is_not_fatal(faulty):
+    fake, eng, fatal = faulty
+
+    async def go():
+        stream = await eng.add("boom", "FAIL1 a", SamplingParams(max_tokens=10))
+        with pytest.raises(EngineStepError, match="injected failure"):
+            async for _ in stream:
+                pass
+
+    run(go())
+    assert eng.is_alive and not fatal
