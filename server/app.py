@@ -1,11 +1,15 @@
 """build_app(engine_args) -> FastAPI: the OpenAI-compatible server around one AsyncEngine.
 
-    GET  /health               200 while the engine loop runs (never needs the API key)
-    GET  /v1/models            the one served model
+    GET  /health               200 while the engine loop runs (never needs the API key); HEAD too
+    GET  /v1/models            the one served model; HEAD too
     POST /v1/completions       text completions, `stream: true` as SSE
     POST /v1/chat/completions  chat (tokenizer's template or --chat-template), SSE too
     POST /tokenize, /detokenize
     GET  /metrics              Prometheus text format, this app's own registry
+    GET  /version              HEAD too
+
+A fatal engine error (a tensor-parallel worker died) makes /health 503 and calls `on_fatal`, which
+`anymodel serve` uses to stop the server and exit non-zero, so that an orchestrator restarts it.
 """
 
 from __future__ import annotations
@@ -14,10 +18,10 @@ import copy
 import logging
 import secrets
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Callable
 
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -27,11 +31,13 @@ from .async_engine import AsyncEngine
 from .chat import ChatHandler
 from .completions import CompletionHandler
 from .disconnect import unless_disconnected
-from .errors import error_response, install_error_handlers
+from .errors import CatchAllMiddleware, error_response, install_error_handlers
 from .metrics import ServerMetrics
+from .openapi import install_openapi
 from .pooling_routes import router as pooling_router
 from .protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, ModelCard, ModelList,
                        TokenizeRequest)
+from .request_fields import MAX_PROMPTS_PER_REQUEST
 from .serving import check_model, json_response
 from .tokenization import TokenizationHandler
 
@@ -71,8 +77,23 @@ def _server_tokenizer(tokenizer: Any) -> Any:
         return tokenizer
 
 
-def build_app(engine_args: EngineArgs | None = None, *, api_key: str | None = None, engine: Any = None) -> FastAPI:
-    """`engine`: an already-built Engine (tests pass fakes); by default one is built from engine_args."""
+def _fatal_hook(on_fatal: Callable[[BaseException], None] | None) -> Callable[[BaseException], None]:
+    """What the async engine calls (once, from its thread) when the engine can go on no longer."""
+
+    def hook(error: BaseException) -> None:
+        logger.critical("the engine failed and cannot recover (%s: %s); /health now answers 503%s",
+                        type(error).__name__, error, "; the server shuts down" if on_fatal else "")
+        if on_fatal is not None:
+            on_fatal(error)
+
+    return hook
+
+
+def build_app(engine_args: EngineArgs | None = None, *, api_key: str | None = None, engine: Any = None,
+              max_prompts_per_request: int = MAX_PROMPTS_PER_REQUEST,
+              on_fatal: Callable[[BaseException], None] | None = None) -> FastAPI:
+    """`engine`: an already-built Engine (tests pass fakes); by default one is built from engine_args.
+    `on_fatal(error)`: called once if the engine dies for good (`anymodel serve` exits then)."""
     engine_args = engine_args or EngineArgs()
     if engine is None:
         from anymodel.engine import Engine
@@ -80,6 +101,7 @@ def build_app(engine_args: EngineArgs | None = None, *, api_key: str | None = No
         engine = Engine(engine_args)
     async_engine = AsyncEngine(engine)
     async_engine.metrics = ServerMetrics(lambda: async_engine.stats)
+    setattr(async_engine, "on_fatal", _fatal_hook(on_fatal))  # set before start(): the thread may call it
     async_engine.start()
 
     @asynccontextmanager
@@ -89,12 +111,15 @@ def build_app(engine_args: EngineArgs | None = None, *, api_key: str | None = No
 
     app = FastAPI(title="anymodel", description="OpenAI-compatible API", lifespan=lifespan)
     app.state.async_engine = async_engine
+    app.state.max_prompts_per_request = max_prompts_per_request
     install_error_handlers(app)
+    install_openapi(app)
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
+    app.add_middleware(CatchAllMiddleware)  # last added = outermost: it also covers the API-key check
     tokenizer = _server_tokenizer(engine.tokenizer)
     template = engine_args.chat_template
-    _add_openai_routes(app, CompletionHandler(async_engine, engine.model_name, tokenizer),
+    _add_openai_routes(app, CompletionHandler(async_engine, engine.model_name, tokenizer, max_prompts_per_request),
                        ChatHandler(async_engine, engine.model_name, tokenizer, chat_template=template))
     _add_model_routes(app, engine.model_name, engine_args.model or engine.model_name, engine.max_model_len)
     _add_tokenizer_routes(app, TokenizationHandler(tokenizer, engine.max_model_len, template), engine.model_name)
@@ -113,10 +138,18 @@ def _add_openai_routes(app: FastAPI, completions: CompletionHandler, chat: ChatH
         return await unless_disconnected(raw, chat.create(body))
 
 
+def _with_head(app: FastAPI, path: str, endpoint: Callable) -> None:
+    """HEAD beside a GET route (FastAPI adds none): load balancers and `curl -I` probe this way.
+    Kept out of the schema, where it would repeat the GET operation's id."""
+    app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
+
+
 def _add_model_routes(app: FastAPI, name: str, root: str, max_model_len: int) -> None:
-    @app.get("/v1/models")
+    @app.get("/v1/models", response_model=ModelList)
     async def list_models():
         return json_response(ModelList(data=[ModelCard(id=name, root=root, max_model_len=max_model_len)]))
+
+    _with_head(app, "/v1/models", list_models)
 
 
 def _add_tokenizer_routes(app: FastAPI, handler: TokenizationHandler, name: str) -> None:
@@ -132,13 +165,15 @@ def _add_tokenizer_routes(app: FastAPI, handler: TokenizationHandler, name: str)
 
 
 def _add_ops_routes(app: FastAPI, async_engine: AsyncEngine) -> None:
-    @app.get("/health")
+    @app.get("/health", responses={503: {"description": "the engine loop is not running"}})
     async def health():
         if not async_engine.is_alive:
             return error_response(503, "the engine loop is not running")
         return Response(status_code=200)
 
-    @app.get("/metrics")
+    # Prometheus text exposition format, not JSON
+    @app.get("/metrics", response_class=PlainTextResponse,
+             responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}})
     async def metrics():
         return Response(content=async_engine.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
@@ -147,3 +182,6 @@ def _add_ops_routes(app: FastAPI, async_engine: AsyncEngine) -> None:
         from anymodel import __version__
 
         return {"version": __version__}
+
+    for path, endpoint in (("/health", health), ("/version", version)):
+        _with_head(app, path, endpoint)

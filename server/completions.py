@@ -172,10 +172,7 @@ def _usage(prompt: int, completion: int) -> UsageInfo:
 
 
 def _reject_unsupported(req: CompletionRequest) -> None:
-    if req.suffix:
-        raise APIError(400, "suffix is not supported", param="suffix")
-    if req.best_of is not None and req.best_of != req.n:
-        raise APIError(400, "best_of is not supported (only best_of == n)", param="best_of")
+    # fields not implemented at all (suffix, best_of > n, ...) were refused by the request model
     if req.max_tokens == 0 and not req.echo:
         raise APIError(400, "max_tokens must be None or an integer >= 1 (0 only with echo=true), got 0",
                        param="max_tokens")

@@ -4,20 +4,23 @@
 from __future__ import annotations
 
 import time
-from typing import Literal, Optional, Union
+from typing import ClassVar, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from .protocol import random_id
+from . import request_fields
+from .protocol import APIRequest, random_id
+from .request_fields import Unsupported
 
 # a text, texts, token ids, or lists of token ids (OpenAI's embeddings `input`)
 PoolingInput = Union[str, list[str], list[int], list[list[int]]]
 
 
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class _Request(APIRequest):
+    unsupported: ClassVar[dict[str, Unsupported]] = request_fields.POOLING
+
     model: Optional[str] = None
-    truncate_prompt_tokens: Optional[int] = None  # vLLM: keep each prompt's last k tokens (-1: the most)
+    truncate_prompt_tokens: Optional[int] = Field(None, ge=-1)  # vLLM: keep each prompt's last k tokens (-1: the most)
 
 
 class PoolingUsage(BaseModel):
@@ -34,7 +37,7 @@ def _now() -> int:
 class EmbeddingRequest(_Request):
     input: PoolingInput
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Optional[int] = None
+    dimensions: Optional[int] = Field(None, ge=1)
     user: Optional[str] = None
     normalize: Optional[bool] = None
 
@@ -119,7 +122,7 @@ class ScoreResponse(BaseModel):
 class RerankRequest(_Request):
     query: str
     documents: list[str]
-    top_n: Optional[int] = None  # None or 0: every document
+    top_n: Optional[int] = Field(None, ge=0)  # None or 0: every document
     return_documents: bool = True
 
 

@@ -29,14 +29,16 @@ from .pooling_protocol import (ClassificationData, ClassificationRequest, Classi
                                PoolingUsage, RerankDocument, RerankRequest, RerankResponse, RerankResult, ScoreData,
                                ScoreRequest, ScoreResponse)
 from .protocol import random_id
-from .serving import check_model, json_response
+from .request_fields import MAX_PROMPTS_PER_REQUEST
+from .serving import add_all, check_model, check_prompt_count, json_response
 
 router = APIRouter()
 
 
 class PoolingHandler:
-    def __init__(self, async_engine: Any):
+    def __init__(self, async_engine: Any, max_prompts: int = MAX_PROMPTS_PER_REQUEST):
         self.engine = async_engine
+        self.max_prompts = max_prompts
         self.model_name = async_engine.engine.model_name
         self.task = async_engine.engine.task
         self.config = async_engine.engine.hf_config
@@ -45,13 +47,16 @@ class PoolingHandler:
         except Exception:
             self.tokenizer = async_engine.engine.tokenizer
 
+    def inputs(self, value, param: str = "input") -> list:
+        """A request's `input` as engine prompts, within --max-prompts-per-request."""
+        prompts = _prompts(value)
+        check_prompt_count(len(prompts), self.max_prompts, param)
+        return prompts
+
     async def run(self, prompts: list, params: PoolingParams) -> list:
         """Every prompt's PoolingRequestOutput, in order; aborts the rest if one fails."""
-        request_id = random_id("pool")
-        streams = []
+        streams = await add_all(self.engine, random_id("pool"), prompts, params)
         try:
-            for i, prompt in enumerate(prompts):
-                streams.append(await self.engine.add(f"{request_id}-{i}", prompt, params))
             results = []
             for stream in streams:
                 async for out in stream:
@@ -67,11 +72,13 @@ class PoolingHandler:
         params.task = "embed"
         return [out.outputs.data for out in await self.run(prompts, params)]
 
-    async def scores(self, text_1, text_2, truncate: int | None = None) -> tuple[list[float], int]:
+    async def scores(self, text_1, text_2, truncate: int | None = None,
+                     param: str = "text_2") -> tuple[list[float], int]:
         """(scores, prompt tokens) of the pairs, by cross-encoder or by embedding cosine."""
         from anymodel.llm_pooling import _pairs
 
         left, right = _pairs(text_1, text_2)
+        check_prompt_count(len(left), self.max_prompts, param)
         if self.task == "embed":
             params = PoolingParams(task="embed", truncate_prompt_tokens=truncate)
             outs = await self.run(list(left) + list(right), params)
@@ -102,7 +109,8 @@ class PoolingHandler:
 def _handler(raw: Request) -> PoolingHandler:
     state = raw.app.state
     if getattr(state, "pooling_handler", None) is None:
-        state.pooling_handler = PoolingHandler(state.async_engine)
+        state.pooling_handler = PoolingHandler(state.async_engine,
+                                               getattr(state, "max_prompts_per_request", MAX_PROMPTS_PER_REQUEST))
     return state.pooling_handler
 
 
@@ -141,7 +149,7 @@ async def _embeddings(h: PoolingHandler, body: EmbeddingRequest) -> Response:
     check_model(body.model, h.model_name)
     params = PoolingParams(dimensions=body.dimensions, normalize=body.normalize, task="embed",
                            truncate_prompt_tokens=body.truncate_prompt_tokens)
-    outs = await h.run(_prompts(body.input), params)
+    outs = await h.run(h.inputs(body.input), params)
     data = [EmbeddingData(index=i, embedding=_encode(o.outputs.data, body.encoding_format)) for i, o in enumerate(outs)]
     return json_response(EmbeddingResponse(model=h.model_name, data=data, usage=_usage(_tokens(outs))))
 
@@ -154,7 +162,7 @@ async def create_pooling(body: PoolingRequest, raw: Request):
 async def _pooling(h: PoolingHandler, body: PoolingRequest) -> Response:
     check_model(body.model, h.model_name)
     params = PoolingParams(task="encode", truncate_prompt_tokens=body.truncate_prompt_tokens)
-    outs = await h.run(_prompts(body.input), params)
+    outs = await h.run(h.inputs(body.input), params)
     data = [PoolingData(index=i, data=_encode(o.outputs.data, body.encoding_format)) for i, o in enumerate(outs)]
     return json_response(PoolingResponse(model=h.model_name, data=data, usage=_usage(_tokens(outs))))
 
@@ -167,7 +175,7 @@ async def create_classify(body: ClassificationRequest, raw: Request):
 async def _classify(h: PoolingHandler, body: ClassificationRequest) -> Response:
     check_model(body.model, h.model_name)
     params = PoolingParams(task="classify", truncate_prompt_tokens=body.truncate_prompt_tokens)
-    outs = await h.run(_prompts(body.input), params)
+    outs = await h.run(h.inputs(body.input), params)
     labels = getattr(h.config, "id2label", None) or {}
     data = []
     for i, o in enumerate(outs):
@@ -203,7 +211,7 @@ async def _rerank(h: PoolingHandler, body: RerankRequest) -> Response:
         raise ValueError("documents must not be empty")
     if body.top_n is not None and body.top_n < 0:
         raise ValueError(f"top_n must be None or an integer >= 0, got {body.top_n}")
-    values, tokens = await h.scores(body.query, body.documents, body.truncate_prompt_tokens)
+    values, tokens = await h.scores(body.query, body.documents, body.truncate_prompt_tokens, "documents")
     order = sorted(range(len(values)), key=lambda i: -values[i])[: body.top_n or None]
     results = [RerankResult(index=i, relevance_score=values[i],
                             document=RerankDocument(text=body.documents[i]) if body.return_documents else None)

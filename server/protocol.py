@@ -1,7 +1,9 @@
 """Pydantic models of the OpenAI API subset we serve (plus vLLM's extra sampling fields).
 
-Requests ignore unknown fields (clients send many we do not use); value ranges are checked once, by
-`SamplingParams`, whose ValueError the app turns into a 400.
+Every request model screens its body first (request_fields.py): a field OpenAI or vLLM define that we
+do not implement is a 400 naming it, a field nobody defines is ignored with a warning. Value ranges
+are declared here for the OpenAPI schema (and checked by pydantic, which the app turns into a 400);
+`SamplingParams` checks them again for the offline API, whose ValueError is a 400 too.
 """
 
 from __future__ import annotations
@@ -9,9 +11,12 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from typing import Any, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from . import request_fields
+from .request_fields import Unsupported
 
 
 def random_id(prefix: str) -> str:
@@ -36,38 +41,59 @@ class UsageInfo(BaseModel):
     total_tokens: int = 0
 
 
-class StreamOptions(BaseModel):
-    include_usage: bool = False
-
-
-class SamplingRequest(BaseModel):
-    """Fields shared by /v1/completions and /v1/chat/completions."""
+class APIRequest(BaseModel):
+    """A request body: screened against `unsupported` (this kind's table) before any field is read."""
 
     model_config = ConfigDict(extra="ignore")
+    unsupported: ClassVar[dict[str, Unsupported]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _screen(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        return request_fields.screen(cls.__name__, data, set(cls.model_fields), cls.unsupported)
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM: usage in every chunk; not implemented (see _screen_stream)
+
+
+class SamplingRequest(APIRequest):
+    """Fields shared by /v1/completions and /v1/chat/completions."""
 
     model: Optional[str] = None  # None: the served model (vLLM accepts this too)
-    n: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    seed: Optional[int] = None
+    n: int = Field(1, ge=1)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=-1)  # 0 or -1: disabled
+    min_p: float = Field(0.0, ge=0, le=1)
+    seed: Optional[int] = Field(None, ge=0, le=2**64 - 1)
     stop: Optional[Union[str, list[str]]] = None
     stop_token_ids: Optional[list[int]] = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repetition_penalty: float = 1.0
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    repetition_penalty: float = Field(1.0, gt=0)
     ignore_eos: bool = False
-    min_tokens: int = 0
+    min_tokens: int = Field(0, ge=0)
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     logit_bias: Optional[dict[str, float]] = None  # OpenAI's string token ids -> bias, clamped to [-100, 100]
     allowed_token_ids: Optional[list[int]] = None  # vLLM extra
-    truncate_prompt_tokens: Optional[int] = None  # vLLM extra: keep the last k prompt tokens (-1: the most)
-    prompt_logprobs: Optional[int] = None  # vLLM extra: logprobs of every prompt token (not with stream)
+    truncate_prompt_tokens: Optional[int] = Field(None, ge=-1)  # vLLM extra: keep the last k prompt tokens (-1: the most)
+    prompt_logprobs: Optional[int] = Field(None, ge=-1)  # vLLM extra: every prompt token's logprobs (not with stream)
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
-    user: Optional[str] = None
+    user: Optional[str] = None  # OpenAI's end-user id: accepted, nothing to do with it
+    parallel_tool_calls: Optional[bool] = None  # only means something with `tools`, which are refused
+
+    @field_validator("stream_options")
+    @classmethod
+    def _screen_stream(cls, value: Optional[StreamOptions]) -> Optional[StreamOptions]:
+        if value is not None and value.continuous_usage_stats:
+            raise ValueError("continuous_usage_stats is not implemented yet (usage comes in the last chunk)")
+        return value
 
     def sampling_kwargs(self) -> dict[str, Any]:
         return dict(
@@ -107,12 +133,12 @@ def logit_bias_ids(bias: Optional[dict[str, float]]) -> Optional[dict[int, float
 
 # ------------------------------------------------------------------------------------ completions
 class CompletionRequest(SamplingRequest):
+    unsupported: ClassVar[dict[str, Unsupported]] = request_fields.COMPLETION
+
     prompt: Union[str, list[str], list[int], list[list[int]]]
-    max_tokens: Optional[int] = 16  # OpenAI's default for legacy completions
-    logprobs: Optional[int] = None
+    max_tokens: Optional[int] = Field(16, ge=0)  # OpenAI's default for legacy completions; 0 only with echo
+    logprobs: Optional[int] = Field(None, ge=-1)
     echo: bool = False
-    suffix: Optional[str] = None
-    best_of: Optional[int] = None
 
     def prompts(self) -> list[str | dict]:
         """Every prompt as the engine takes it: a string or {"prompt_token_ids": [...]}."""
@@ -172,27 +198,68 @@ class ChatMessage(BaseModel):
     content: Optional[Union[str, list[dict[str, Any]]]] = None
     name: Optional[str] = None
 
+    @field_validator("content")
+    @classmethod
+    def _text_parts(cls, content: Any) -> Any:
+        """Content parts: only {"type": "text", "text": str} is supported."""
+        for part in content if isinstance(content, list) else []:
+            if part.get("type") != "text":
+                raise ValueError(f"unsupported message content part type {part.get('type')!r}; supported: ['text']")
+            if not isinstance(part.get("text"), str):
+                raise ValueError(f"a text content part needs a string `text`, got {part.get('text')!r}")
+        return content
+
+    @model_validator(mode="after")
+    def _has_content(self) -> "ChatMessage":
+        # OpenAI: only an assistant message (one that calls tools) may come without content
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"a {self.role!r} message needs `content` (a string or a list of text parts)")
+        return self
+
     def for_template(self) -> dict[str, Any]:
         msg = self.model_dump(exclude_none=True)
-        if isinstance(self.content, list):  # content parts: only text is supported
-            texts = []
-            for part in self.content:
-                if part.get("type") != "text":
-                    raise ValueError(f"unsupported message content part type {part.get('type')!r}; supported: ['text']")
-                texts.append(part.get("text", ""))
-            msg["content"] = "".join(texts)
+        if isinstance(self.content, list):
+            msg["content"] = "".join(part["text"] for part in self.content)
         return msg
 
 
-class ChatCompletionRequest(SamplingRequest):
-    messages: list[ChatMessage]
-    max_tokens: Optional[int] = None  # None: up to the model's context
-    max_completion_tokens: Optional[int] = None
-    logprobs: bool = False
-    top_logprobs: Optional[int] = None
+# apply_chat_template's own arguments, and the names it renders with: not for chat_template_kwargs
+_RESERVED_TEMPLATE_KWARGS = {
+    "chat_template": "use the server's --chat-template", "tokenize": "the server renders to text itself",
+    "messages": "send `messages` as the request field", "conversation": "send `messages` as the request field",
+    "add_generation_prompt": "send it as a request field", "continue_final_message": "send it as a request field",
+    "tools": "tool calling is not implemented yet", "documents": "documents are not implemented yet",
+    "return_dict": "the server renders to text itself", "return_tensors": "the server renders to text itself",
+    "tokenizer_kwargs": "the server tokenizes itself", "padding": "the server tokenizes itself",
+    "truncation": "the server tokenizes itself", "max_length": "the server tokenizes itself",
+    "return_assistant_tokens_mask": "the server renders to text itself",
+}
+
+
+class TemplateFields(BaseModel):
+    """How chat `messages` are rendered: shared by chat completions and /tokenize."""
+
     add_generation_prompt: bool = True
     continue_final_message: bool = False
-    chat_template_kwargs: Optional[dict[str, Any]] = None
+    chat_template_kwargs: Optional[dict[str, Any]] = None  # extra variables for the template (enable_thinking, ...)
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _not_reserved(cls, kwargs: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+        for key in kwargs or {}:
+            if key in _RESERVED_TEMPLATE_KWARGS:
+                raise ValueError(f"{key!r} may not be set here: {_RESERVED_TEMPLATE_KWARGS[key]}")
+        return kwargs
+
+
+class ChatCompletionRequest(SamplingRequest, TemplateFields):
+    unsupported: ClassVar[dict[str, Unsupported]] = request_fields.CHAT
+
+    messages: list[ChatMessage]
+    max_tokens: Optional[int] = Field(None, ge=1)  # None: up to the model's context
+    max_completion_tokens: Optional[int] = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: Optional[int] = Field(None, ge=0)
 
     def max_new_tokens(self) -> Optional[int]:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -278,16 +345,15 @@ class ModelList(BaseModel):
 
 
 # ---------------------------------------------------------------------------- tokenize/detokenize
-class TokenizeRequest(BaseModel):
+class TokenizeRequest(APIRequest, TemplateFields):
     """vLLM's /tokenize: either `prompt` or chat `messages` (rendered by the chat template)."""
 
-    model_config = ConfigDict(extra="ignore")
+    unsupported: ClassVar[dict[str, Unsupported]] = request_fields.TOKENIZE
 
     model: Optional[str] = None
     prompt: Optional[str] = None
     messages: Optional[list[ChatMessage]] = None
     add_special_tokens: Optional[bool] = None  # None: True for prompt, False for messages
-    add_generation_prompt: bool = True
     return_token_strs: bool = False
 
 
@@ -298,9 +364,7 @@ class TokenizeResponse(BaseModel):
     token_strs: Optional[list[str]] = None
 
 
-class DetokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class DetokenizeRequest(APIRequest):
     model: Optional[str] = None
     tokens: list[int]
 

@@ -15,11 +15,12 @@ from fastapi.responses import Response
 
 from anymodel.params import SamplingParams, truncated_prompt_len
 
-from .async_engine import AsyncEngine, EngineDeadError, EngineStepError
+from .async_engine import AsyncEngine, EngineDeadError, EngineStepError, RequestStream
 from .delta import RequestDelta, TokenLogprobs
 from .errors import APIError, error_body
 from .merged_streams import MergedStreams
 from .protocol import PromptLogprob, SamplingRequest, UsageInfo
+from .request_fields import MAX_PROMPTS_PER_REQUEST
 from .sse import DONE, SSEResponse, sse_data
 
 logger = logging.getLogger("anymodel.server")
@@ -39,10 +40,12 @@ async def _with_first(first: Any, rest: AsyncIterator) -> AsyncIterator:
 
 
 class GenerationHandler:
-    def __init__(self, engine: AsyncEngine, model_name: str, tokenizer: Any):
+    def __init__(self, engine: AsyncEngine, model_name: str, tokenizer: Any,
+                 max_prompts: int = MAX_PROMPTS_PER_REQUEST):
         self.engine = engine
         self.model_name = model_name
         self.tokenizer = tokenizer
+        self.max_prompts = max_prompts
 
     def check_model(self, name: str | None) -> None:
         check_model(name, self.model_name)
@@ -54,20 +57,11 @@ class GenerationHandler:
                               **req.sampling_kwargs())
 
     async def start(self, request_id: str, prompts: list, params: SamplingParams) -> MergedStreams:
+        check_prompt_count(len(prompts), self.max_prompts, "prompt")
         prompts = [self._tokenized(p) for p in prompts]
         for p in prompts:
             self._check_context(len(p["prompt_token_ids"]), params)
-        # all adds go out together (one engine-loop round trip, not one per prompt)
-        adds = [asyncio.ensure_future(self.engine.add(f"{request_id}-{i}", p, params)) for i, p in enumerate(prompts)]
-        try:
-            await asyncio.wait(adds)
-            error = next((a.exception() for a in adds if a.exception() is not None), None)
-            if error is not None:  # one prompt was rejected: the others must not run on
-                raise error
-        except BaseException:  # also when cancelled (client gone)
-            _undo(adds)
-            raise
-        return MergedStreams([a.result() for a in adds])
+        return MergedStreams(await add_all(self.engine, request_id, prompts, params))
 
     def _tokenized(self, prompt) -> Any:
         """Text prompts are tokenized here (as the engine would: `tokenizer.encode`), so that the
@@ -125,6 +119,29 @@ class GenerationHandler:
         if lp is not None and lp.decoded_token is not None:
             return lp.decoded_token
         return self.tokenizer.decode([token_id])
+
+
+async def add_all(engine: AsyncEngine, request_id: str, prompts: list, params: Any) -> list[RequestStream]:
+    """One engine request per prompt ("{request_id}-{i}"), all or none.
+
+    The adds go out together: one engine-loop round trip, not one per prompt (each would wait for
+    the step in progress)."""
+    adds = [asyncio.ensure_future(engine.add(f"{request_id}-{i}", p, params)) for i, p in enumerate(prompts)]
+    try:
+        await asyncio.wait(adds)
+        error = next((a.exception() for a in adds if a.exception() is not None), None)
+        if error is not None:  # one prompt was rejected: the others must not run on
+            raise error
+    except BaseException:  # also when cancelled (client gone)
+        _undo(adds)
+        raise
+    return [a.result() for a in adds]
+
+
+def check_prompt_count(count: int, limit: int, param: str) -> None:
+    if count > limit:
+        raise APIError(400, f"{count} prompts in one request; this server takes at most {limit} "
+                            f"(--max-prompts-per-request); split the list over several requests", param=param)
 
 
 def check_model(name: str | None, served: str) -> None:

@@ -21,8 +21,13 @@ class TokenizationHandler:
             special = True if req.add_special_tokens is None else req.add_special_tokens
             ids = self.tokenizer.encode(req.prompt, add_special_tokens=special)
         else:
-            ids = render_chat(self.tokenizer, req.messages, self.chat_template,
-                              add_generation_prompt=req.add_generation_prompt)["prompt_token_ids"]
+            rendered = render_chat(self.tokenizer, req.messages, self.chat_template,
+                                   add_generation_prompt=req.add_generation_prompt,
+                                   continue_final_message=req.continue_final_message,
+                                   template_kwargs=req.chat_template_kwargs)
+            ids = rendered["prompt_token_ids"]
+            if req.add_special_tokens:  # vLLM's meaning: special tokens on top of what the template wrote
+                ids = self.tokenizer.encode(rendered["prompt"], add_special_tokens=True)
         strs = self.tokenizer.convert_ids_to_tokens(ids) if req.return_token_strs else None
         return TokenizeResponse(count=len(ids), max_model_len=self.max_model_len, tokens=ids, token_strs=strs)
 
