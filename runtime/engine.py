@@ -163,6 +163,11 @@ class Engine:
     def apply_model(self, fn) -> list:
         return self.executor.apply_model(fn)
 
+    def check_health(self) -> None:
+        """Raise EngineFatalError (WorkerDiedError: a tensor/pipeline-parallel rank died) when the
+        engine can run no further step; cheap (no round trip to the workers), for the server's /health."""
+        self.executor.check_health()
+
     def shutdown(self) -> None:
         """Stop the executor's worker processes (also done on garbage collection and at exit)."""
         self.executor.shutdown()

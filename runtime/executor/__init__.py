@@ -9,6 +9,8 @@ Every executor offers the engine the same calls:
     discover_layers() -> [(num_kv_heads, head_dim, dtype)]   bytes_per_block(layers) -> int
     allocate_kv_cache(layers, num_blocks)                     execute_model(SchedulerOutput) -> RunnerOutput
     apply_model(fn) -> [fn(model) per rank, in rank order]    shutdown()
+    check_health()  raises WorkerDiedError (an EngineFatalError) once a rank process is dead; after
+                    that every call raises it too (anymodel.errors)
 With several ranks, each rank discovers and allocates its own layers (its stage, its KV-head shard);
 bytes_per_block is the max over ranks, so `num_blocks` fits every rank. execute_model returns the
 RunnerOutput of the last pipeline stage's TP rank 0.

@@ -4,21 +4,85 @@
 KV cache sizing across ranks: each rank discovers its own layers (its stage's layers, its shard's
 KV heads); the engine's block count must fit every rank, so bytes_per_block is the max over ranks
 and every rank allocates the same number of blocks for its own layers.
+
+Faults: the ranks step together, so one dead rank (OOM killer, segfault) or one failed collective
+call ends the engine. The executor then stops every rank and remembers why (`_fatal`): that call
+and every later one, `check_health()` included, raise it (WorkerDiedError / EngineFatalError), at
+once, instead of hanging on a broken world or leaking a BrokenPipeError.
 """
 
 from __future__ import annotations
 
 import pickle
+import threading
+import weakref
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NoReturn
+
+from anymodel.errors import EngineFatalError, WorkerDiedError
+
+_RESTART = "the other ranks were stopped; this engine cannot run any further request: restart it (a new LLM, or restart the server)"
+# A live rank's collective fails a moment after its peer died, sometimes before that peer is reaped.
+DEATH_GRACE_S = 0.5
 
 
 class DistributedExecutor:
     world_size: int
     output_rank: int  # last pipeline stage, TP rank 0: the rank whose RunnerOutput the engine gets
+    _finalizer: weakref.finalize  # set by each backend: stops its ranks once
+
+    def __init__(self, world_size: int, output_rank: int) -> None:
+        self.world_size = world_size
+        self.output_rank = output_rank
+        self._fatal: EngineFatalError | None = None  # why no call can run any more; set once
+        # Serialises fault handling: the server's health check runs beside a step in flight.
+        self._lock = threading.RLock()
 
     def _call(self, method: str, *args, fatal: bool = True) -> list:
         raise NotImplementedError
+
+    def _check_ranks(self, grace_s: float = 0.0) -> None:
+        """Backend hook: `_die` if a rank is known dead (waiting up to grace_s for one to be)."""
+
+    def _kill_ranks(self) -> None:
+        """Backend hook: stop every rank now, without the polite shutdown a broken world cannot answer."""
+
+    @property
+    def stopped(self) -> bool:
+        return not self._finalizer.alive
+
+    def check_health(self) -> None:
+        """Raise WorkerDiedError (EngineFatalError) once a rank is dead. No round trip to the ranks:
+        cheap enough for every /health request, and never queued behind a running step."""
+        if self._fatal is not None:
+            self._raise_fatal()
+        if not self.stopped:  # shut down on purpose: there is nothing left to watch
+            self._check_ranks()
+
+    def _raise_fatal(self) -> NoReturn:
+        raise type(self._fatal)(str(self._fatal))  # a fresh exception: tracebacks do not pile up
+
+    def _die(self, what: str) -> NoReturn:
+        """A rank is gone: stop the others (they may be blocked in a collective with it) and fail
+        this call and every later one with a WorkerDiedError that says what happened."""
+        with self._lock:
+            if self._fatal is None:
+                self._fatal = WorkerDiedError(f"{what}; {_RESTART}")
+                self._kill_ranks()
+        self._raise_fatal()
+
+    def _on_rank_error(self, rank: int, exc: BaseException) -> None:
+        """A rank failed a call that every rank runs together: the others may wait for it in a
+        collective, so the world is torn down (the caller then re-raises the rank's error)."""
+        self._check_ranks(DEATH_GRACE_S)  # a collective error is often the echo of a dead peer
+        with self._lock:
+            if self._fatal is None:
+                self._fatal = EngineFatalError(f"rank {rank} failed ({type(exc).__name__}: {exc}); {_RESTART}")
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._finalizer()
 
     def discover_layers(self):
         per_rank = self._call("discover_layers")
@@ -51,18 +115,18 @@ class DistributedExecutor:
 class Replies:
     """One reply per rank, ("ok", result) or ("error", exc, traceback), gathered in rank order. A
     rank's error is re-raised; when `fatal`, the other ranks may be stuck in a collective waiting
-    for it, so `shutdown` tears the world down first."""
+    for it, so `on_fatal(rank, exc)` tears the world down first."""
 
     results: list
     fatal: bool
-    shutdown: Callable[[], None]
+    on_fatal: Callable[[int, BaseException], None]
     error: tuple | None = None  # the first error of a non-fatal call, raised once all replied
 
     def add(self, rank: int, reply: tuple) -> None:
         if reply[0] == "ok":
             self.results[rank] = reply[1]
         elif self.fatal:
-            self.shutdown()
+            self.on_fatal(rank, reply[1])
             raise_remote(rank, reply[1], reply[2])
         else:
             self.error = self.error or (rank, reply[1], reply[2])

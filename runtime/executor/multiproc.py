@@ -18,11 +18,12 @@ No orphans: ranks stop on shutdown(), when the executor is garbage-collected, at
 from __future__ import annotations
 
 import os
+import signal
 import weakref
 from multiprocessing.connection import wait
 
 from anymodel import distributed
-from anymodel.executor.distributed_executor import DistributedExecutor, dumps, loads, Replies, output_rank
+from anymodel.executor.distributed_executor import DEATH_GRACE_S, DistributedExecutor, Replies, dumps, loads, output_rank
 
 _STOP_TIMEOUT_S = 10.0
 # Imported once by the fork server; each rank is forked from it with these already loaded.
@@ -33,8 +34,7 @@ class MultiprocExecutor(DistributedExecutor):
     def __init__(self, args, model_dir, config) -> None:
         import torch.multiprocessing as mp
 
-        self.world_size = args.world_size
-        self.output_rank = output_rank(args.tensor_parallel_size, args.pipeline_parallel_size)
+        super().__init__(args.world_size, output_rank(args.tensor_parallel_size, args.pipeline_parallel_size))
         _check_gpus(args)
         ctx = _context(mp)
         init_method = distributed.local_init_method()
@@ -56,38 +56,64 @@ class MultiprocExecutor(DistributedExecutor):
         self._gather(fatal=True)  # every rank reports its model built (or the first error)
 
     def _call(self, method: str, *args, fatal: bool = True) -> list:
-        if not self._finalizer.alive:
+        self.check_health()  # a rank found dead now fails the call before any rank starts it
+        if self.stopped:
             raise RuntimeError("the multiprocess executor is shut down")
         message = dumps((method, args))
-        for conn in self.conns:
-            conn.send_bytes(message)
+        for rank, conn in enumerate(self.conns):
+            try:
+                conn.send_bytes(message)
+            except OSError as exc:  # its end of the pipe closed: it died since check_health
+                self._check_ranks(DEATH_GRACE_S)
+                self._die(f"anymodel rank {rank}: its pipe broke ({exc!r})")
         return self._gather(fatal)
 
     def _gather(self, fatal: bool) -> list:
-        """One reply per rank (see `Replies`); a rank that dies without replying is an error."""
-        replies = Replies([None] * self.world_size, fatal, self.shutdown)
+        """One reply per rank (see `Replies`). A rank that dies fails the call at once, even while
+        the others wait for it inside a collective: the wait covers every process's sentinel."""
+        replies = Replies([None] * self.world_size, fatal, self._on_rank_error)
         pending = set(range(self.world_size))
         while pending:
+            if self._fatal is not None:  # the health check found a rank dead and stopped the world
+                self._raise_fatal()
             by_conn = {self.conns[r]: r for r in pending}
-            by_sentinel = {self.procs[r].sentinel: r for r in pending}
-            ready = wait(list(by_conn) + list(by_sentinel))
+            sentinels = [p.sentinel for p in self.procs]
+            ready = wait(list(by_conn) + sentinels)
             for conn in [c for c in ready if c in by_conn]:
-                rank = by_conn[conn]
                 try:
                     reply = loads(conn.recv_bytes())
-                except EOFError:  # died without a reply: its sentinel reports it below
+                except (EOFError, OSError):  # died without a reply: its sentinel reports it
                     continue
-                pending.discard(rank)
-                replies.add(rank, reply)
-            dead = [r for r in pending if not self.procs[r].is_alive() and self.procs[r].sentinel in ready]
-            if dead:
-                codes = {r: self.procs[r].exitcode for r in dead}
-                self.shutdown()
-                raise RuntimeError(f"anymodel rank(s) {sorted(codes)} exited unexpectedly (exit codes {codes})")
+                pending.discard(by_conn[conn])
+                replies.add(by_conn[conn], reply)
+            if any(s in ready for s in sentinels):
+                self._check_ranks(DEATH_GRACE_S)
         return replies.finish()
 
-    def shutdown(self) -> None:
+    def _check_ranks(self, grace_s: float = 0.0) -> None:
+        if grace_s:
+            wait([p.sentinel for p in self.procs], grace_s)
+        with self._lock:  # polling reads a forkserver sentinel, which two threads must not race on
+            dead = {rank: proc for rank, proc in enumerate(self.procs) if proc.exitcode is not None}
+        if dead:
+            self._die("anymodel " + ", ".join(_describe_exit(rank, proc) for rank, proc in dead.items()))
+
+    def _kill_ranks(self) -> None:
+        _terminate(self.procs)
         self._finalizer()
+
+
+def _describe_exit(rank: int, proc) -> str:
+    """'rank 1 (pid 4242) was killed by signal SIGKILL (...)' / 'rank 0 (pid 4241) exited with code 1'."""
+    code = proc.exitcode
+    if code >= 0:
+        return f"rank {rank} (pid {proc.pid}) exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = str(-code)
+    hint = " (e.g. by the out-of-memory killer)" if name == "SIGKILL" else ""
+    return f"rank {rank} (pid {proc.pid}) was killed by signal {name}{hint}"
 
 
 def _check_gpus(args) -> None:
@@ -120,6 +146,12 @@ def _stop(procs, conns) -> None:
             pass
     for proc in procs:
         proc.join(_STOP_TIMEOUT_S / max(1, len(procs)))
+    _terminate(procs)
+    for conn in conns:
+        conn.close()
+
+
+def _terminate(procs) -> None:
     for proc in procs:
         if proc.is_alive():
             proc.terminate()
@@ -127,5 +159,3 @@ def _stop(procs, conns) -> None:
         if proc.is_alive():
             proc.kill()
             proc.join(2.0)
-    for conn in conns:
-        conn.close()

@@ -88,6 +88,7 @@ def run_rank(conn, payload: bytes) -> None:
         worker = RankWorker(**kwargs)
     except BaseException as exc:  # noqa: BLE001
         conn.send_bytes(_dumps(("error", exc, traceback.format_exc())))
+        _wait_for_stop(conn)  # a rank exits only when told to: any other exit is a death
         return
     conn.send_bytes(_dumps(("ok", None)))
     while True:
@@ -98,6 +99,13 @@ def run_rank(conn, payload: bytes) -> None:
         conn.send_bytes(_dumps(call(worker, method, args)))
         if method == "shutdown":
             break
+
+
+def _wait_for_stop(conn) -> None:
+    try:
+        conn.recv_bytes()  # the executor's "shutdown" (or EOF when it went away)
+    except (EOFError, OSError):
+        pass
 
 
 def _dumps(reply) -> bytes:

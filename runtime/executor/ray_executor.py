@@ -63,8 +63,7 @@ class _RankActor:
 class RayExecutor(DistributedExecutor):
     def __init__(self, args, model_dir, config) -> None:
         ray = _import_ray()
-        self.world_size = args.world_size
-        self.output_rank = output_rank(args.tensor_parallel_size, args.pipeline_parallel_size)
+        super().__init__(args.world_size, output_rank(args.tensor_parallel_size, args.pipeline_parallel_size))
         started = not ray.is_initialized()
         if started:
             ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
@@ -76,27 +75,31 @@ class RayExecutor(DistributedExecutor):
         self._gather(refs, fatal=True)
 
     def _call(self, method: str, *args, fatal: bool = True) -> list:
-        if not self._finalizer.alive:
+        self.check_health()
+        if self.stopped:
             raise RuntimeError("the Ray executor is shut down")
         return self._gather([a.call.remote(method, args) for a in self.actors], fatal)
 
     def _gather(self, refs, fatal: bool) -> list:
         """Replies in rank order (see `Replies`); a failed actor tears the world down at once."""
         ray = _import_ray()
-        replies = Replies([None] * len(refs), fatal, self.shutdown)
+        replies = Replies([None] * len(refs), fatal, self._on_rank_error)
         pending = {ref: rank for rank, ref in enumerate(refs)}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             rank = pending.pop(ready[0])
             try:
                 reply = ray.get(ready[0])
-            except ray.exceptions.RayError as exc:
-                self.shutdown()
-                raise RuntimeError(f"anymodel rank {rank} (Ray actor) failed: {exc}") from exc
+            except ray.exceptions.RayError as exc:  # the actor died (or its node did): `call` never raises
+                self._die(f"anymodel rank {rank} (Ray actor) failed: {exc}")
             replies.add(rank, reply)
         return replies.finish()
 
-    def shutdown(self) -> None:
+    # _check_ranks stays the base no-op: asking Ray whether an actor lives is a round trip to the
+    # GCS (or a ping that queues behind a running step), too slow for every /health request. A
+    # dead actor still fails the next call at once: ray.get raises RayActorError.
+
+    def _kill_ranks(self) -> None:
         self._finalizer()
 
 

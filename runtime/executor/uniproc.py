@@ -31,5 +31,8 @@ class UniProcExecutor:
     def apply_model(self, fn) -> list:
         return [fn(self.worker.model)]
 
+    def check_health(self) -> None:
+        """Nothing to watch: the worker is this process, and it is alive to answer."""
+
     def shutdown(self) -> None:
         pass
