@@ -76,6 +76,7 @@ def _arch(model_type: str, **overrides) -> Callable[[], PretrainedConfig]:
         return config_cls(**{**kwargs, **overrides})
 
     make.model_type = model_type
+    make.overrides = overrides
     return make
 
 
@@ -258,9 +259,49 @@ def attention_backend_support() -> dict[str, bool]:
     return {arch: bool(getattr(cls, "_supports_attention_backend", False)) for arch, cls in classes.items()}
 
 
+# ---------------------------------------------------------------- small sliding windows
+
+WINDOW_SUFFIX = "-window"
+
+
+def windowed_arch(arch: str, window: int) -> Callable[[], PretrainedConfig] | None:
+    """`arch` with a sliding window of `window` tokens switched on however its config says it
+    (`use_sliding_window`, `max_window_layers`, sliding/full `layer_types`), or None when the
+    config has no `sliding_window` or the arch keeps recurrent state (compat path regardless)."""
+    make = ZOO[arch]
+    defaults = CONFIG_MAPPING[make.model_type]()
+    if not hasattr(defaults, "sliding_window") or arch in RECURRENT_ARCHS:
+        return None
+    extra = {"sliding_window": window}
+    if hasattr(defaults, "use_sliding_window"):
+        extra["use_sliding_window"] = True
+    if hasattr(defaults, "max_window_layers"):
+        extra["max_window_layers"] = 1  # layer 0 full, the rest sliding (Qwen 2 style)
+    elif getattr(defaults, "layer_types", None) is not None and "layer_types" not in make.overrides:
+        layers = make.overrides.get("num_hidden_layers", BASE["num_hidden_layers"])
+        extra["layer_types"] = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
+    return _arch(make.model_type, **{**make.overrides, **extra})
+
+
+def windowed_zoo(window: int) -> list[str]:
+    """Registers `<arch>-window` for every zoo arch whose config has a sliding window; returns the names."""
+    names = []
+    for arch in ZOO:
+        make = windowed_arch(arch, window)
+        if make is not None:
+            WINDOWED_ZOO[arch + WINDOW_SUFFIX] = make
+            names.append(arch + WINDOW_SUFFIX)
+    return names
+
+
+WINDOWED_ZOO: dict[str, Callable[[], PretrainedConfig]] = {}
+
+
 def tiny_config(arch: str) -> PretrainedConfig:
     if arch in UNSUPPORTED_ZOO:
         return UNSUPPORTED_ZOO[arch]()
+    if arch in WINDOWED_ZOO:
+        return WINDOWED_ZOO[arch]()
     if arch not in ZOO:
         supported = sorted(ZOO) + [CUSTOM_ARCH]
         raise ValueError(f"unsupported zoo arch {arch!r}; supported: {supported}")
