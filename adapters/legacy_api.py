@@ -283,3 +283,20 @@ def _in_library_hint(model_type: str | None) -> str | None:
         return (f"Transformers has its own implementation of model_type {model_type!r}: load with "
                 "trust_remote_code=False to use it (when the checkpoint's weight names match).")
     return None
+
+
+def remote_code_scope(trust_remote_code: bool, model_type: str | None = None):
+    """`trusted_remote_code(model_type)` when remote code may run, else a no-op block."""
+    return trusted_remote_code(model_type) if trust_remote_code else contextlib.nullcontext()
+
+
+def patch_if_remote(cls: type) -> type:
+    """patch_legacy_classes for a class from a repository's code (a config or a model class); others pass."""
+    if cls.__module__.startswith("transformers_modules"):
+        from transformers import PretrainedConfig
+
+        if issubclass(cls, PretrainedConfig):
+            patch_legacy_classes(config_cls=cls)
+        else:
+            patch_legacy_classes(model_cls=cls)
+    return cls

@@ -60,7 +60,11 @@ def load_config(model_dir: Path, trust_remote_code: bool, hf_overrides=None):
             f"model {str(model_dir)!r} ships its own modeling code (auto_map: {sorted(raw['auto_map'])}); "
             "anymodel runs repository code only with trust_remote_code=True (--trust-remote-code)"
         )
-    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    from anymodel.adapters.legacy_api import patch_if_remote, remote_code_scope
+
+    with remote_code_scope(trust_remote_code, raw.get("model_type")):
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    patch_if_remote(type(config))
     return apply_hf_overrides(config, hf_overrides)
 
 
@@ -102,7 +106,10 @@ def derive_max_model_len(config, requested: int | None) -> int:
 def load_tokenizer(name_or_dir, trust_remote_code: bool, revision: str | None = None):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(name_or_dir, trust_remote_code=trust_remote_code, revision=revision)
+    from anymodel.adapters.legacy_api import remote_code_scope
+
+    with remote_code_scope(trust_remote_code):
+        return AutoTokenizer.from_pretrained(name_or_dir, trust_remote_code=trust_remote_code, revision=revision)
 
 
 def eos_token_ids(model_dir: Path, tokenizer) -> frozenset[int]:
@@ -174,8 +181,12 @@ def resolve_causal_lm_class(config, model_dir: Path, trust_remote_code: bool) ->
     if trust_remote_code and ("AutoModelForCausalLM" in auto_map or "AutoModel" in auto_map):
         from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
+        from anymodel.adapters.legacy_api import patch_if_remote, trusted_remote_code
+
         key = "AutoModelForCausalLM" if "AutoModelForCausalLM" in auto_map else "AutoModel"
-        return _model_class(get_class_from_dynamic_module(auto_map[key], str(model_dir)), key != "AutoModel", config)
+        with trusted_remote_code(getattr(config, "model_type", None)):
+            cls = patch_if_remote(get_class_from_dynamic_module(auto_map[key], str(model_dir)))
+        return _model_class(cls, key != "AutoModel", config)
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING
 
     if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING:
