@@ -16,6 +16,8 @@ from dataclasses import fields
 
 from anymodel.config import ATTENTION_BACKENDS, DTYPES, EXECUTOR_BACKENDS, MODEL_IMPLS, TASKS, EngineArgs
 
+from .request_fields import MAX_PROMPTS_PER_REQUEST
+
 BENCHES = ("attention", "throughput", "latency")
 EXAMPLES = """examples:
   anymodel serve                                      # the embedded demo model on :8000
@@ -58,6 +60,16 @@ def _bytes(text: str) -> int:
 
 def _tokens(text: str) -> int:  # --max-model-len 4k == 4096, as vLLM reads it
     return _size(text, binary_k=True)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
 
 def _chat_template(value: str) -> str:
@@ -127,11 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(serve)
     _add_engine_args(serve)
     http = serve.add_argument_group("http")
-    http.add_argument("--host", default="0.0.0.0", help="default: 0.0.0.0")
+    http.add_argument("--host", default="0.0.0.0",
+                      help="default: 0.0.0.0, every interface (as vLLM); 127.0.0.1 for this machine only")
     http.add_argument("--port", type=int, default=8000, help="default: 8000")
     http.add_argument("--api-key", metavar="KEY", default=os.environ.get("ANYMODEL_API_KEY"),
                       help="require `Authorization: Bearer KEY` (default: $ANYMODEL_API_KEY, or none)")
     http.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    http.add_argument("--max-prompts-per-request", type=_positive, default=MAX_PROMPTS_PER_REQUEST, metavar="N",
+                      help="most prompts (or pooling inputs) in one request; more is a 400 "
+                           f"(default: {MAX_PROMPTS_PER_REQUEST}, OpenAI's limit on embeddings inputs)")
     gen = sub.add_parser("generate", help="one-shot generation, printed to stdout",
                          usage="anymodel generate [MODEL] --prompt TEXT [options]",
                          description="Generate once from --prompt and print the text.")
@@ -157,15 +173,38 @@ def engine_args_from(ns: argparse.Namespace) -> EngineArgs:
     return EngineArgs.from_kwargs(ns.model, given)
 
 
+class ExitOnFatal:
+    """The app's on_fatal hook: stop uvicorn (graceful: open responses end) and exit 1, as vLLM
+    does, so that an orchestrator restarts the server instead of it answering 503 forever."""
+
+    def __init__(self):
+        self.error: BaseException | None = None
+        self.server = None  # uvicorn.Server, once made
+
+    def __call__(self, error: BaseException) -> None:
+        self.error = error
+        if self.server is not None:
+            self.server.should_exit = True  # uvicorn's main loop polls it; safe from the engine thread
+
+    def run(self, app, **config) -> int:
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, **config))
+        if self.error is None:  # the engine may have died while the app was being built
+            self.server.run()
+        if self.error is not None:
+            return 1
+        return 0 if self.server.started else 3  # 3: uvicorn's start-up failure (port taken, ...), as uvicorn.run
+
+
 def _serve(ns: argparse.Namespace) -> int:
     engine_args = engine_args_from(ns)
-    import uvicorn
-
     from .app import build_app
 
-    app = build_app(engine_args, api_key=ns.api_key)
-    uvicorn.run(app, host=ns.host, port=ns.port, log_level=ns.log_level)
-    return 0
+    exit_on_fatal = ExitOnFatal()
+    app = build_app(engine_args, api_key=ns.api_key, max_prompts_per_request=ns.max_prompts_per_request,
+                    on_fatal=exit_on_fatal)
+    return exit_on_fatal.run(app, host=ns.host, port=ns.port, log_level=ns.log_level)
 
 
 def _generate(ns: argparse.Namespace) -> int:
