@@ -4,6 +4,13 @@
     model.safetensors.index.json + shards      `weight_map` names the shard of every tensor
     pytorch_model.bin (+ .index.json)          legacy pickles, loaded with weights_only=True
 
+A pickle that holds more than tensors (weights_only refuses it) is never unpickled: unpickling runs
+whatever code it names. Every path that reads one while a model is built (ours here, Transformers'
+from_pretrained, the sentence-transformers Dense layers) raises torch's UnpicklingError, which
+`refusing_unsafe_pickles` (around the executors' model build) turns into `unsafe_pickle_error`: one
+line naming the file and how to convert it to safetensors. There is deliberately no opt-in to load it anyway: converting once,
+where the user trusts the file, is the explicit act of trust (vLLM offers no opt-in either).
+
 Fused parameters gather several checkpoint tensors (`STACKED`): `q_proj`, `k_proj`, `v_proj` go
 into `qkv_proj` as shards "q", "k", "v"; `gate_proj` and `up_proj` into `gate_up_proj` as 0 and 1.
 """
@@ -11,6 +18,10 @@ into `qkv_proj` as shards "q", "k", "v"; `gate_proj` and `up_proj` into `gate_up
 from __future__ import annotations
 
 import json
+import pickle
+import re
+import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -50,8 +61,51 @@ def iter_checkpoint(model_dir: str | Path) -> Iterator[tuple[str, torch.Tensor]]
             with safe_open(str(file), framework="pt") as f:
                 for name in f.keys():
                     yield name, f.get_tensor(name)
-        else:
+        else:  # a refusal propagates as UnpicklingError: not a ValueError, which would make
+            # model_impl="auto" retry the Transformers backend on the same file; the executor's
+            # refusing_unsafe_pickles turns it into the one message
             yield from torch.load(file, map_location="cpu", weights_only=True).items()
+
+
+def unsafe_pickle_error(file: Path, exc: BaseException) -> ValueError:
+    """The one message for a refused pickle checkpoint (one line: the CLI prints it as it is)."""
+    found = re.search(r"WeightsUnpickler error: (.*?)(?:\. |\.?\n|$)", str(exc))
+    why = f" ({found.group(1)})" if found else ""
+    convert = (
+        f"import torch, safetensors.torch as st; sd = torch.load('{file}', weights_only=False); "
+        f"st.save_file({{k: v.clone() for k, v in sd.items() if torch.is_tensor(v)}}, '{file.parent / 'model.safetensors'}')"
+    )
+    return ValueError(
+        f"refusing to load the pickle checkpoint {file}: torch.load(weights_only=True) refuses it{why}, and "
+        f"unpickling it could run arbitrary code; convert it to safetensors where you trust its source "
+        f'(python -c "{convert}") or use safetensors weights of the model'
+    )
+
+
+@contextmanager
+def refusing_unsafe_pickles(model_dir: str | Path):
+    """Around a model build: torch's refusal of a pickle checkpoint, raised inside Transformers'
+    from_pretrained (which names no file), becomes `unsafe_pickle_error` for the refused file."""
+    try:
+        yield
+    except pickle.UnpicklingError as exc:
+        file = _refused_pickle(Path(model_dir))
+        if file is None:  # not a checkpoint of this model: leave the error as it is
+            raise
+        raise unsafe_pickle_error(file, exc) from exc
+
+
+def _refused_pickle(model_dir: Path) -> Path | None:
+    """The first pickle checkpoint (sub-folders too: sentence-transformers Dense layers) that
+    weights_only refuses; only read on the error path (mmap'd: zip checkpoints are not read whole)."""
+    for file in sorted(model_dir.rglob("pytorch_model*.bin")):
+        try:
+            torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
+        except pickle.UnpicklingError:
+            return file
+        except Exception:  # noqa: BLE001 - unreadable for another reason: not the file we look for
+            continue
+    return None
 
 
 def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]], skip: tuple[str, ...] = ()) -> None:

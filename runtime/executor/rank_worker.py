@@ -20,6 +20,7 @@ import torch
 from anymodel import distributed, loader
 from anymodel.executor.distributed_executor import dumps, loads
 from anymodel.executor.worker import Worker, resolve_device
+from anymodel.native_overrides.weights import refusing_unsafe_pickles
 
 
 class RankWorker:
@@ -36,7 +37,8 @@ class RankWorker:
         # their dynamic module is imported, which load_config does.
         model_dir = Path(model_dir)
         config = loader.load_config(model_dir, args.trust_remote_code, args.hf_overrides)
-        self.worker = Worker(args, model_dir, config, self.state)
+        with refusing_unsafe_pickles(model_dir):
+            self.worker = Worker(args, model_dir, config, self.state)
         self.layers: list = []
         # Seeded requests arrive as fresh copies each step; their generator state lives here.
         self.generators: dict[str, torch.Generator] = {}

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from anymodel.executor.worker import Worker
+from anymodel.native_overrides.weights import refusing_unsafe_pickles
 
 
 class UniProcExecutor:
     def __init__(self, args, model_dir, config) -> None:
-        self.worker = Worker(args, model_dir, config)
+        with refusing_unsafe_pickles(model_dir):
+            self.worker = Worker(args, model_dir, config)
 
     @property
     def device(self):

@@ -1,0 +1,63 @@
+"""A pytorch_model.bin that weights_only refuses (it holds more than tensors) is never unpickled:
+every model build path ends in one ValueError naming the file and the safetensors remedy, and the
+CLI prints it as one line. A weights-only pickle still loads."""
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from anymodel import LLM, SamplingParams
+from tests.models.zoo import build_tiny_model
+
+ENGINE = dict(dtype="float32", num_kv_blocks=16)
+REFUSED = r"refusing to load the pickle checkpoint \S*pytorch_model\.bin: .*argparse\.Namespace.*convert it to safetensors"
+
+
+def _as_pickle(out, extra: dict) -> None:
+    """Replace the safetensors checkpoint by pytorch_model.bin holding its tensors plus `extra`."""
+    from safetensors.torch import load_file
+
+    state = {}
+    for file in out.glob("*.safetensors"):
+        state.update(load_file(file))
+        file.unlink()
+    torch.save({**state, **extra}, out / "pytorch_model.bin")
+
+
+@pytest.fixture(scope="module")
+def unsafe_dir(tmp_path_factory):
+    out = build_tiny_model("llama", tmp_path_factory.mktemp("unsafe"))
+    _as_pickle(out, {"training_args": argparse.Namespace(lr=1e-4)})  # a global weights_only refuses
+    return out
+
+
+@pytest.mark.parametrize("model_impl", ["transformers", "native", "auto"])
+def test_refused_pickle_is_one_clear_error(unsafe_dir, model_impl, caplog):
+    with pytest.raises(ValueError, match=REFUSED) as info:
+        LLM(str(unsafe_dir), model_impl=model_impl, **ENGINE)
+    assert "\n" not in str(info.value)
+    assert "using the Transformers backend" not in caplog.text  # "auto" does not retry the same file
+
+
+@pytest.mark.parametrize("command", ["generate", "serve"])
+def test_cli_prints_one_line_and_fails(unsafe_dir, command):
+    extra = ["--prompt", "hi"] if command == "generate" else ["--port", "0"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "anymodel.server.cli", command, str(unsafe_dir), *extra],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert [line for line in proc.stderr.splitlines() if "pickle" in line] == [proc.stderr.strip()]
+    assert proc.stderr.startswith("anymodel: error: refusing to load the pickle checkpoint")
+
+
+def test_weights_only_pickle_still_loads(tmp_path):
+    out = build_tiny_model("llama", tmp_path / "safe")
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    expected = LLM(str(out), **ENGINE).generate(["hello"], params, use_tqdm=False)[0].outputs[0].token_ids
+    _as_pickle(out, {})
+    assert LLM(str(out), **ENGINE).generate(["hello"], params, use_tqdm=False)[0].outputs[0].token_ids == expected
