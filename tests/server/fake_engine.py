@@ -3,7 +3,7 @@
 Tokens are characters (id = ord). A request continues its prompt's last character through the
 alphabet ("ab" -> "cdef..."), one token per step, until max_tokens. A prompt containing "FAIL<k>"
 makes step() raise once that request has k tokens ("FAIL" alone: at once); "SLOW" makes each step
-sleep 50 ms.
+sleep 50 ms; "CRASH" makes the tokenizer raise (a bug no handler knows: an unexpected 500).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ class CharTokenizer:
     eos_token_id = 0
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        if "CRASH" in text:
+            raise RuntimeError("injected tokenizer crash")
         return [ord(c) for c in text]
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:

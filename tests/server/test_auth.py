@@ -49,8 +49,20 @@ def test_cli_passes_the_key_and_address_to_the_server(monkeypatch):
     import anymodel.server.app as app_module
 
     seen = {}
-    monkeypatch.setattr(app_module, "build_app", lambda args, api_key=None: seen.update(args=args, key=api_key) or "app")
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+
+    class Server:  # uvicorn.Server as ExitOnFatal drives it
+        def __init__(self, config):
+            app, kw = config
+            seen.update(app=app, **kw)
+            self.started = False
+
+        def run(self):
+            self.started = True
+
+    monkeypatch.setattr(app_module, "build_app", lambda args, api_key=None, **kw: seen.update(args=args, key=api_key)
+                        or "app")
+    monkeypatch.setattr(uvicorn, "Config", lambda app, **kw: (app, kw))
+    monkeypatch.setattr(uvicorn, "Server", Server)
     assert cli.main(["serve", "--api-key", KEY, "--host", "127.0.0.1", "--port", "1234", "--seed", "5"]) == 0
     assert (seen["key"], seen["app"], seen["host"], seen["port"], seen["args"].seed) == (KEY, "app", "127.0.0.1", 1234, 5)
 

@@ -101,3 +101,17 @@ def test_bench_not_available_yet(monkeypatch, capsys):
 def test_generate_one_shot(capsys):
     assert cli.main(["generate", "--prompt", "12+34=", "--max-tokens", "8"]) == 0
     assert capsys.readouterr().out == "46\n"
+
+
+def test_serve_http_flags():
+    ns = cli.build_parser().parse_args(["serve"])
+    assert ns.host == "0.0.0.0"  # every interface, as vLLM; the README shows --host 127.0.0.1
+    assert ns.max_prompts_per_request == 2048
+    assert cli.build_parser().parse_args(["serve", "--max-prompts-per-request", "10000"]).max_prompts_per_request == 10000
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many"])
+def test_max_prompts_per_request_must_be_positive(value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["serve", "--max-prompts-per-request", value])
+    assert exc.value.code == 2 and "integer >= 1" in capsys.readouterr().err
