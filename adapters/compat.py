@@ -207,10 +207,11 @@ def _cache_of(layers: list[DynamicLayer]) -> DynamicCache:
     return cache
 
 
-def load_compat_causal_lm(cls: type, model_dir, config, dtype: torch.dtype) -> CompatCausalLM:
+def load_compat_causal_lm(cls: type, model_dir, config, dtype: torch.dtype, why: str | None = None) -> CompatCausalLM:
+    """`why`: the caller's reason (the start-up self-check's); else the loader's."""
     from anymodel.loader import recurrent_state, unsupported_attention
 
-    why = (recurrent_state(cls, config) or unsupported_attention(config)
+    why = (why or recurrent_state(cls, config) or unsupported_attention(config)
            or f"{cls.__name__} does not support the Transformers attention backend")
     logger.warning(
         "anymodel: %s; running it on the slower compat path (its own attention and cache: decode steps batched "

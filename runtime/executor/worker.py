@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import torch
@@ -20,22 +21,26 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_model(args, model_dir, config, device: torch.device, state: ParallelState | None = None) -> torch.nn.Module:
+def build_model(args, model_dir, config, device: torch.device, state: ParallelState | None = None,
+                backend=None) -> torch.nn.Module:
     """The model implementation `args.model_impl` asks for (native or the Transformers backend),
-    cut to this rank's tensor-parallel shard and pipeline stage when `state` spans several ranks."""
+    cut to this rank's tensor-parallel shard and pipeline stage when `state` spans several ranks.
+    A Transformers-backend model passes the start-up self-check (see `self_checked`) first."""
     from anymodel.native_overrides import NATIVE_MODELS, native_model_class
 
+    state = state or get_parallel_state()
     dtype = loader.resolve_dtype(args.dtype, config)
     if args.task not in ("auto", "generate"):  # embed / classify / score / reward: a pooling adapter
         from anymodel.pooling import build_pooling_model
 
-        return build_pooling_model(args, model_dir, config, dtype, state or get_parallel_state()).to(device)
+        return self_checked(build_pooling_model(args, model_dir, config, dtype, state).to(device), args, state, backend,
+                            rebuild=None)
     arch = (getattr(config, "architectures", None) or [type(config).__name__])[0]
     # "auto" falls back to the Transformers backend when the native class refuses the config;
     # "native" loads it anyway, so that from_pretrained raises with the reason.
     auto_config = config if args.model_impl == "auto" else None
     native = native_model_class(arch, auto_config) if args.model_impl in ("auto", "native") else None
-    native = _native_for_world(native, args.model_impl, state or get_parallel_state())
+    native = _native_for_world(native, args.model_impl, state)
     if args.model_impl == "native" and native is None:
         raise ValueError(
             f"model_impl='native': no native implementation for architecture {arch!r}; "
@@ -48,7 +53,47 @@ def build_model(args, model_dir, config, device: torch.device, state: ParallelSt
             if args.model_impl == "native":
                 raise
             logger.warning("anymodel: native %s cannot load this checkpoint (%s); using the Transformers backend", arch, e)
-    return _build_transformers_model(args, model_dir, config, dtype, state or get_parallel_state()).to(device)
+
+    def compat(reason: str) -> torch.nn.Module:
+        from anymodel.adapters.compat import load_compat_causal_lm
+
+        spec = loader.resolve_causal_lm_class(config, model_dir, args.trust_remote_code)
+        if not spec.has_lm_head:
+            raise ValueError(f"{spec.cls.__name__} failed anymodel's start-up self-check ({reason}), and the compat "
+                             "path needs a *ForCausalLM class")
+        return load_compat_causal_lm(spec.cls, model_dir, config, dtype, reason).to(device)
+
+    # passed on, not kept here: a fallback frees the first copy before loading the second
+    return self_checked(_build_transformers_model(args, model_dir, config, dtype, state).to(device), args, state,
+                        backend, rebuild=compat)
+
+
+def self_checked(model, args, state: ParallelState, backend, rebuild) -> torch.nn.Module:
+    """`model` if it passes the start-up self-check (adapters/self_check.py: one short probe,
+    our paged attention against the model's own, finite logits); otherwise the compat path, built
+    by `rebuild(reason)`, when allowed; otherwise a ValueError naming the problem. Skipped on
+    tensor/pipeline-parallel ranks (a rank holds a shard; see self_check.py)."""
+    from anymodel.adapters.self_check import check_model
+
+    if state.world_size > 1:
+        return model
+    failure = check_model(model, backend, args.block_size)
+    if failure is None:
+        return model
+    name = type(getattr(model, "model", model)).__name__
+    paged = getattr(model, "uses_paged_kv_cache", True)
+    if failure.fatal or not paged or rebuild is None or not args.enable_compat_path:
+        hint = "" if failure.fatal or not paged or rebuild is None else " (enable_compat_path=True would run it there)"
+        raise ValueError(f"{name} failed anymodel's start-up self-check and is not served: {failure.reason}{hint}")
+    logger.warning("anymodel: %s failed the start-up self-check: %s; falling back to the compat path",
+                   name, failure.reason)
+    del model  # the only reference: freed before the second copy loads
+    gc.collect()
+    fallback = rebuild(f"start-up self-check: {failure.reason}")
+    failure = check_model(fallback, backend, args.block_size)
+    if failure is not None:
+        raise ValueError(f"{name} failed anymodel's start-up self-check on the compat path too: {failure.reason}")
+    return fallback
 
 
 def _native_for_world(native, model_impl: str, state: ParallelState):
@@ -106,10 +151,10 @@ class Worker:
     def __init__(self, args, model_dir, config, state: ParallelState | None = None) -> None:
         self.state = state or get_parallel_state()
         self.device = resolve_device(args.device)
-        self.model = build_model(args, model_dir, config, self.device, self.state)
         from anymodel.attention_backend.selector import get_backend
 
         backend = get_backend(args.attention_backend, self.device, args.block_size)
+        self.model = build_model(args, model_dir, config, self.device, self.state, backend)
         spec = decode_graph_spec(args, config, self.device, self.model, backend, self.state)
         self.runner = ModelRunner(self.model, self.device, args.block_size, backend, seed=args.seed, graph_spec=spec)
         # Only the last pipeline stage has the LM head: earlier stages run the forward and stop.

@@ -1,0 +1,169 @@
+"""Start-up self-check: one short probe forward before a model is served.
+
+    probe ids [1, P]  (P = the longest sliding window + 16, between 24 and 64 tokens)
+      ours:  adapter.forward over a scratch paged cache (the engine's attention backend)
+      own:   the same module objects with `attn_implementation` switched to sdpa (or eager where
+             the class does not support sdpa): the model's own attention and masks
+      -> logits [P, V] of both must be finite and agree (per-token relative L2 error)
+
+It catches, in general, what the paged path cannot see for itself: a mask-only feature our kernels
+miss (a window the config says some way `sliding_windows.py` does not know), a buffer the
+checkpoint left uninitialised (NaN / inf logits), attention math that differs from the model's.
+A disagreement with finite own logits sends the model to the compat path (the caller decides);
+non-finite own logits mean the model itself is broken, and it is refused.
+
+Where it does not apply: native models (our own code, tested against Transformers), ranks of a
+tensor/pipeline-parallel world (a rank holds a shard, and the probe would need every rank in
+lockstep; the same modeling code is checked single-process), and windows longer than the probe
+(P is capped to stay cheap; such windows come from the config all the same). Models on the
+compat path, and pooling models, get the finite-logits part only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from anymodel.attention_backend.metadata import AttentionMetadata
+
+logger = logging.getLogger("anymodel")
+
+PROBE_MIN, PROBE_MAX, PROBE_PAST_WINDOW = 24, 64, 16
+REQUEST_ID = "anymodel-self-check"
+# Per-token relative L2 error of the logits allowed between our attention and the model's own:
+# float32 runs agree to ~1e-6, 16-bit ones to ~1e-2; a missed window or mask is O(1).
+_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-6}
+_HALF_TOLERANCE = 0.1
+
+
+@dataclass
+class CheckFailure:
+    reason: str
+    fatal: bool  # the model's own forward is broken too: nothing can serve it
+
+
+def check_model(model: torch.nn.Module, backend, block_size: int) -> CheckFailure | None:
+    """None when the probe passes; otherwise what went wrong (see the module docstring)."""
+    if not hasattr(model, "model") or not hasattr(model.model, "config"):  # native: not an HF model
+        return None
+    with torch.inference_mode():
+        ids = probe_ids(model)
+        if not getattr(model, "uses_paged_kv_cache", True):  # compat path: its own forward only
+            return _finite(_compat_forward(model, ids, block_size), "its own forward", ids, fatal=True)
+        if not hasattr(model, "compute_logits"):  # a pooling model: hidden states only
+            return _finite(_paged_forward(model, ids, backend, block_size), "the paged forward", ids, fatal=True)
+        return _compare(model, ids, backend, block_size)
+
+
+def probe_ids(model: torch.nn.Module) -> torch.Tensor:
+    """[1, P] deterministic token ids within the embedding table, P past the longest window."""
+    windows = [w for w in getattr(model, "layer_windows", ()) if w is not None]
+    length = min(max(PROBE_MIN, max(windows, default=0) + PROBE_PAST_WINDOW), PROBE_MAX)
+    vocab = model.model.get_input_embeddings().weight.shape[0]
+    gen = torch.Generator().manual_seed(0)
+    device = next(model.parameters()).device
+    return torch.randint(0, vocab, (1, length), generator=gen).to(device)
+
+
+def _compare(model, ids, backend, block_size: int) -> CheckFailure | None:
+    ours = model.compute_logits(_paged_forward(model, ids, backend, block_size)).float()
+    impl, own = _own_logits(model, ids)
+    if own is None:  # the model cannot run its own attention here: only finiteness is checked
+        return _finite(ours, "the paged forward", ids, fatal=False)
+    if not torch.isfinite(own).all():
+        return _finite(own, f"its own ({impl}) forward", ids, fatal=True)
+    if not torch.isfinite(ours).all():
+        return _finite(ours, "the paged forward", ids, fatal=False)
+    error = float(((ours - own).norm(dim=-1) / own.norm(dim=-1).clamp_min(1e-6)).max())
+    tolerance = _TOLERANCE.get(next(model.parameters()).dtype, _HALF_TOLERANCE)
+    logger.debug("anymodel: self-check on %d tokens: relative logit error %.2e vs %s", ids.shape[1], error, impl)
+    if error > tolerance:
+        return CheckFailure(
+            f"anymodel's paged attention disagrees with the model's own ({impl}) attention on a {ids.shape[1]}-token "
+            f"probe (relative logit error {error:.3g} > {tolerance:g}): the model applies something in its attention "
+            "or mask that the paged path does not reproduce",
+            fatal=False,
+        )
+    return None
+
+
+def _paged_forward(model, ids, backend, block_size: int) -> torch.Tensor:
+    """Our path, as the engine runs it: a discovery pass (no cache: which calls attend, with
+    which K/V shapes), then the whole probe as one prefill over a scratch cache -> [P, H]."""
+    positions = torch.arange(ids.shape[1], device=ids.device)[None]
+    discovery = _metadata(ids.shape[1], block_size, backend, ids.device)
+    model(ids, positions, discovery)
+    meta = _metadata(ids.shape[1], block_size, backend, ids.device)
+    blocks = meta.block_tables.shape[1]
+    meta.kv_caches = [
+        tuple(torch.zeros(blocks, block_size, h, d, dtype=dt, device=ids.device) for _ in range(2))
+        for h, d, dt in discovery.discovered
+    ]
+    return model(ids, positions, meta)
+
+
+def _compat_forward(model, ids, block_size: int) -> torch.Tensor:
+    """The compat model's own forward (its own cache, dropped afterwards) -> logits [P, V]."""
+    positions = torch.arange(ids.shape[1], device=ids.device)[None]
+    try:
+        hidden = model(ids, positions, _metadata(ids.shape[1], block_size, None, ids.device))
+    finally:
+        release = getattr(model, "release", None)
+        if release is not None:
+            release([REQUEST_ID])
+    return model.compute_logits(hidden) if hasattr(model, "compute_logits") else hidden
+
+
+def _metadata(length: int, block_size: int, backend, device) -> AttentionMetadata:
+    """One request of `length` tokens from position 0, in blocks 0, 1, ... (no cache yet)."""
+    blocks = -(-length // block_size)
+    return AttentionMetadata(
+        query_start_loc=torch.tensor([0, length], dtype=torch.int32, device=device),
+        seq_lens=torch.tensor([length], dtype=torch.int32, device=device),
+        block_tables=torch.arange(blocks, dtype=torch.int32, device=device)[None],
+        slot_mapping=torch.arange(length, dtype=torch.long, device=device),
+        max_query_len=length,
+        max_seq_len=length,
+        block_size=block_size,
+        request_ids=[REQUEST_ID],
+        backend=backend,
+    )
+
+
+def _own_logits(model, ids) -> tuple[str, torch.Tensor | None]:
+    """The model's own attention on the same modules: (implementation, logits [P, V] or None)."""
+    decoder = model.model
+    impl = "sdpa" if getattr(type(decoder), "_supports_sdpa", False) else "eager"
+    positions = torch.arange(ids.shape[1], device=ids.device)[None]
+    try:
+        with _attn_implementation(decoder, impl):
+            out = decoder(input_ids=ids, position_ids=positions, use_cache=False, return_dict=True)
+    except Exception as e:  # remote code that cannot switch, or needs inputs we do not know
+        logger.info("anymodel: self-check: %s cannot run its own %s attention (%s: %s); checking finiteness only",
+                    type(decoder).__name__, impl, type(e).__name__, e)
+        return impl, None
+    return impl, model.compute_logits(out.last_hidden_state[0]).float()
+
+
+@contextlib.contextmanager
+def _attn_implementation(decoder, impl: str):
+    before = decoder.config._attn_implementation
+    decoder.set_attn_implementation(impl)
+    try:
+        yield
+    finally:
+        decoder.set_attn_implementation(before)
+
+
+def _finite(out: torch.Tensor, what: str, ids, fatal: bool) -> CheckFailure | None:
+    if torch.isfinite(out).all():
+        return None
+    return CheckFailure(
+        f"{what} gives non-finite (NaN / inf) outputs on a {ids.shape[1]}-token probe; a buffer or weight the "
+        "checkpoint does not provide was probably left uninitialised (old remote code computing buffers in "
+        "__init__?)",
+        fatal=fatal,
+    )
