@@ -19,6 +19,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from anymodel.errors import EngineFatalError
+
 from .async_engine import EngineDeadError, EngineStepError
 from .protocol import ErrorInfo, ErrorResponse
 from .request_fields import FieldError
@@ -109,9 +111,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(EngineStepError)
     @app.exception_handler(EngineDeadError)
+    @app.exception_handler(EngineFatalError)  # logged once by the engine loop: no traceback per request
     async def _engine(_: Request, exc: Exception):
         return error_response(500, str(exc))
-
 
 
 class CatchAllMiddleware:

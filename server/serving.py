@@ -13,6 +13,7 @@ from typing import Any, AsyncIterator
 
 from fastapi.responses import Response
 
+from anymodel.errors import EngineFatalError
 from anymodel.params import SamplingParams, truncated_prompt_len
 
 from .async_engine import AsyncEngine, EngineDeadError, EngineStepError, RequestStream
@@ -181,4 +182,8 @@ async def _sse_body(chunks: AsyncIterator[str]) -> AsyncIterator[str]:
     except (EngineStepError, EngineDeadError) as e:  # headers are out: report in-band, then end
         logger.warning("stream failed: %s", e)
         yield sse_data(error_body(500, str(e)))
+    except EngineFatalError as e:  # the engine is gone and the server exits: no [DONE], the stream did not end
+        logger.warning("stream cut by a fatal engine error: %s", e)
+        yield sse_data(error_body(500, str(e)))
+        return
     yield DONE

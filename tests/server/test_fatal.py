@@ -3,7 +3,9 @@ an unexpected server bug is a 500 that keeps the client's connection."""
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import threading
 
 import httpx
@@ -17,12 +19,14 @@ from tests.server.servers import ThreadedServer, free_port, wait_healthy
 
 
 class DyingEngine(FakeEngine):
-    """step() raises WorkerDiedError for a prompt holding "DIE", as the real engine does when a
-    tensor-parallel rank exits."""
+    """step() raises WorkerDiedError, as the real engine does when a tensor-parallel rank exits,
+    for a prompt holding "DIE<k>" once it has k tokens ("DIE" alone: at once)."""
 
     def step(self):
-        if any("DIE" in r["prompt"] for r in self.requests.values()):
-            raise WorkerDiedError("rank 1 exited with signal 9")
+        for r in self.requests.values():
+            m = re.search(r"DIE(\d*)", r["prompt"])
+            if m and len(r["out"][0]) >= int(m.group(1) or 0):
+                raise WorkerDiedError("rank 1 exited with signal 9")
         return super().step()
 
 
@@ -44,6 +48,17 @@ def test_a_dead_worker_makes_health_503():
         r = httpx.post(f"{server.url}/v1/completions", json={"prompt": "DIE ab", "max_tokens": 3}, timeout=10)
         assert r.status_code == 500 and "rank 1 exited" in r.json()["error"]["message"]
         assert httpx.get(f"{server.url}/health", timeout=5).status_code == 503
+
+
+def test_a_dead_worker_cuts_a_stream_with_an_error_event_and_no_done():
+    with ThreadedServer(build_app(engine=DyingEngine())) as server:
+        body = {"prompt": "DIE2 ab", "max_tokens": 10, "stream": True}
+        with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=10) as r:
+            assert r.status_code == 200
+            events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert "[DONE]" not in events
+    assert "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1]) == "cd"
+    assert "rank 1 exited" in json.loads(events[-1])["error"]["message"]
 
 
 def test_serve_exits_1_when_the_engine_dies():
