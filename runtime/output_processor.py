@@ -83,7 +83,7 @@ class OutputProcessor:
         """Record this step's tokens; returns the children that finished (to free their blocks),
         the children of failed groups among them (FINISHED_ERROR)."""
         finished = []
-        for rid, reason in getattr(result, "failed", {}).items():
+        for rid, reason in result.failed.items():  # sampling raised for these (model_runner)
             finished += self._fail(rid, reason)
         for rid, (start, entries) in result.prompt_logprobs.items():
             finished += self._guarded(rid, self._record_prompt_logprobs, rid, start, entries)

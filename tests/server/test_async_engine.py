@@ -254,3 +254,34 @@ def test_an_ordinary_step_error_is_not_fatal(faulty):
 
     run(go())
     assert eng.is_alive and not fatal
+
+
+def test_real_engine_one_request_fails_the_other_streams_on(monkeypatch):
+    """The demo Engine behind the loop, one request's sampling made to raise: only its stream fails."""
+    from anymodel import model_runner, sampler
+    from anymodel.config import EngineArgs
+    from anymodel.engine import Engine
+
+    real = sampler.sample
+
+    def faulty(logits, rows, generator=None):
+        if any(r.params.seed == 1234 for r in rows):
+            raise RuntimeError("injected sampling fault")
+        return real(logits, rows, generator)
+
+    monkeypatch.setattr(model_runner, "sample", faulty)
+    eng = AsyncEngine(Engine(EngineArgs()))
+    eng.start()
+    try:
+        async def go():
+            good = await eng.add("good", "12+34=", SamplingParams(temperature=0, max_tokens=8))
+            bad = await eng.add("bad", "5+7=", SamplingParams(temperature=0, max_tokens=8, seed=1234))
+            with pytest.raises(RequestFailedError, match="'bad' failed: sampling failed: RuntimeError: injected"):
+                async for _ in bad:
+                    pass
+            return await _text(good)
+
+        assert run(go()) == "46"
+        assert eng.is_alive
+    finally:
+        eng.shutdown()
