@@ -67,13 +67,12 @@ class TransformersForCausalLM(nn.Module):
 
 def load_causal_lm(cls: type, has_lm_head: bool, model_dir, config, dtype: torch.dtype) -> TransformersForCausalLM:
     """Load the checkpoint through Transformers (meta-device init, its own name conversions and
-    tied weights), then keep only the base model and the output embedding."""
+    tied weights; computed buffers restored, see computed_buffers.py), then keep only the base
+    model and the output embedding."""
+    from anymodel.adapters.computed_buffers import load_pretrained
     from anymodel.attention_backend.interface import register
 
-    attn = register()
-    hf = cls.from_pretrained(model_dir, config=config, dtype=dtype, attn_implementation=attn)
-    hf.eval()
-    restore_computed_buffers(hf, cls)
+    hf, _ = load_pretrained(cls, model_dir, config, dtype, attn_implementation=register())
     if has_lm_head:
         return TransformersForCausalLM(decoder_of(hf), hf.get_output_embeddings(), hf.config)
     return TransformersForCausalLM(hf, _load_lm_head(hf, model_dir, dtype), hf.config)
@@ -105,28 +104,3 @@ def _load_lm_head(base: nn.Module, model_dir, dtype: torch.dtype) -> nn.Module:
         head.weight = embed.weight
         return head
     raise ValueError(f"model {str(model_dir)!r}: no `lm_head.weight` in the checkpoint and embeddings are not tied")
-
-
-def restore_computed_buffers(model: nn.Module, cls: type) -> None:
-    """Recompute non-persistent buffers (rotary `inv_freq`, ...) the way the module's __init__ does.
-
-    `from_pretrained` builds on the meta device and leaves such buffers to `_init_weights`; remote
-    code that does not recompute them there would silently run with garbage. Building the class
-    again with parameters on meta (buffers real) costs no weight memory and gives the true values.
-    """
-    from accelerate import init_empty_weights
-
-    targets = {
-        f"{prefix}.{name}" if prefix else name: (module, name)
-        for prefix, module in model.named_modules()
-        for name in module._non_persistent_buffers_set
-        if module._buffers.get(name) is not None
-    }
-    if not targets:
-        return
-    with init_empty_weights(include_buffers=False):
-        fresh = cls(model.config)
-    for full_name, buf in fresh.named_buffers():
-        if full_name in targets and buf.device.type != "meta":
-            module, name = targets[full_name]
-            module._buffers[name].copy_(buf)

@@ -218,6 +218,7 @@ def load_compat_causal_lm(cls: type, model_dir, config, dtype: torch.dtype, why:
         "where the model allows, prefill one request at a time, no prefix caching)",
         why,
     )
-    hf = cls.from_pretrained(model_dir, config=config, dtype=dtype)
-    hf.eval()
+    from anymodel.adapters.computed_buffers import load_pretrained
+
+    hf, _ = load_pretrained(cls, model_dir, config, dtype)
     return CompatCausalLM(decoder_of(hf), hf.get_output_embeddings(), hf.config)

@@ -157,14 +157,14 @@ def _fits(task: str, arch: str) -> bool:
 
 
 def _load(cls: type, model_dir, config, dtype: torch.dtype, head_required: bool = False, state=None) -> nn.Module:
+    from anymodel.adapters.computed_buffers import load_pretrained
     from anymodel.attention_backend.interface import register
 
     if state is not None and state.world_size > 1:
         return _load_parallel(cls, model_dir, config, dtype, head_required, state)
     compatible = bool(getattr(cls, "_supports_attention_backend", False))
     kwargs = {"attn_implementation": register()} if compatible else {}
-    model, info = cls.from_pretrained(model_dir, config=config, dtype=dtype, output_loading_info=True, **kwargs)
-    model.eval()
+    model, info = load_pretrained(cls, model_dir, config, dtype, **kwargs)  # computed buffers restored
     for m in (model, model.base_model):  # read back by _mark_compat on the base model
         m.anymodel_compat = not compatible
     prefix = getattr(model, "base_model_prefix", "")

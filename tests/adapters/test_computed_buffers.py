@@ -1,7 +1,9 @@
-"""Remote code whose `_init_weights` forgets a computed buffer still gets its true value."""
+"""Remote code whose `_init_weights` forgets a computed buffer still gets its true value, on every
+loader (paged, compat, pooling); and a model whose logits are still non-finite is refused."""
 
 import shutil
 
+import pytest
 import torch
 
 from anymodel import LLM, SamplingParams
@@ -31,3 +33,64 @@ def test_non_persistent_buffers_are_recomputed(tmp_path):
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts(3)], params, use_tqdm=False)
         tokens[name] = [o.outputs[0].token_ids for o in outs]
     assert tokens["forgetful"] == tokens["good"]
+
+
+# ---- old-style remote code: constants computed in __init__, absent from the checkpoint (issue 23) ----
+from tests.models.oldstyle import build_oldstyle, greedy  # noqa: E402
+
+OLD_PROMPTS = [list(range(10, 31)), [5, 6, 7]]
+PATHS = {True: "CompatCausalLM", False: "TransformersForCausalLM"}
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["own-attention", "attention-interface"])
+def oldstyle(request, tmp_path_factory):
+    own = request.param
+    path, model = build_oldstyle(tmp_path_factory.mktemp("oldstyle"), own_attention=own)
+    return own, path, model
+
+
+def test_oldstyle_constants_hold_what_init_computes(oldstyle):
+    """rotary inv_freq / cos / sin (non-persistent), a buffer made on the default device, a
+    persistent buffer the checkpoint lacks, a causal-mask buffer and a plain tensor attribute:
+    on the paged path and on the compat path, tokens equal the model as built."""
+    own, path, model = oldstyle
+    llm = LLM(str(path), trust_remote_code=True, dtype="float32")
+    assert llm.apply_model(lambda m: type(m).__name__) == [PATHS[own]]
+    attn = llm.apply_model(lambda m: m.model.layers[1].self_attn)[0]
+    built = model.model.layers[1].self_attn
+    for name in ("head_gain", "causal", "out_scale"):
+        torch.testing.assert_close(getattr(attn, name), getattr(built, name), msg=name)
+    for name in ("inv_freq", "positions", "cos_cached", "sin_cached"):
+        torch.testing.assert_close(getattr(attn.rotary, name), getattr(built.rotary, name), msg=name)
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    outs = llm.generate([{"prompt_token_ids": p} for p in OLD_PROMPTS], params, use_tqdm=False)
+    assert [list(o.outputs[0].token_ids) for o in outs] == [greedy(model, p, 6) for p in OLD_PROMPTS]
+
+
+def test_oldstyle_pooling_loader_restores_constants(oldstyle):
+    own, path, model = oldstyle
+    llm = LLM(str(path), trust_remote_code=True, dtype="float32", task="embed")
+    got = torch.tensor([o.outputs.embedding for o in llm.embed([{"prompt_token_ids": p} for p in OLD_PROMPTS],
+                                                                use_tqdm=False)])
+    with torch.no_grad():
+        last = [model.model(input_ids=torch.tensor([p])).last_hidden_state[0, -1] for p in OLD_PROMPTS]
+    torch.testing.assert_close(got, torch.nn.functional.normalize(torch.stack(last), dim=-1), atol=1e-4, rtol=1e-4)
+
+
+def test_a_constant_left_garbage_is_refused_not_served(oldstyle, monkeypatch):
+    """Whatever restoring misses, the start-up probe must not serve NaN logits: a cos cache left
+    NaN (as `torch.empty` may be) is refused with the reason, on either path."""
+    from anymodel.adapters import computed_buffers
+
+    restore = computed_buffers.restore_computed_buffers
+
+    def restore_but_miss_cos(model, *args, **kwargs):
+        restore(model, *args, **kwargs)
+        for module in model.modules():
+            if "cos_cached" in module._buffers:
+                module.cos_cached.fill_(float("nan"))
+
+    monkeypatch.setattr(computed_buffers, "restore_computed_buffers", restore_but_miss_cos)
+    own, path, _ = oldstyle
+    with pytest.raises(ValueError, match="self-check.*non-finite"):
+        LLM(str(path), trust_remote_code=True, dtype="float32")

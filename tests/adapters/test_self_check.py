@@ -1,0 +1,54 @@
+"""The start-up self-check (adapters/self_check.py): our paged attention against the model's own
+on one short probe. A model whose attention or mask the paged path misses is caught there: it runs
+on the compat path (still token-identical), or is refused when the compat path is off."""
+
+import logging
+
+import pytest
+
+from anymodel import LLM, SamplingParams
+from tests.adapters.test_sliding_windows import MAX_TOKENS, PROMPTS, WINDOW
+from tests.models.zoo import WINDOW_SUFFIX, build_tiny_model, hf_greedy, windowed_zoo
+
+ARCH = "phimoe" + WINDOW_SUFFIX  # PhiMoE passes no sliding_window kwarg at all
+assert ARCH in windowed_zoo(WINDOW)
+
+
+@pytest.fixture(scope="module")
+def phimoe_window(tmp_path_factory):
+    path = build_tiny_model(ARCH, tmp_path_factory.mktemp(ARCH))
+    return path, hf_greedy(path, PROMPTS, MAX_TOKENS)
+
+
+@pytest.fixture
+def windows_forgotten(monkeypatch):
+    """The bug class the check exists for: a window the paged path does not know about."""
+    from anymodel.adapters import causal_lm
+
+    monkeypatch.setattr(causal_lm, "layer_windows", lambda config: ())
+
+
+def test_missed_window_falls_back_to_the_compat_path(phimoe_window, windows_forgotten, caplog):
+    path, reference = phimoe_window
+    with caplog.at_level(logging.WARNING, logger="anymodel"):
+        llm = LLM(str(path), model_impl="transformers", dtype="float32")
+    assert llm.apply_model(lambda m: type(m).__name__) == ["CompatCausalLM"]
+    assert "self-check" in caplog.text and "disagrees with the model's own (sdpa) attention" in caplog.text
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
+    assert [list(o.outputs[0].token_ids) for o in outs] == reference
+
+
+def test_missed_window_is_refused_without_the_compat_path(phimoe_window, windows_forgotten):
+    path, _ = phimoe_window
+    with pytest.raises(ValueError, match="self-check.*disagrees.*enable_compat_path=True"):
+        LLM(str(path), model_impl="transformers", dtype="float32", enable_compat_path=False)
+
+
+def test_the_probe_reaches_past_the_longest_window(phimoe_window):
+    from anymodel.adapters.self_check import PROBE_MAX, probe_ids
+
+    path, _ = phimoe_window
+    llm = LLM(str(path), model_impl="transformers", dtype="float32")
+    length, windows = llm.apply_model(lambda m: (probe_ids(m).shape[1], m.layer_windows))[0]
+    assert max(w for w in windows if w) < length <= PROBE_MAX
