@@ -11,7 +11,7 @@ sampling failed (RunnerOutput.failed) and they end the same way.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import logging
 
@@ -174,11 +174,18 @@ class OutputProcessor:
                 self.pop(group.request_id)
         return outputs, failed
 
-    @staticmethod
-    def _error_output(group: RequestGroup) -> RequestOutput:
-        """The one (final) output of a failed group: no completions, only the error."""
+    def _error_output(self, group: RequestGroup) -> RequestOutput:
+        """The one (final) output of a failed group: the error, and what each sample had produced
+        (finish_reason "error") when that can still be built, so that a reader of `outputs` alone
+        sees a finished request; none when building them is what failed."""
+        try:
+            delta = group.params.output_kind is RequestOutputKind.DELTA
+            completions = [replace(self._completion(i, st, delta), finish_reason="error")
+                           for i, st in enumerate(group.states)]
+        except Exception:
+            completions = []
         return RequestOutput(request_id=group.request_id, prompt=group.prompt, prompt_token_ids=group.prompt_token_ids,
-                             outputs=[], finished=True, error=group.error)
+                             outputs=completions, finished=True, error=group.error)
 
     def _make_output(self, group: RequestGroup) -> RequestOutput | None:
         kind = group.params.output_kind

@@ -149,7 +149,15 @@ def test_engine_step_reports_the_failure_on_the_output(demo, monkeypatch):
         finals.update({o.request_id: o for o in engine.step() if o.finished})
     assert finals["ok"].error is None and finals["ok"].outputs[0].text == "46"
     assert isinstance(finals["bad"].error, RequestFailedError) and finals["bad"].error.request_id == "bad"
-    assert finals["bad"].outputs == []
+    assert [c.finish_reason for c in finals["bad"].outputs] == ["error"]  # readers of outputs alone see it end
+    _clean(demo)
+
+
+def test_the_error_output_has_no_samples_when_building_them_failed(demo, monkeypatch):
+    monkeypatch.setattr(OutputProcessor, "_completion", lambda *a: 1 / 0)
+    demo.engine.add_request("x", "12+34=", SamplingParams(**GREEDY))
+    out = demo.engine.step()[0]
+    assert out.finished and out.outputs == [] and "ZeroDivisionError" in str(out.error)
     _clean(demo)
 
 
