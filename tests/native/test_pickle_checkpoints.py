@@ -61,3 +61,20 @@ def test_weights_only_pickle_still_loads(tmp_path):
     expected = LLM(str(out), **ENGINE).generate(["hello"], params, use_tqdm=False)[0].outputs[0].token_ids
     _as_pickle(out, {})
     assert LLM(str(out), **ENGINE).generate(["hello"], params, use_tqdm=False)[0].outputs[0].token_ids == expected
+
+
+def test_the_refused_file_is_found_in_sub_folders(tmp_path):
+    """sentence-transformers keeps Dense layers in sub-folders (2_Dense/pytorch_model.bin)."""
+    import pickle
+
+    from anymodel.native_overrides.weights import refusing_unsafe_pickles
+
+    torch.save({"linear.weight": torch.ones(2, 2)}, tmp_path / "pytorch_model.bin")  # weights-only: fine
+    (tmp_path / "2_Dense").mkdir()
+    torch.save({"linear.weight": torch.ones(2, 2), "args": argparse.Namespace()}, tmp_path / "2_Dense" / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"pickle checkpoint \S*2_Dense/pytorch_model\.bin: .*argparse\.Namespace"):
+        with refusing_unsafe_pickles(tmp_path):
+            torch.load(tmp_path / "2_Dense" / "pytorch_model.bin", weights_only=True)
+    with pytest.raises(pickle.UnpicklingError, match="not a checkpoint"):  # no refused checkpoint: left as it is
+        with refusing_unsafe_pickles(tmp_path / "2_Dense" / "missing"):
+            raise pickle.UnpicklingError("not a checkpoint")
