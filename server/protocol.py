@@ -8,10 +8,11 @@ are declared here for the OpenAPI schema (and checked by pydantic, which the app
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import uuid
-from typing import Any, ClassVar, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Optional, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -53,7 +54,15 @@ class APIRequest(BaseModel):
     def _screen(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        return request_fields.screen(cls.__name__, data, set(cls.model_fields), cls.unsupported)
+        return request_fields.screen(cls.__name__, data, _null_is_default(cls), cls.unsupported)
+
+
+@functools.cache
+def _null_is_default(model: type[BaseModel]) -> dict[str, bool]:
+    """Per field: does a null mean "the default"? Yes when it has one and None is not a value of
+    its own (max_tokens: null is "as many as fit", not the default 16)."""
+    return {name: not f.is_required() and type(None) not in get_args(f.annotation)
+            for name, f in model.model_fields.items()}
 
 
 class StreamOptions(BaseModel):

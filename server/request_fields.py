@@ -129,14 +129,19 @@ POOLING: dict[str, Unsupported] = {
 }
 
 
-def screen(kind: str, body: dict, declared: set[str], table: dict[str, Unsupported]) -> dict:
+def screen(kind: str, body: dict, null_is_default: dict[str, bool], table: dict[str, Unsupported]) -> dict:
     """The body minus the fields nobody defines (logged) and the harmless unimplemented ones;
-    raises FieldError for a lone surrogate or an unimplemented field that asks for something."""
+    raises FieldError for a lone surrogate or an unimplemented field that asks for something.
+
+    `null_is_default`: the model's fields, True where a null is dropped so that the default applies:
+    OpenAI's optional fields are nullable (`"temperature": null`) even where our type is not.
+    """
     check_unicode(body)
     kept, unknown = {}, []
     for name, value in body.items():
-        if name in declared:
-            kept[name] = value
+        if name in null_is_default:
+            if value is not None or not null_is_default[name]:
+                kept[name] = value
         elif name in table:
             if not table[name].accepts(name, body):
                 raise FieldError(name, f"`{name}` is not supported: {table[name].reason}")
@@ -156,22 +161,21 @@ def check_unicode(body: dict) -> None:
 
 
 def _bad_string(value: Any, path: str) -> Optional[str]:
-    if isinstance(value, str):
-        return None if value.isascii() or _encodes(value) else path
-    if isinstance(value, dict):
-        items = value.items()
-    elif isinstance(value, list):
-        items = enumerate(value)
-    else:
-        return None
-    for key, item in items:
-        if isinstance(key, str) and not (key.isascii() or _encodes(key)):
-            return f"{path} (a key)"
-        if not isinstance(item, (str, dict, list)):  # numbers: token id lists are long, skip the call
+    """The path of the first string (or key) in `value` that is not Unicode. A loop, not recursion:
+    a body may nest deeper than Python's recursion limit."""
+    stack = [(value, path)]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str):
+            if not (value.isascii() or _encodes(value)):
+                return path
             continue
-        found = _bad_string(item, f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]")
-        if found is not None:
-            return found
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, item in items:
+            if isinstance(key, str) and not (key.isascii() or _encodes(key)):
+                return f"{path} (a key)"
+            if isinstance(item, (str, dict, list)):  # numbers: token id lists are long, skip them
+                stack.append((item, f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]"))
     return None
 
 

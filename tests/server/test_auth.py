@@ -34,6 +34,18 @@ def test_missing_or_wrong_key_is_401(keyed_url, method, path, header):
 
 def test_health_needs_no_key(keyed_url):
     assert httpx.get(f"{keyed_url}/health").status_code == 200
+    assert httpx.head(f"{keyed_url}/health").status_code == 200
+
+
+@pytest.mark.parametrize("size", [10, 200_000])  # the 401 comes before the body is read
+def test_401_keeps_the_connection(keyed_url, size):
+    with httpx.Client(base_url=keyed_url, timeout=10) as client:
+        denied = client.post("/v1/completions", json={"prompt": "a" * size})
+        ok = client.post("/v1/completions", json={"prompt": "ab", "max_tokens": 2},
+                         headers={"Authorization": f"Bearer {KEY}"})
+        ports = [r.extensions["network_stream"].get_extra_info("client_addr")[1] for r in (denied, ok)]
+    assert denied.status_code == 401 and ok.status_code == 200
+    assert ports[0] == ports[1]
 
 
 def test_right_key_is_served(keyed_url):

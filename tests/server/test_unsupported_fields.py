@@ -159,3 +159,17 @@ def test_tokenize_takes_the_template_fields(demo_server):
     assert r.status_code == 200, r.text
     with_special = httpx.post(f"{demo_server}/tokenize", json={**body, "add_special_tokens": True}, timeout=30)
     assert with_special.json()["count"] >= r.json()["count"]
+
+
+def test_null_means_the_default(demo_server):
+    """OpenAI's optional fields are nullable: a client that sends every field, null where unset, is served."""
+    nulls = dict(n=None, temperature=None, top_p=None, presence_penalty=None, frequency_penalty=None, stop=None,
+                 stream=None, logprobs=None, top_logprobs=None, seed=None, user=None, tools=None, tool_choice=None,
+                 response_format=None, max_tokens=None, max_completion_tokens=None, logit_bias=None)
+    r = httpx.post(f"{demo_server}/v1/chat/completions", json={"messages": CHAT, **nulls}, timeout=30)
+    assert r.status_code == 200, r.text
+    body = {"prompt": "12+34=", **{k: v for k, v in nulls.items() if "completion_tokens" not in k}, "echo": None,
+            "max_tokens": 4, "temperature": 0}
+    r = httpx.post(f"{demo_server}/v1/completions", json=body, timeout=30)
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == "46", r.text
+    assert_error(httpx.post(f"{demo_server}/v1/completions", json={"prompt": None}, timeout=30), 400, "prompt")
