@@ -101,7 +101,7 @@ def build_app(engine_args: EngineArgs | None = None, *, api_key: str | None = No
         engine = Engine(engine_args)
     async_engine = AsyncEngine(engine)
     async_engine.metrics = ServerMetrics(lambda: async_engine.stats)
-    setattr(async_engine, "on_fatal", _fatal_hook(on_fatal))  # set before start(): the thread may call it
+    async_engine.on_fatal = _fatal_hook(on_fatal)  # before start(): the engine thread may call it
     async_engine.start()
 
     @asynccontextmanager
