@@ -9,11 +9,14 @@ import logging
 import time
 from dataclasses import dataclass
 
+import torch
+
 from anymodel import loader, pooling
 from anymodel.config import EngineArgs
+from anymodel.errors import RequestFailedError
 from anymodel.executor import make_executor
 from anymodel.kv_cache import KVCacheManager
-from anymodel.outputs import EngineStats, PoolingRequestOutput, RequestOutput
+from anymodel.outputs import EngineStats, PoolingOutput, PoolingRequestOutput, RequestOutput
 from anymodel.output_processor import OutputProcessor, RequestGroup
 from anymodel.pooling_outputs import PoolingOutputs
 from anymodel.params import PoolingParams, SamplingParams, truncated_prompt_len
@@ -116,16 +119,18 @@ class Engine:
         self._counters["prompt"] += len(tokens.token_ids)
 
     def step(self) -> list[RequestOutput | PoolingRequestOutput]:
-        """One step. A request whose sampling or output processing raised ends alone: its blocks
-        are freed and its final RequestOutput carries `error` (a RequestFailedError)."""
+        """One step. A request whose sampling, pooling or output processing raised ends alone: its
+        blocks are freed and its final (Pooling)RequestOutput carries `error` (a RequestFailedError)."""
         sched = self.scheduler.schedule()
         if sched.is_empty and not sched.released_req_ids:
             return []
         result = self.executor.execute_model(sched)
         self.scheduler.update(sched)
         finished = self.outputs.apply(sched, result)
-        pooled = self.pooling.collect(result.pooled)  # each pooling request ends in its one step
-        finished += [(req, RequestStatus.FINISHED_STOPPED) for req, _ in pooled]
+        # each pooling request ends in its one step: pooled, or failed (its pooler raised)
+        pooled = self.pooling.collect(result.pooled) + self._failed_pooling(result.failed)
+        finished += [(req, RequestStatus.FINISHED_STOPPED if out.error is None else RequestStatus.FINISHED_ERROR)
+                     for req, out in pooled]
         self._finish(finished)
         outputs, failed = self.outputs.collect(sched)
         self._finish(failed)  # their output could not be built: they end here
@@ -134,6 +139,17 @@ class Engine:
         if (finished or failed) and not self.has_unfinished():
             self._release_idle()
         return outputs
+
+    def _failed_pooling(self, failed: dict[str, str]) -> list[tuple[Request, PoolingRequestOutput]]:
+        """Pooling requests whose pooler raised (RunnerOutput.failed): each ends with its error."""
+        outs = []
+        for rid in [rid for rid in failed if rid in self.pooling]:
+            prompt = self.pooling.requests[rid][1]
+            req = self.pooling.pop(rid)
+            error = RequestFailedError(rid, failed[rid])
+            outs.append((req, PoolingRequestOutput(rid, req.prompt_token_ids, PoolingOutput(torch.empty(0)), True,
+                                                   prompt, error=error)))
+        return outs
 
     def _finish(self, finished: list[tuple[Request, RequestStatus]]) -> None:
         for req, status in finished:

@@ -212,7 +212,17 @@ class ModelRunner:
                          r.params.softmax, r.params.dimensions)
             for i, r in picked
         ]
-        for (_, r), data in zip(picked, self.model.pool(inputs)):
+        try:
+            pooled = list(zip([r for _, r in picked], self.model.pool(inputs)))
+        except Exception as e:  # as for sampling: each request again alone, only those failing alone fail
+            logger.warning("anymodel: batched pooling failed (%s: %s); pooling one by one", type(e).__name__, e)
+            pooled = []
+            for (_, r), x in zip(picked, inputs):
+                try:
+                    pooled.append((r, self.model.pool([x])[0]))
+                except Exception as e:
+                    out.failed[r.request_id] = _failure("pooling", e)
+        for r, data in pooled:
             out.pooled[r.request_id] = data.cpu()
 
     # ---- sampling -------------------------------------------------------------------------------

@@ -82,6 +82,7 @@ class PoolingRequestOutput:
     outputs: PoolingOutput
     finished: bool = True
     prompt: str | None = None
+    error: Exception | None = None  # this request failed inside its step (outputs.data is then empty)
 
 
 @dataclass

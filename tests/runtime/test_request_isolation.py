@@ -31,7 +31,7 @@ def _clean(llm: LLM) -> None:
     """Nothing left behind: no request in the scheduler, every KV block back in the pool."""
     engine = llm.engine
     assert not engine.has_unfinished()
-    assert not engine.outputs.groups
+    assert not engine.outputs.groups and not engine.pooling.requests
     assert engine.kv.num_free_blocks == engine.kv.pool.num_blocks
 
 
@@ -279,3 +279,24 @@ def test_chat_refuses_what_it_cannot_honour(demo):
         with pytest.raises(ValueError, match=f"chat_template_kwargs must not set '{key}'"):
             demo.chat(CHAT, use_tqdm=False, chat_template_kwargs={key: "x"})
     _clean(demo)
+
+
+def test_a_pooling_fault_fails_only_its_request(monkeypatch):
+    llm = LLM(task="embed")
+    model = llm.apply_model(lambda m: m)[0]
+    real = model.pool
+    bad = llm.get_tokenizer().encode("5+7=")
+
+    def faulty(inputs):
+        if any(x.token_ids == bad for x in inputs):
+            raise RuntimeError("injected pooler fault")
+        return real(inputs)
+
+    clean = llm.embed(PROMPTS, use_tqdm=False)
+    monkeypatch.setattr(model, "pool", faulty)
+    with pytest.raises(RequestFailedError, match="prompt 1 of 4.*pooling failed.*injected pooler fault") as e:
+        llm.embed(PROMPTS, use_tqdm=False)
+    got = e.value.outputs
+    assert got[1] is None
+    assert [got[i].outputs.data.tolist() for i in (0, 2, 3)] == [clean[i].outputs.embedding for i in (0, 2, 3)]
+    _clean(llm)
