@@ -55,11 +55,21 @@ def restore_computed_buffers(model: nn.Module, cls: type, missing: set[str] = fr
 
 
 def computed_constants(model: nn.Module, missing: set[str]) -> dict[str, tuple[nn.Module, str]]:
-    """Full name -> (module, attribute) of each constant the checkpoint did not provide."""
+    """Full name -> (module, attribute) of each constant the checkpoint did not provide.
+
+    A persistent buffer counts when it is in `missing`, or when loading flagged what it loaded
+    (`_is_hf_initialized`) and not this buffer: old code lists such buffers in
+    `_keys_to_ignore_on_load_missing` (GPT-2-style `attn.bias` masks), which hides them from
+    `missing`."""
+    flags = any(getattr(p, "_is_hf_initialized", False) for p in model.parameters())
+
+    def not_loaded(full_name: str, buf: torch.Tensor) -> bool:
+        return full_name in missing or (flags and not getattr(buf, "_is_hf_initialized", False))
+
     targets = {}
     for prefix, module in model.named_modules():
-        names = [n for n, b in module._buffers.items()
-                 if b is not None and (n in module._non_persistent_buffers_set or _join(prefix, n) in missing)]
+        names = [n for n, b in module._buffers.items() if b is not None and (
+            n in module._non_persistent_buffers_set or not_loaded(_join(prefix, n), b))]
         names += [n for n, v in vars(module).items() if isinstance(v, torch.Tensor) and v.device.type == "meta"]
         targets.update({_join(prefix, n): (module, n) for n in names})
     return targets

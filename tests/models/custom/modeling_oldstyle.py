@@ -119,6 +119,7 @@ class OldStyleLayer(nn.Module):
 class OldStylePreTrainedModel(PreTrainedModel):
     config_class = OldStyleConfig
     base_model_prefix = "model"
+    _keys_to_ignore_on_load_missing = [r"head_gain"]  # so Transformers does not even report it missing
 
     def _init_weights(self, module):  # as old code did: linears and embeddings only
         if isinstance(module, (nn.Linear, nn.Embedding)):
