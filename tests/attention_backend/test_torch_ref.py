@@ -11,12 +11,15 @@ from anymodel.attention_backend import torch_ref
 
 
 def naive_paged_attention(query, key_cache, value_cache, meta, *, scale, causal=True, sliding_window=None,
-                          softcap=None, sinks=None):
+                          softcap=None, sinks=None, allowed=None):
     """One query token and one head at a time, keys fetched one by one through the block table.
-    `sinks` [Hq]: GPT-OSS's extra logit per head, in the softmax and then dropped."""
+    `sinks` [Hq]: GPT-OSS's extra logit per head, in the softmax and then dropped. `allowed(q_pos,
+    k_pos)`: which keys a query sees, instead of `causal` and `sliding_window`."""
     out = torch.zeros(query.shape, dtype=torch.float64)
 
     def in_window(q_pos, k_pos):  # causal: the w - 1 keys behind; bidirectional: |q - k| < w
+        if allowed is not None:
+            return allowed(q_pos, k_pos)
         dist = q_pos - k_pos if causal else abs(q_pos - k_pos)
         return sliding_window is None or dist < sliding_window
     Hq, Hkv = query.shape[1], key_cache.shape[2]
@@ -26,7 +29,7 @@ def naive_paged_attention(query, key_cache, value_cache, meta, *, scale, causal=
         q_len = qsl[i + 1] - qsl[i]
         for j in range(q_len):
             q_pos = seq_len - q_len + j
-            keys = [p for p in range(seq_len) if (not causal or p <= q_pos) and in_window(q_pos, p)]
+            keys = [p for p in range(seq_len) if (not causal or allowed or p <= q_pos) and in_window(q_pos, p)]
             for h in range(Hq):
                 kv_h = h // (Hq // Hkv)
                 q = query[qsl[i] + j, h].double()
@@ -150,3 +153,33 @@ def test_sdpa_path_matches_masked_reference(dtype, heads):
     out = torch_ref._sdpa_attention(q, k, v, allowed, 0.3)
     assert out.dtype == dtype and out.shape == ref.shape
     torch.testing.assert_close(out.float(), ref.float(), **({} if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)))
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+def test_config_windows_follow_transformers_mask_functions(paged_batch, causal):
+    """A layer window from the config (forward_context) means what Transformers' mask functions
+    make of it: causal q - k < w, bidirectional |q - k| <= w (one wider than flash-attention's
+    reading of the same number). The layer is the module's `layer_idx`; the kwarg is ignored."""
+    from transformers.masking_utils import (
+        sliding_window_bidirectional_mask_function, sliding_window_causal_mask_function,
+    )
+
+    from anymodel.attention_backend.interface import forward_context, paged_attention_forward
+
+    window = 3
+    mask_fn = (sliding_window_causal_mask_function if causal else sliding_window_bidirectional_mask_function)(window)
+    zero = torch.tensor(0)
+
+    def hf_allowed(q_pos, k_pos):
+        return bool(mask_fn(zero, zero, torch.tensor(q_pos), torch.tensor(k_pos)))
+
+    b = paged_batch([6, 1], [10, 8], head_dim=8, block_size=4, seed=3)
+    module = torch.nn.Module()
+    module.is_causal, module.layer_idx = causal, 1
+    q, k, v = (t.transpose(0, 1)[None] for t in (b.query, b.key, b.value))
+    b.meta.kv_caches, b.meta.backend = [None, (b.key_cache, b.value_cache)], torch_ref
+    b.meta.layer_cursor = 1
+    with forward_context(b.meta, layer_windows=(None, window)):
+        out, _ = paged_attention_forward(module, q, k, v, None, scaling=0.4, sliding_window=1000)
+    want = naive_paged_attention(b.query, b.key_cache, b.value_cache, b.meta, scale=0.4, allowed=hf_allowed)
+    torch.testing.assert_close(out[0].double(), want, atol=1e-5, rtol=1e-5)
