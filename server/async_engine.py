@@ -236,9 +236,20 @@ class AsyncEngine:
             try:
                 return self._commands.get(timeout=self.health_check_interval)
             except queue.Empty:
-                check = getattr(self.engine, "check_health", None)
-                if check is not None:
-                    check()  # raises EngineFatalError (WorkerDiedError) when a rank is gone
+                self._check_health()
+
+    def _check_health(self) -> None:
+        """engine.check_health() raises EngineFatalError (WorkerDiedError) when a rank is gone: that
+        stops the loop (see _run). Anything else it raises is its own bug: logged, the loop goes on."""
+        check = getattr(self.engine, "check_health", None)
+        if check is None:
+            return
+        try:
+            check()
+        except EngineFatalError:
+            raise
+        except Exception:
+            logger.exception("engine.check_health() failed")
 
     def _add(self, request_id: str, prompt: Any, params: Any, req: _Request, ack: asyncio.Future) -> None:
         try:

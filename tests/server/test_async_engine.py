@@ -285,3 +285,21 @@ def test_real_engine_one_request_fails_the_other_streams_on(monkeypatch):
         assert eng.is_alive
     finally:
         eng.shutdown()
+
+
+def test_a_health_check_bug_is_logged_not_fatal(faulty, monkeypatch):
+    fake, eng, fatal = faulty
+    calls = []
+
+    def broken():
+        calls.append(1)
+        raise KeyError("bug in check_health")
+
+    monkeypatch.setattr(fake, "check_health", broken)
+
+    async def go():
+        await _wait_until(lambda: len(calls) >= 2)  # still checking: the loop survived the first
+        return await _text_of(eng)
+
+    assert run(go()) == "cde"
+    assert eng.is_alive and not fatal
