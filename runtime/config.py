@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
+from anymodel.params import SEED_RANGE
+
 TASKS = ("auto", "generate", "embed", "classify", "score", "reward")
 MODEL_IMPLS = ("auto", "transformers", "native")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -69,6 +71,9 @@ class EngineArgs:
             _positive(name, getattr(self, name), optional=False)
         for name in ("max_model_len", "num_kv_blocks", "kv_cache_memory", "max_num_batched_tokens"):
             _positive(name, getattr(self, name))
+        lo, hi = SEED_RANGE
+        if not (isinstance(self.seed, int) and not isinstance(self.seed, bool) and lo <= self.seed <= hi):
+            raise ValueError(f"seed must be an integer in [{lo}, 2**64 - 1], got {self.seed!r}")
         if not (isinstance(self.max_logprobs, int) and self.max_logprobs >= -1):
             raise ValueError(f"max_logprobs must be -1 (no cap) or an integer >= 0, got {self.max_logprobs!r}")
         if not (isinstance(self.gpu_memory_utilization, (int, float)) and 0 < self.gpu_memory_utilization <= 1):

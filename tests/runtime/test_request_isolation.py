@@ -245,6 +245,12 @@ def test_unknown_sampling_params_keyword_is_a_type_error():
         SamplingParams(best_of=2)
 
 
+@pytest.mark.parametrize("seed", [None, 2**64, -1, 1.5])
+def test_engine_seed_out_of_range_is_a_value_error(seed):
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*64 - 1\]"):
+        LLM(seed=seed)
+
+
 def test_unknown_llm_keyword_is_named():
     with pytest.raises(ValueError, match="no_such_option"):
         LLM(no_such_option=1)
