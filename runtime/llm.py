@@ -30,7 +30,11 @@ class LLM(PoolingMixin):
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
     ) -> list[RequestOutput]:
-        """Generate for one prompt or a list; results come back in input order."""
+        """Generate for one prompt or a list; results come back in input order.
+
+        A request that fails while it runs (its sampling or output processing raised) does not stop
+        the others: once they all completed, a RequestFailedError naming the first failed prompt is
+        raised, with every result on its `.outputs` (None for the failed ones)."""
         prompts = _as_list(prompts)
         params = _broadcast(sampling_params or SamplingParams(), len(prompts))
         return self._run(prompts, params, use_tqdm)

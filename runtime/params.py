@@ -69,7 +69,7 @@ class SamplingParams:
     top_k: int = 0  # 0 or -1: disabled
     min_p: float = 0.0
     seed: int | None = None
-    max_tokens: int | None = 16
+    max_tokens: int | None = 16  # offline, capped by the context (vLLM); the server refuses one that cannot fit (400)
     min_tokens: int = 0
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
