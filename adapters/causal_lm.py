@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from anymodel.adapters.sliding_windows import layer_windows
+from anymodel.adapters.sliding_windows import kernel_windows
 from anymodel.attention_backend.interface import forward_context
 
 
@@ -27,7 +27,7 @@ class TransformersForCausalLM(nn.Module):
         self.logit_scale = getattr(text, "logit_scale", None)  # Cohere: logits * scale
         self.logits_scaling = getattr(text, "logits_scaling", None)  # Granite: logits / scaling
         # Each layer's sliding window, from the config (not the attention kwarg; see sliding_windows.py)
-        self.layer_windows = layer_windows(config)
+        self.layer_windows = kernel_windows(config)
         self._fused = False
 
     def _fuse_once(self) -> None:

@@ -21,7 +21,7 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from anymodel.adapters.pooler import Head, Pooler, PoolerConfig, PoolingInput, PoolingType
-from anymodel.adapters.sliding_windows import layer_windows
+from anymodel.adapters.sliding_windows import kernel_windows
 from anymodel.attention_backend.interface import forward_context
 
 
@@ -36,7 +36,7 @@ class TransformersPoolingModel(nn.Module):
         self.config = config
         if isinstance(pooler.head, nn.Module):  # e.g. `score` [H] -> [L]: moves with .to(device)
             self.head = pooler.head
-        self.layer_windows = layer_windows(config)  # each layer's sliding window (sliding_windows.py)
+        self.layer_windows = kernel_windows(config)  # each layer's sliding window (sliding_windows.py)
 
     def forward(self, input_ids, positions, attn_metadata, token_type_ids=None) -> torch.Tensor:
         kwargs = {} if token_type_ids is None else {"token_type_ids": token_type_ids}

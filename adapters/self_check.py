@@ -60,7 +60,7 @@ def check_model(model: torch.nn.Module, backend, block_size: int) -> CheckFailur
 
 def probe_ids(model: torch.nn.Module) -> torch.Tensor:
     """[1, P] deterministic token ids within the embedding table, P past the longest window."""
-    windows = [w for w in getattr(model, "layer_windows", ()) if w is not None]
+    windows = [max(w) for w in getattr(model, "layer_windows", ()) if w is not None]
     length = min(max(PROBE_MIN, max(windows, default=0) + PROBE_PAST_WINDOW), PROBE_MAX)
     vocab = model.model.get_input_embeddings().weight.shape[0]
     gen = torch.Generator().manual_seed(0)

@@ -3,10 +3,16 @@
 Transformers enforces windows through the mask its `masking_utils` builds from the config, not
 through the attention call: `sliding_window=` is a hint for flash-attention, and some models
 (PhiMoE) pass none at all. Our mask-free paged attention therefore takes each layer's window from
-here, in the mask functions' own terms:
+here. What a window `w` means is the mask's business, and differs by one between models:
 
-    causal         key k visible from query q  iff  0 <= q - k <  w   (sliding_window_causal_mask_function)
-    bidirectional                              iff  |q - k|   <= w   (sliding_window_bidirectional_mask_function)
+    causal, every model             key k visible from query q  iff  0 <= q - k < w
+                                    (sliding_window_causal_mask_function)
+    bidirectional, masking_utils    |q - k| <= w   (sliding_window_bidirectional_mask_function: ModernBERT)
+    bidirectional, Gemma 3 style    |q - k| <  w   (`use_bidirectional_attention`: its own overlay on the
+                                    causal sliding mask, EmbeddingGemma)
+
+`kernel_windows` turns them into our kernels' terms (flash-attention's: |q - k| < w on each side
+attended), per layer and direction.
 
 How configs say it, newest first:
     layer_types[i] == "sliding_attention"     Gemma 2/3/4, Cohere 2, GPT-OSS, OLMo 3, Qwen 2/3 (derived
@@ -44,4 +50,12 @@ def layer_windows(config) -> tuple[int | None, ...]:
     if getattr(text, "use_sliding_window", None) and isinstance(first, int):
         return tuple(window if i >= first else None for i in range(n))
     return (window,) * n
+
+
+def kernel_windows(config) -> tuple[tuple[int, int] | None, ...]:
+    """Per decoder layer: (causal, bidirectional) window in the kernels' terms, or None (full).
+    The attention function picks by the layer's direction (module.is_causal)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    widen = 0 if getattr(text, "use_bidirectional_attention", False) else 1  # see the module docstring
+    return tuple(None if w is None else (w, w + widen) for w in layer_windows(config))
 

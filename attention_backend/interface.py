@@ -27,12 +27,13 @@ from anymodel.attention_backend.metadata import AttentionMetadata
 
 # The step's metadata for the forward in progress (see `forward_context`).
 _CURRENT_METADATA: ContextVar[AttentionMetadata | None] = ContextVar("anymodel_attn_metadata", default=None)
-# The running model's window per decoder layer (adapters/sliding_windows.py), or None.
-_LAYER_WINDOWS: ContextVar[tuple[int | None, ...] | None] = ContextVar("anymodel_layer_windows", default=None)
+# The running model's (causal, bidirectional) window per decoder layer (adapters/sliding_windows.py), or None.
+LayerWindows = tuple[tuple[int, int] | None, ...]
+_LAYER_WINDOWS: ContextVar[LayerWindows | None] = ContextVar("anymodel_layer_windows", default=None)
 
 
 @contextlib.contextmanager
-def forward_context(meta: AttentionMetadata, layer_windows: tuple[int | None, ...] | None = None):
+def forward_context(meta: AttentionMetadata, layer_windows: LayerWindows | None = None):
     """Make `meta` (and the model's per-layer windows) reachable by every attention call of the
     forward run inside.
 
@@ -41,10 +42,10 @@ def forward_context(meta: AttentionMetadata, layer_windows: tuple[int | None, ..
     through the interface all the same. A context variable (not a global: one engine per thread
     may run at once) reaches those too.
 
-    `layer_windows[i]`: layer i's sliding window as Transformers' mask functions apply it, read
-    from the config at load. Transformers enforces windows only through the mask (which our
-    implementation never gets), and some models pass no `sliding_window` kwarg at all (PhiMoE),
-    so with a list here the kwarg is not trusted."""
+    `layer_windows[i]`: layer i's (causal, bidirectional) window in the kernels' terms, or None,
+    read from the config at load as Transformers' masks apply it. Transformers enforces windows
+    only through the mask (which our implementation never gets), and some models pass no
+    `sliding_window` kwarg at all (PhiMoE), so with a list here the kwarg is not trusted."""
     token = _CURRENT_METADATA.set(meta)
     windows = _LAYER_WINDOWS.set(layer_windows)
     try:
@@ -114,11 +115,8 @@ def paged_attention_forward(
 def _layer_window(module: torch.nn.Module, call: int, causal: bool, kwarg: int | None) -> int | None:
     """This layer's window in the kernels' terms (|q - k| < w on each side attended, as
     flash-attention's `window_size=(w - 1, w - 1)`), from the forward's per-layer list when there is
-    one: the layer is the module's `layer_idx`, else the call's position in the forward.
-
-    The list holds Transformers' mask semantics (adapters/sliding_windows.py): causal q - k < w,
-    the same; bidirectional |q - k| <= w, one wider here. Without a list (or past its end) the
-    model's own kwarg, already in flash terms, is all there is."""
+    one: the layer is the module's `layer_idx`, else the call's position in the forward. Without a
+    list (or past its end) the model's own kwarg, in flash terms too, is all there is."""
     windows = _LAYER_WINDOWS.get()
     if windows is None:
         return kwarg
@@ -128,7 +126,7 @@ def _layer_window(module: torch.nn.Module, call: int, causal: bool, kwarg: int |
     if index >= len(windows):
         return kwarg
     window = windows[index]
-    return window if window is None or causal else window + 1
+    return None if window is None else window[0] if causal else window[1]
 
 
 def _sinks(module: torch.nn.Module, kwargs: dict) -> torch.Tensor | None:

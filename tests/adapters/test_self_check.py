@@ -25,7 +25,7 @@ def windows_forgotten(monkeypatch):
     """The bug class the check exists for: a window the paged path does not know about."""
     from anymodel.adapters import causal_lm
 
-    monkeypatch.setattr(causal_lm, "layer_windows", lambda config: ())
+    monkeypatch.setattr(causal_lm, "kernel_windows", lambda config: ())
 
 
 def test_missed_window_falls_back_to_the_compat_path(phimoe_window, windows_forgotten, caplog):
@@ -51,4 +51,4 @@ def test_the_probe_reaches_past_the_longest_window(phimoe_window):
     path, _ = phimoe_window
     llm = LLM(str(path), model_impl="transformers", dtype="float32")
     length, windows = llm.apply_model(lambda m: (probe_ids(m).shape[1], m.layer_windows))[0]
-    assert max(w for w in windows if w) < length <= PROBE_MAX
+    assert max(max(w) for w in windows if w) < length <= PROBE_MAX

@@ -54,3 +54,29 @@ def test_small_windows_match_transformers(windowed_case):
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
     outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
     assert [list(o.outputs[0].token_ids) for o in outs] == reference, name
+
+
+def test_bidirectional_gemma3_window_is_its_own_overlay(tmp_path):
+    """EmbeddingGemma-style Gemma 3 (`use_bidirectional_attention`) opens its sliding layers with
+    its own |q - k| < w overlay, one narrower than masking_utils' bidirectional window (ModernBERT,
+    tests/pooling): embeddings equal Transformers' (sdpa) on prompts longer than the window."""
+    import torch
+    import transformers
+
+    from tests.models.tokenizer import save_tokenizer
+
+    config = transformers.Gemma3TextConfig(
+        vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, sliding_window=8, use_bidirectional_attention=True,
+        layer_types=["sliding_attention", "full_attention"], pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    config.architectures = ["Gemma3TextModel"]
+    torch.manual_seed(0)
+    model = transformers.Gemma3TextModel(config).eval()
+    model.save_pretrained(tmp_path)
+    save_tokenizer(tmp_path)
+    llm = LLM(str(tmp_path), task="embed", dtype="float32", override_pooler_config={"pooling_type": "MEAN"})
+    outs = llm.embed([{"prompt_token_ids": p} for p in PROMPTS], use_tqdm=False)
+    with torch.no_grad():
+        ref = [model(torch.tensor([p])).last_hidden_state[0].mean(0) for p in PROMPTS]
+    want = torch.nn.functional.normalize(torch.stack(ref), dim=-1)
+    torch.testing.assert_close(torch.tensor([o.outputs.embedding for o in outs]), want, atol=1e-4, rtol=1e-4)

@@ -155,19 +155,35 @@ def test_sdpa_path_matches_masked_reference(dtype, heads):
     torch.testing.assert_close(out.float(), ref.float(), **({} if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)))
 
 
-@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
-def test_config_windows_follow_transformers_mask_functions(paged_batch, causal):
-    """A layer window from the config (forward_context) means what Transformers' mask functions
-    make of it: causal q - k < w, bidirectional |q - k| <= w (one wider than flash-attention's
-    reading of the same number). The layer is the module's `layer_idx`; the kwarg is ignored."""
+def _hf_mask_function(kind: str, window: int):
     from transformers.masking_utils import (
-        sliding_window_bidirectional_mask_function, sliding_window_causal_mask_function,
+        or_masks, sliding_window_bidirectional_mask_function, sliding_window_causal_mask_function,
     )
+    from transformers.models.gemma3.modeling_gemma3 import _bidirectional_window_overlay
 
+    if kind == "causal":
+        return sliding_window_causal_mask_function(window)
+    if kind == "bidirectional":  # masking_utils' (ModernBERT)
+        return sliding_window_bidirectional_mask_function(window)
+    # Gemma 3 with use_bidirectional_attention: its overlay on the causal sliding mask
+    return or_masks(sliding_window_causal_mask_function(window), _bidirectional_window_overlay(window))
+
+
+@pytest.mark.parametrize("kind", ["causal", "bidirectional", "gemma3_bidirectional"])
+def test_config_windows_follow_transformers_mask_functions(paged_batch, kind):
+    """A layer window from the config (kernel_windows -> forward_context) means what Transformers'
+    masks make of it: causal q - k < w; bidirectional |q - k| <= w in masking_utils, but < w in
+    Gemma 3's own overlay (`use_bidirectional_attention`). The layer is the module's `layer_idx`;
+    the kwarg is ignored."""
+
+    from transformers import PretrainedConfig
+
+    from anymodel.adapters.sliding_windows import kernel_windows
     from anymodel.attention_backend.interface import forward_context, paged_attention_forward
 
-    window = 3
-    mask_fn = (sliding_window_causal_mask_function if causal else sliding_window_bidirectional_mask_function)(window)
+    window, layer_types = 3, ["full_attention", "sliding_attention"]
+    causal, gemma = kind == "causal", kind.startswith("gemma3")
+    mask_fn = _hf_mask_function(kind, window)
     zero = torch.tensor(0)
 
     def hf_allowed(q_pos, k_pos):
@@ -179,7 +195,8 @@ def test_config_windows_follow_transformers_mask_functions(paged_batch, causal):
     q, k, v = (t.transpose(0, 1)[None] for t in (b.query, b.key, b.value))
     b.meta.kv_caches, b.meta.backend = [None, (b.key_cache, b.value_cache)], torch_ref
     b.meta.layer_cursor = 1
-    with forward_context(b.meta, layer_windows=(None, window)):
+    config = PretrainedConfig(layer_types=layer_types, sliding_window=window, use_bidirectional_attention=gemma)
+    with forward_context(b.meta, layer_windows=kernel_windows(config)):
         out, _ = paged_attention_forward(module, q, k, v, None, scaling=0.4, sliding_window=1000)
     want = naive_paged_attention(b.query, b.key_cache, b.value_cache, b.meta, scale=0.4, allowed=hf_allowed)
     torch.testing.assert_close(out[0].double(), want, atol=1e-5, rtol=1e-5)
