@@ -21,6 +21,7 @@ from anymodel.output_processor import OutputProcessor, RequestGroup
 from anymodel.pooling_outputs import PoolingOutputs
 from anymodel.params import PoolingParams, SamplingParams, truncated_prompt_len
 from anymodel.request import Request, RequestStatus
+from anymodel.request_checks import check_sampling, resolve_logprobs
 from anymodel.scheduler import Scheduler
 
 logger = logging.getLogger("anymodel")
@@ -99,7 +100,7 @@ class Engine:
         params = params or (SamplingParams() if self.task == "generate" else PoolingParams())
         pooling.check_request(self.task, params, self.hf_config, self.embedding_size)
         if isinstance(params, SamplingParams):
-            params = self._resolve_logprobs(params)
+            params = resolve_logprobs(params, self.vocab_size, self.args.max_logprobs)
         tokens = self._truncate(self._tokenize(prompt), params)
         self._validate(tokens.token_ids, params)
         if isinstance(params, PoolingParams):
@@ -275,8 +276,7 @@ class Engine:
         if bad:
             raise ValueError(f"prompt_token_ids must be in [0, {self.vocab_size}); got {bad[:5]}")
         if isinstance(params, SamplingParams):
-            self._validate_token_lists(params)
-            self._validate_n(params.n)
+            check_sampling(params, self.vocab_size, self.args.max_num_seqs)
         n = len(token_ids)
         if n > self.max_model_len - (0 if isinstance(params, PoolingParams) else 1):
             raise ValueError(
@@ -291,39 +291,6 @@ class Engine:
                 f"prompt ({n} tokens) plus max_tokens needs {needed} tokens of KV cache but it holds "
                 f"{self.kv.capacity_tokens}; lower max_tokens or raise kv_cache_memory / num_kv_blocks"
             )
-
-    def _resolve_logprobs(self, params: SamplingParams) -> SamplingParams:
-        """-1 means the whole vocabulary (vLLM); either count must fit the engine's max_logprobs."""
-        cap = self.args.max_logprobs
-        for name in ("logprobs", "prompt_logprobs"):
-            k = getattr(params, name)
-            if k == -1:
-                k = self.vocab_size
-                params = params.clone(**{name: k})
-            if k is not None and cap != -1 and k > cap:
-                raise ValueError(f"{name}={k} is more than this engine's max_logprobs ({cap}); ask for at most {cap}, "
-                                 "or start the engine with a larger max_logprobs (-1: no cap)")
-        return params
-
-    def _validate_n(self, n: int) -> None:
-        """Each of the n samples is one sequence with its own state and KV blocks: a request may
-        ask for at most as many as the engine runs at once (n=10**7 would otherwise fill memory)."""
-        limit = self.args.max_num_seqs
-        if n > limit:
-            raise ValueError(f"n={n} is more than this engine's max_num_seqs ({limit}), the most sequences it runs "
-                             f"at once (each of the n samples is one); ask for n <= {limit}, or start the engine "
-                             "with a larger max_num_seqs")
-
-    def _validate_token_lists(self, params: SamplingParams) -> None:
-        """Token ids named by logit_bias / allowed_token_ids / stop_token_ids index the logits (the
-        stop ids are masked while min_tokens is not reached): they must be in the vocabulary."""
-        for name, ids in (("logit_bias", params.logit_bias or {}),
-                          ("allowed_token_ids", params.allowed_token_ids or []),
-                          ("stop_token_ids", params.stop_token_ids or [])):
-            bad = [t for t in ids if not 0 <= t < self.vocab_size]
-            if bad:
-                raise ValueError(f"{name} token ids must be in [0, {self.vocab_size}) (the model's vocabulary); "
-                                 f"got {bad[:5]}")
 
     def _max_tokens(self, prompt_len: int, params) -> int:
         if isinstance(params, PoolingParams):

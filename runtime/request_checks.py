@@ -1,0 +1,49 @@
+"""Checks of a generation request against what only the engine knows (its vocabulary and limits).
+
+SamplingParams checks each value alone when it is built; these run in Engine.add_request, on every
+path (LLM.generate / chat, the server), before the request runs. A failure is a ValueError naming
+the argument and the allowed range (HTTP 400); nothing out of range reaches a step.
+"""
+
+from __future__ import annotations
+
+from anymodel.params import SamplingParams
+
+
+def resolve_logprobs(params: SamplingParams, vocab_size: int, max_logprobs: int) -> SamplingParams:
+    """-1 means the whole vocabulary (vLLM); either count must fit the engine's max_logprobs (-1: no
+    cap). A count above the vocabulary returns the whole vocabulary (sampler.top_logprobs)."""
+    for name in ("logprobs", "prompt_logprobs"):
+        k = getattr(params, name)
+        if k == -1:
+            k = vocab_size
+            params = params.clone(**{name: k})
+        if k is not None and max_logprobs != -1 and k > max_logprobs:
+            raise ValueError(f"{name}={k} is more than this engine's max_logprobs ({max_logprobs}); ask for at most "
+                             f"{max_logprobs}, or start the engine with a larger max_logprobs (-1: no cap)")
+    return params
+
+
+def check_sampling(params: SamplingParams, vocab_size: int, max_num_seqs: int) -> None:
+    check_token_lists(params, vocab_size)
+    check_n(params.n, max_num_seqs)
+
+
+def check_n(n: int, max_num_seqs: int) -> None:
+    """Each of the n samples is one sequence with its own state and KV blocks: a request may ask
+    for at most as many as the engine runs at once (n=10**7 would otherwise fill memory)."""
+    if n > max_num_seqs:
+        raise ValueError(f"n={n} is more than this engine's max_num_seqs ({max_num_seqs}), the most sequences it "
+                         f"runs at once (each of the n samples is one); ask for n <= {max_num_seqs}, or start the "
+                         "engine with a larger max_num_seqs")
+
+
+def check_token_lists(params: SamplingParams, vocab_size: int) -> None:
+    """Token ids named by logit_bias / allowed_token_ids / stop_token_ids index the logits (the stop
+    ids are masked while min_tokens is not reached): they must be in the vocabulary."""
+    for name, ids in (("logit_bias", params.logit_bias or {}),
+                      ("allowed_token_ids", params.allowed_token_ids or []),
+                      ("stop_token_ids", params.stop_token_ids or [])):
+        bad = [t for t in ids if not 0 <= t < vocab_size]
+        if bad:
+            raise ValueError(f"{name} token ids must be in [0, {vocab_size}) (the model's vocabulary); got {bad[:5]}")
