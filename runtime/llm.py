@@ -59,7 +59,7 @@ class LLM(PoolingMixin):
             raise ValueError("continue_final_message=True continues the last (assistant) message: pass "
                              "add_generation_prompt=False with it")
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
-        template_kwargs = chat_kwargs(chat_template_kwargs)
+        template_kwargs = _chat_kwargs(chat_template_kwargs)
         tok = self.engine.tokenizer
         template = chat_template or self.engine_args.chat_template
         prompts = [_render(tok, conv, template, add_generation_prompt, continue_final_message, template_kwargs)
@@ -112,10 +112,10 @@ def _raise_first_failure(outputs: list) -> None:
     failed = [i for i, out in enumerate(outputs) if getattr(out, "error", None) is not None]
     if not failed:
         return
-    first = outputs[failed[0]]
+    first, failed_set = outputs[failed[0]], set(failed)
     error = RequestFailedError(first.request_id, f"prompt {failed[0]} of {len(outputs)} ({first.error}); "
                                                  f"{len(failed)} failed, {len(outputs) - len(failed)} completed")
-    error.outputs = [None if i in failed else out for i, out in enumerate(outputs)]
+    error.outputs = [None if i in failed_set else out for i, out in enumerate(outputs)]
     raise error from first.error
 
 
@@ -124,7 +124,7 @@ _RESERVED_TEMPLATE_KEYS = ("chat_template", "tokenize", "messages", "conversatio
                            "continue_final_message")
 
 
-def chat_kwargs(chat_template_kwargs: dict | None) -> dict:
+def _chat_kwargs(chat_template_kwargs: dict | None) -> dict:
     """vLLM's chat_template_kwargs: extra variables for the template (e.g. enable_thinking)."""
     if chat_template_kwargs is None:
         return {}
