@@ -81,10 +81,11 @@ def self_checked(model, args, state: ParallelState, backend, rebuild) -> torch.n
     if failure is None:
         return model
     name = type(getattr(model, "model", model)).__name__
-    paged = getattr(model, "uses_paged_kv_cache", True)
-    if failure.fatal or not paged or rebuild is None or not args.enable_compat_path:
-        hint = "" if failure.fatal or not paged or rebuild is None else " (enable_compat_path=True would run it there)"
-        raise ValueError(f"{name} failed anymodel's start-up self-check and is not served: {failure.reason}{hint}")
+    if failure.fatal or rebuild is None or not getattr(model, "uses_paged_kv_cache", True):
+        raise ValueError(f"{name} failed anymodel's start-up self-check and is not served: {failure.reason}")
+    if not args.enable_compat_path:
+        raise ValueError(f"{name} failed anymodel's start-up self-check and is not served: {failure.reason} "
+                         "(enable_compat_path=True runs it on the compat path, through its own attention)")
     logger.warning("anymodel: %s failed the start-up self-check: %s; falling back to the compat path",
                    name, failure.reason)
     del model  # the only reference: freed before the second copy loads

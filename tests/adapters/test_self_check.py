@@ -41,7 +41,7 @@ def test_missed_window_falls_back_to_the_compat_path(phimoe_window, windows_forg
 
 def test_missed_window_is_refused_without_the_compat_path(phimoe_window, windows_forgotten):
     path, _ = phimoe_window
-    with pytest.raises(ValueError, match="self-check.*disagrees.*enable_compat_path=True"):
+    with pytest.raises(ValueError, match="self-check.*disagrees.*enable_compat_path=True runs it"):
         LLM(str(path), model_impl="transformers", dtype="float32", enable_compat_path=False)
 
 
