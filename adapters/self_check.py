@@ -59,13 +59,24 @@ def check_model(model: torch.nn.Module, backend, block_size: int) -> CheckFailur
 
 
 def probe_ids(model: torch.nn.Module) -> torch.Tensor:
-    """[1, P] deterministic token ids within the embedding table, P past the longest window."""
+    """[1, P] deterministic token ids within the embedding table, P past the longest window and
+    within the model's context."""
+    from anymodel.loader import derive_max_model_len
+
     windows = [max(w) for w in getattr(model, "layer_windows", ()) if w is not None]
     length = min(max(PROBE_MIN, max(windows, default=0) + PROBE_PAST_WINDOW), PROBE_MAX)
-    vocab = model.model.get_input_embeddings().weight.shape[0]
+    length = min(length, derive_max_model_len(model.model.config, None))
     gen = torch.Generator().manual_seed(0)
     device = next(model.parameters()).device
-    return torch.randint(0, vocab, (1, length), generator=gen).to(device)
+    return torch.randint(0, _vocab_size(model.model), (1, length), generator=gen).to(device)
+
+
+def _vocab_size(base: torch.nn.Module) -> int:
+    try:
+        return base.get_input_embeddings().weight.shape[0]
+    except (AttributeError, NotImplementedError):  # remote code without the accessor
+        text = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+        return getattr(text, "vocab_size", None) or 2
 
 
 def _compare(model, ids, backend, block_size: int) -> CheckFailure | None:
