@@ -4,7 +4,8 @@
       ours:  adapter.forward over a scratch paged cache (the engine's attention backend)
       own:   the same module objects with `attn_implementation` switched to sdpa (or eager where
              the class does not support sdpa): the model's own attention and masks
-      -> logits [P, V] of both must be finite and agree (per-token relative L2 error)
+      -> logits [P, V] of both must be finite and agree (median per-token relative L2 error,
+         over all tokens and over those past the longest window)
 
 It catches, in general, what the paged path cannot see for itself: a mask-only feature our kernels
 miss (a window the config says some way `sliding_windows.py` does not know), a buffer the
@@ -63,8 +64,7 @@ def probe_ids(model: torch.nn.Module) -> torch.Tensor:
     within the model's context."""
     from anymodel.loader import derive_max_model_len
 
-    windows = [max(w) for w in getattr(model, "layer_windows", ()) if w is not None]
-    length = min(max(PROBE_MIN, max(windows, default=0) + PROBE_PAST_WINDOW), PROBE_MAX)
+    length = min(max(PROBE_MIN, _longest_window(model) + PROBE_PAST_WINDOW), PROBE_MAX)
     length = min(length, derive_max_model_len(model.model.config, None))
     gen = torch.Generator().manual_seed(0)
     device = next(model.parameters()).device
@@ -88,17 +88,31 @@ def _compare(model, ids, backend, block_size: int) -> CheckFailure | None:
         return _finite(own, f"its own ({impl}) forward", ids, fatal=True)
     if not torch.isfinite(ours).all():
         return _finite(ours, "the paged forward", ids, fatal=False)
-    error = float(((ours - own).norm(dim=-1) / own.norm(dim=-1).clamp_min(1e-6)).max())
+    error = _typical_error(ours, own, _longest_window(model))
     tolerance = _TOLERANCE.get(next(model.parameters()).dtype, _HALF_TOLERANCE)
     logger.debug("anymodel: self-check on %d tokens: relative logit error %.2e vs %s", ids.shape[1], error, impl)
     if error > tolerance:
         return CheckFailure(
             f"anymodel's paged attention disagrees with the model's own ({impl}) attention on a {ids.shape[1]}-token "
-            f"probe (relative logit error {error:.3g} > {tolerance:g}): the model applies something in its attention "
-            "or mask that the paged path does not reproduce",
+            f"probe (median relative logit error {error:.3g} > {tolerance:g}): the model applies something in its "
+            "attention or mask that the paged path does not reproduce",
             fatal=False,
         )
     return None
+
+
+def _typical_error(ours: torch.Tensor, own: torch.Tensor, window: int) -> float:
+    """Median over tokens of the relative L2 logit error [P, V] -> float, over all tokens and over
+    those past the longest window (where a missed window shows), whichever is worse. A median,
+    not a max: in 16 bits an MoE router may pick another expert for one near-tied token (measured:
+    one token at 0.55 among two dozen at ~0.01), which is noise, not a bug; a bug moves most tokens."""
+    errors = (ours - own).norm(dim=-1) / own.norm(dim=-1).clamp_min(1e-6)  # [P]
+    past = errors[window:] if 0 < window < errors.shape[0] else errors
+    return max(float(errors.median()), float(past.median()))
+
+
+def _longest_window(model) -> int:
+    return max((w[0] for w in getattr(model, "layer_windows", ()) if w is not None), default=0)
 
 
 def _paged_forward(model, ids, backend, block_size: int) -> torch.Tensor:

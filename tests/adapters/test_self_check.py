@@ -52,3 +52,20 @@ def test_the_probe_reaches_past_the_longest_window(phimoe_window):
     llm = LLM(str(path), model_impl="transformers", dtype="float32")
     length, windows = llm.apply_model(lambda m: (probe_ids(m).shape[1], m.layer_windows))[0]
     assert max(max(w) for w in windows if w) < length <= PROBE_MAX
+
+
+def test_one_noisy_token_is_noise_most_tokens_past_the_window_are_a_bug():
+    """The comparison's statistic: an MoE router flipping one near-tied token in 16 bits (seen on
+    DeepSeek-V3 in bfloat16: one token at 0.55, the rest ~0.01) passes; a missed window, which moves
+    every token past it, fails even when the tokens before the window agree."""
+    import torch
+
+    from anymodel.adapters.self_check import _HALF_TOLERANCE, _typical_error
+
+    own = torch.ones(24, 10)
+    flip = own.clone()
+    flip[11] += 2.0
+    assert _typical_error(flip, own, window=0) < _HALF_TOLERANCE
+    window_missed = own.clone()
+    window_missed[14:] += 1.0  # 10 of 24 tokens: under half of all, every one past a 14-token window
+    assert _typical_error(window_missed, own, window=14) > _HALF_TOLERANCE
