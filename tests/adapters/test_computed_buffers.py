@@ -77,9 +77,10 @@ def test_oldstyle_pooling_loader_restores_constants(oldstyle):
     torch.testing.assert_close(got, torch.nn.functional.normalize(torch.stack(last), dim=-1), atol=1e-4, rtol=1e-4)
 
 
-def test_a_constant_left_garbage_is_refused_not_served(oldstyle, monkeypatch):
-    """Whatever restoring misses, the start-up probe must not serve NaN logits: a cos cache left
-    NaN (as `torch.empty` may be) is refused with the reason, on either path."""
+@pytest.mark.parametrize("task", ["generate", "embed"])
+def test_a_constant_left_garbage_is_refused_not_served(oldstyle, monkeypatch, task):
+    """Whatever restoring misses, the start-up probe must not serve NaN outputs: a cos cache left
+    NaN (as `torch.empty` may be) is refused with the reason, on either path, for either task."""
     from anymodel.adapters import computed_buffers
 
     restore = computed_buffers.restore_computed_buffers
@@ -93,4 +94,4 @@ def test_a_constant_left_garbage_is_refused_not_served(oldstyle, monkeypatch):
     monkeypatch.setattr(computed_buffers, "restore_computed_buffers", restore_but_miss_cos)
     own, path, _ = oldstyle
     with pytest.raises(ValueError, match="self-check.*non-finite"):
-        LLM(str(path), trust_remote_code=True, dtype="float32")
+        LLM(str(path), trust_remote_code=True, dtype="float32", task=task)
