@@ -112,7 +112,7 @@ def _typical_error(ours: torch.Tensor, own: torch.Tensor, window: int) -> float:
 
 
 def _longest_window(model) -> int:
-    return max((w[0] for w in getattr(model, "layer_windows", ()) if w is not None), default=0)
+    return max((w[0] for w in getattr(model, "layer_windows", None) or () if w is not None), default=0)
 
 
 def _paged_forward(model, ids, backend, block_size: int) -> torch.Tensor:

@@ -52,10 +52,14 @@ def layer_windows(config) -> tuple[int | None, ...]:
     return (window,) * n
 
 
-def kernel_windows(config) -> tuple[tuple[int, int] | None, ...]:
+def kernel_windows(config) -> tuple[tuple[int, int] | None, ...] | None:
     """Per decoder layer: (causal, bidirectional) window in the kernels' terms, or None (full).
-    The attention function picks by the layer's direction (module.is_causal)."""
+    The attention function picks by the layer's direction (module.is_causal). None for a config
+    with no `sliding_window` at all: such a model's own `sliding_window` kwarg, if any, is all
+    there is to go by (remote code naming its window otherwise)."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if not hasattr(text, "sliding_window"):
+        return None
     widen = 0 if getattr(text, "use_bidirectional_attention", False) else 1  # see the module docstring
     return tuple(None if w is None else (w, w + widen) for w in layer_windows(config))
 

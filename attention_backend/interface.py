@@ -126,7 +126,7 @@ def _layer_window(module: torch.nn.Module, call: int, causal: bool, kwarg: int |
     if index >= len(windows):
         return kwarg
     window = windows[index]
-    return None if window is None else window[0] if causal else window[1]
+    return None if window is None else (window[0] if causal else window[1])
 
 
 def _sinks(module: torch.nn.Module, kwargs: dict) -> torch.Tensor | None:

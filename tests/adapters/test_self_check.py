@@ -25,7 +25,7 @@ def windows_forgotten(monkeypatch):
     """The bug class the check exists for: a window the paged path does not know about."""
     from anymodel.adapters import causal_lm
 
-    monkeypatch.setattr(causal_lm, "kernel_windows", lambda config: ())
+    monkeypatch.setattr(causal_lm, "kernel_windows", lambda config: (None,) * config.num_hidden_layers)
 
 
 def test_missed_window_falls_back_to_the_compat_path(phimoe_window, windows_forgotten, caplog):

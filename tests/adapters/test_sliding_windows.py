@@ -9,7 +9,7 @@ import pytest
 from transformers import PretrainedConfig
 
 from anymodel import LLM, SamplingParams
-from anymodel.adapters.sliding_windows import layer_windows
+from anymodel.adapters.sliding_windows import kernel_windows, layer_windows
 from tests.models.zoo import COMPAT_ARCHS, WINDOW_SUFFIX, build_tiny_model, hf_greedy, tiny_config, windowed_zoo
 
 WINDOW = 5
@@ -35,6 +35,14 @@ def _config(**kwargs) -> PretrainedConfig:
 ])
 def test_layer_windows_from_config(kwargs, expected):
     assert layer_windows(_config(**kwargs)) == expected
+
+
+def test_kernel_windows_per_direction():
+    """(causal, bidirectional) in the kernels' terms; None when the config has no window at all,
+    so that a remote model's own `sliding_window` kwarg still counts."""
+    assert kernel_windows(_config()) is None
+    assert kernel_windows(_config(sliding_window=4, sliding_window_pattern=2)) == ((4, 5), None) * 2
+    assert kernel_windows(_config(sliding_window=4, use_bidirectional_attention=True)) == ((4, 4),) * 4
 
 
 @pytest.fixture(scope="module", params=WINDOWED)
