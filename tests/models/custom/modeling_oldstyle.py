@@ -68,7 +68,8 @@ class OldStyleAttention(nn.Module):
 
     def forward(self, x, position_ids, attention_mask=None, cache=None, **kwargs):
         b, t, _ = x.shape
-        q, k, v = (proj(x).view(b, t, -1, self.head_dim).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        q, k, v = (proj(x).view(b, t, -1, self.head_dim).transpose(1, 2) for proj in projections)  # [B, H, T, D]
         q, k = self.rotary(q, position_ids), self.rotary(k, position_ids)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
