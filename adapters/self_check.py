@@ -175,12 +175,31 @@ def _own_logits(model, ids) -> tuple[str, torch.Tensor | None]:
 
 @contextlib.contextmanager
 def _attn_implementation(decoder, impl: str):
-    before = decoder.config._attn_implementation
-    decoder.set_attn_implementation(impl)
+    """Every config the decoder's modules read switched to `impl`, then restored. Set directly,
+    not through `set_attn_implementation`, whose source-code heuristic refuses remote code that
+    indexes ALL_ATTENTION_FUNCTIONS[...] instead of calling `.get_interface(...)`; the loader
+    has already found the model backend-compatible."""
+    configs = _configs_of(decoder)
+    before = {id(c): c._attn_implementation_internal for c in configs}
+    for config in configs:
+        config._attn_implementation_internal = impl
     try:
         yield
     finally:
-        decoder.set_attn_implementation(before)
+        for config in configs:
+            config._attn_implementation_internal = before[id(config)]
+
+
+def _configs_of(decoder) -> list:
+    """The distinct configs held by the decoder's modules, and their sub-configs."""
+    found, queue = {}, [getattr(m, "config", None) for m in decoder.modules()]
+    while queue:
+        config = queue.pop()
+        if config is None or id(config) in found or not hasattr(config, "_attn_implementation_internal"):
+            continue
+        found[id(config)] = config
+        queue += [getattr(config, key, None) for key in getattr(config, "sub_configs", {})]
+    return list(found.values())
 
 
 def _finite(out: torch.Tensor, what: str, ids, fatal: bool) -> CheckFailure | None:

@@ -69,3 +69,19 @@ def test_one_noisy_token_is_noise_most_tokens_past_the_window_are_a_bug():
     window_missed = own.clone()
     window_missed[14:] += 1.0  # 10 of 24 tokens: under half of all, every one past a 14-token window
     assert _typical_error(window_missed, own, window=14) > _HALF_TOLERANCE
+
+
+def test_a_window_only_the_mask_knows_goes_to_the_compat_path(tmp_path, caplog):
+    """No monkeypatching: remote code whose window lives in its mask function alone (a config
+    field no loader knows, no kwarg). The paged path cannot see it; the probe does, and the model
+    runs on the compat path with the tokens of the model as built."""
+    from tests.models.oldstyle import build_oldstyle, greedy
+
+    path, model = build_oldstyle(tmp_path, own_attention=False, mask_window=5)
+    with caplog.at_level(logging.WARNING, logger="anymodel"):
+        llm = LLM(str(path), trust_remote_code=True, dtype="float32")
+    assert llm.apply_model(lambda m: type(m).__name__) == ["CompatCausalLM"]
+    assert "start-up self-check" in caplog.text
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
+    assert [list(o.outputs[0].token_ids) for o in outs] == [greedy(model, p, MAX_TOKENS) for p in PROMPTS]

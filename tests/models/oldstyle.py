@@ -23,12 +23,12 @@ BASE_CLASSES = {True: "OldStyleModel", False: "OldStyleInterfaceModel"}
 
 
 @_one_thread()
-def build_oldstyle(out_dir: Path, *, own_attention: bool, seed: int = 0):
+def build_oldstyle(out_dir: Path, *, own_attention: bool, mask_window: int | None = None, seed: int = 0):
     from tests.models.custom import modeling_oldstyle
     from tests.models.custom.configuration_oldstyle import OldStyleConfig
 
-    config = OldStyleConfig(vocab_size=VOCAB_SIZE, own_attention=own_attention, bos_token_id=BOS_ID,
-                            eos_token_id=EOS_ID, pad_token_id=PAD_ID)
+    config = OldStyleConfig(vocab_size=VOCAB_SIZE, own_attention=own_attention, mask_window=mask_window,
+                            bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
     config.auto_map = {
         "AutoConfig": "configuration_oldstyle.OldStyleConfig",
         "AutoModel": f"modeling_oldstyle.{BASE_CLASSES[own_attention]}",

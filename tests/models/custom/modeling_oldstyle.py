@@ -13,14 +13,15 @@ uninitialised:
 
 Two attention flavours share the constants (config.own_attention): `OldStyleForCausalLM` attends
 itself with the causal buffer and its own cache (the compat path), `OldStyleInterfaceForCausalLM`
-goes through ALL_ATTENTION_FUNCTIONS (the paged path). `_init_weights` initialises only Linear / Embedding.
+goes through ALL_ATTENTION_FUNCTIONS (the paged path). `config.mask_window` gives the latter a
+sliding window that only its mask applies (no `sliding_window` in the config, no kwarg). `_init_weights` initialises only Linear / Embedding.
 """
 
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import DynamicCache
-from transformers.masking_utils import create_causal_mask
+from transformers.masking_utils import create_causal_mask, sliding_window_overlay
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -152,8 +153,10 @@ class OldStyleModel(OldStylePreTrainedModel):
             position_ids = (start + torch.arange(hidden_states.shape[1], device=hidden_states.device))[None]
         mask = attention_mask  # own attention: the [B, S] padding mask as given
         if not self.config.own_attention:
+            window = self.config.mask_window
             mask = create_causal_mask(config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask,
-                                      cache=cache, position_ids=position_ids)
+                                      cache=cache, position_ids=position_ids,
+                                      and_mask_function=sliding_window_overlay(window) if window else None)
         for layer in self.layers:
             hidden_states = layer(hidden_states, position_ids=position_ids, attention_mask=mask, cache=cache, **kwargs)
         return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), past_key_values=cache)
