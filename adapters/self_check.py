@@ -1,11 +1,12 @@
 """Start-up self-check: one short probe forward before a model is served.
 
     probe ids [1, P]  (P = the longest sliding window + 16, between 24 and 64 tokens)
-      ours:  adapter.forward over a scratch paged cache (the engine's attention backend)
+      ours:  adapter.forward over a scratch paged cache (the engine's attention backend): the
+             probe as a prefill, its last 4 tokens then as decode steps
       own:   the same module objects with `attn_implementation` switched to sdpa (or eager where
              the class does not support sdpa): the model's own attention and masks
       -> logits [P, V] of both must be finite and agree (median per-token relative L2 error,
-         over all tokens and over those past the longest window)
+         over all tokens, those past the longest window, and the decode steps)
 
 It catches, in general, what the paged path cannot see for itself: a mask-only feature our kernels
 miss (a window the config says some way `sliding_windows.py` does not know), a buffer the
@@ -33,6 +34,7 @@ from anymodel.attention_backend.metadata import AttentionMetadata
 logger = logging.getLogger("anymodel")
 
 PROBE_MIN, PROBE_MAX, PROBE_PAST_WINDOW = 24, 64, 16
+DECODE_STEPS = 4  # the probe's last tokens, one step each over the cache the prefill wrote
 REQUEST_ID = "anymodel-self-check"
 # Per-token relative L2 error of the logits allowed between our attention and the model's own:
 # float32 runs agree to ~1e-6, 16-bit ones to ~1e-2; a missed window or mask is O(1).
@@ -55,7 +57,8 @@ def check_model(model: torch.nn.Module, backend, block_size: int) -> CheckFailur
         if not getattr(model, "uses_paged_kv_cache", True):  # compat path: its own forward only
             return _finite(_compat_forward(model, ids, block_size), "its own forward", ids, fatal=True)
         if not hasattr(model, "compute_logits"):  # a pooling model: hidden states only
-            return _finite(_paged_forward(model, ids, backend, block_size), "the paged forward", ids, fatal=True)
+            hidden = _paged_forward(model, ids, backend, block_size, [ids.shape[1]])  # prompts run whole
+            return _finite(hidden, "the paged forward", ids, fatal=True)
         return _compare(model, ids, backend, block_size)
 
 
@@ -80,7 +83,8 @@ def _vocab_size(base: torch.nn.Module) -> int:
 
 
 def _compare(model, ids, backend, block_size: int) -> CheckFailure | None:
-    ours = model.compute_logits(_paged_forward(model, ids, backend, block_size)).float()
+    steps = [ids.shape[1] - DECODE_STEPS] + [1] * DECODE_STEPS  # a prefill, then decode steps
+    ours = model.compute_logits(_paged_forward(model, ids, backend, block_size, steps)).float()
     impl, own = _own_logits(model, ids)
     if own is None:  # the model cannot run its own attention here: only finiteness is checked
         return _finite(ours, "the paged forward", ids, fatal=False)
@@ -88,7 +92,9 @@ def _compare(model, ids, backend, block_size: int) -> CheckFailure | None:
         return _finite(own, f"its own ({impl}) forward", ids, fatal=True)
     if not torch.isfinite(ours).all():
         return _finite(ours, "the paged forward", ids, fatal=False)
-    error = _typical_error(ours, own, _longest_window(model))
+    window, length = _longest_window(model), ids.shape[1]
+    groups = [slice(0, length), slice(window if window < length else 0, length), slice(length - DECODE_STEPS, length)]
+    error = _typical_error(ours, own, groups)  # all tokens, those past the longest window, the decode steps
     tolerance = _TOLERANCE.get(next(model.parameters()).dtype, _HALF_TOLERANCE)
     logger.debug("anymodel: self-check on %d tokens: relative logit error %.2e vs %s", ids.shape[1], error, impl)
     if error > tolerance:
@@ -101,40 +107,47 @@ def _compare(model, ids, backend, block_size: int) -> CheckFailure | None:
     return None
 
 
-def _typical_error(ours: torch.Tensor, own: torch.Tensor, window: int) -> float:
-    """Median over tokens of the relative L2 logit error [P, V] -> float, over all tokens and over
-    those past the longest window (where a missed window shows), whichever is worse. A median,
-    not a max: in 16 bits an MoE router may pick another expert for one near-tied token (measured:
-    one token at 0.55 among two dozen at ~0.01), which is noise, not a bug; a bug moves most tokens."""
+def _typical_error(ours: torch.Tensor, own: torch.Tensor, groups: list[slice]) -> float:
+    """Relative L2 logit error per token ([P, V] -> [P]), its median within each group of rows
+    (all tokens; those past the longest window, where a missed window shows; the decode steps,
+    where a decode-only bug shows), the worst group's. A median, not a max: in 16 bits an MoE
+    router may pick another expert for one near-tied token (measured: one token at 0.55 among two
+    dozen at ~0.01), which is noise, not a bug; a bug moves most tokens of its group."""
     errors = (ours - own).norm(dim=-1) / own.norm(dim=-1).clamp_min(1e-6)  # [P]
-    past = errors[window:] if 0 < window < errors.shape[0] else errors
-    return max(float(errors.median()), float(past.median()))
+    return max(float(errors[rows].median()) for rows in groups)
 
 
 def _longest_window(model) -> int:
     return max((w[0] for w in getattr(model, "layer_windows", None) or () if w is not None), default=0)
 
 
-def _paged_forward(model, ids, backend, block_size: int) -> torch.Tensor:
+def _paged_forward(model, ids, backend, block_size: int, steps: list[int]) -> torch.Tensor:
     """Our path, as the engine runs it: a discovery pass (no cache: which calls attend, with
-    which K/V shapes), then the whole probe as one prefill over a scratch cache -> [P, H]."""
-    positions = torch.arange(ids.shape[1], device=ids.device)[None]
-    discovery = _metadata(ids.shape[1], block_size, backend, ids.device)
+    which K/V shapes), then the probe in consecutive steps of `steps` tokens over one scratch
+    cache (a generating model: a prefill, then a decode step on top of it) -> hidden [P, H]."""
+    length = ids.shape[1]
+    positions = torch.arange(length, device=ids.device)[None]
+    discovery = _metadata(0, length, block_size, backend, ids.device)
     model(ids, positions, discovery)
-    meta = _metadata(ids.shape[1], block_size, backend, ids.device)
-    blocks = meta.block_tables.shape[1]
-    meta.kv_caches = [
+    blocks = discovery.block_tables.shape[1]
+    caches = [
         tuple(torch.zeros(blocks, block_size, h, d, dtype=dt, device=ids.device) for _ in range(2))
         for h, d, dt in discovery.discovered
     ]
-    return model(ids, positions, meta)
+    hidden, start = [], 0
+    for n in steps:
+        meta = _metadata(start, start + n, block_size, backend, ids.device)
+        meta.kv_caches = caches
+        hidden.append(model(ids[:, start : start + n], positions[:, start : start + n], meta))
+        start += n
+    return torch.cat(hidden)
 
 
 def _compat_forward(model, ids, block_size: int) -> torch.Tensor:
     """The compat model's own forward (its own cache, dropped afterwards) -> logits [P, V]."""
     positions = torch.arange(ids.shape[1], device=ids.device)[None]
     try:
-        hidden = model(ids, positions, _metadata(ids.shape[1], block_size, None, ids.device))
+        hidden = model(ids, positions, _metadata(0, ids.shape[1], block_size, None, ids.device))
     finally:
         release = getattr(model, "release", None)
         if release is not None:
@@ -142,16 +155,16 @@ def _compat_forward(model, ids, block_size: int) -> torch.Tensor:
     return model.compute_logits(hidden) if hasattr(model, "compute_logits") else hidden
 
 
-def _metadata(length: int, block_size: int, backend, device) -> AttentionMetadata:
-    """One request of `length` tokens from position 0, in blocks 0, 1, ... (no cache yet)."""
-    blocks = -(-length // block_size)
+def _metadata(start: int, end: int, block_size: int, backend, device) -> AttentionMetadata:
+    """One request's step: tokens [start, end) on top of `start` cached ones, in blocks 0, 1, ..."""
+    blocks = -(-end // block_size)
     return AttentionMetadata(
-        query_start_loc=torch.tensor([0, length], dtype=torch.int32, device=device),
-        seq_lens=torch.tensor([length], dtype=torch.int32, device=device),
+        query_start_loc=torch.tensor([0, end - start], dtype=torch.int32, device=device),
+        seq_lens=torch.tensor([end], dtype=torch.int32, device=device),
         block_tables=torch.arange(blocks, dtype=torch.int32, device=device)[None],
-        slot_mapping=torch.arange(length, dtype=torch.long, device=device),
-        max_query_len=length,
-        max_seq_len=length,
+        slot_mapping=torch.arange(start, end, dtype=torch.long, device=device),
+        max_query_len=end - start,
+        max_seq_len=end,
         block_size=block_size,
         request_ids=[REQUEST_ID],
         backend=backend,

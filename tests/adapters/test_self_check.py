@@ -54,21 +54,28 @@ def test_the_probe_reaches_past_the_longest_window(phimoe_window):
     assert max(max(w) for w in windows if w) < length <= PROBE_MAX
 
 
-def test_one_noisy_token_is_noise_most_tokens_past_the_window_are_a_bug():
+def test_one_noisy_token_is_noise_most_tokens_of_a_group_are_a_bug():
     """The comparison's statistic: an MoE router flipping one near-tied token in 16 bits (seen on
     DeepSeek-V3 in bfloat16: one token at 0.55, the rest ~0.01) passes; a missed window, which moves
-    every token past it, fails even when the tokens before the window agree."""
+    every token past it, fails even when the tokens before the window agree; so does a bug of the
+    decode steps alone."""
     import torch
 
     from anymodel.adapters.self_check import _HALF_TOLERANCE, _typical_error
 
     own = torch.ones(24, 10)
+    groups = [slice(0, 24), slice(14, 24), slice(20, 24)]  # all, past a 14-token window, 4 decode steps
     flip = own.clone()
     flip[11] += 2.0
-    assert _typical_error(flip, own, window=0) < _HALF_TOLERANCE
+    assert _typical_error(flip, own, groups) < _HALF_TOLERANCE
+    flip[22] += 2.0  # one of the decode steps too
+    assert _typical_error(flip, own, groups) < _HALF_TOLERANCE
     window_missed = own.clone()
-    window_missed[14:] += 1.0  # 10 of 24 tokens: under half of all, every one past a 14-token window
-    assert _typical_error(window_missed, own, window=14) > _HALF_TOLERANCE
+    window_missed[14:] += 1.0  # 10 of 24 tokens: under half of all, every one past the window
+    assert _typical_error(window_missed, own, groups) > _HALF_TOLERANCE
+    decode_bug = own.clone()
+    decode_bug[20:] += 1.0  # the decode steps only
+    assert _typical_error(decode_bug, own, groups) > _HALF_TOLERANCE
 
 
 def test_a_window_only_the_mask_knows_goes_to_the_compat_path(tmp_path, caplog):
