@@ -83,7 +83,9 @@ def _vocab_size(base: torch.nn.Module) -> int:
 
 
 def _compare(model, ids, backend, block_size: int) -> CheckFailure | None:
-    steps = [ids.shape[1] - DECODE_STEPS] + [1] * DECODE_STEPS  # a prefill, then decode steps
+    length = ids.shape[1]
+    decode = min(DECODE_STEPS, length - 1)  # fewer only in a context shorter than the probe
+    steps = [length - decode] + [1] * decode  # a prefill, then decode steps
     ours = model.compute_logits(_paged_forward(model, ids, backend, block_size, steps)).float()
     impl, own = _own_logits(model, ids)
     if own is None:  # the model cannot run its own attention here: only finiteness is checked
@@ -92,14 +94,14 @@ def _compare(model, ids, backend, block_size: int) -> CheckFailure | None:
         return _finite(own, f"its own ({impl}) forward", ids, fatal=True)
     if not torch.isfinite(ours).all():
         return _finite(ours, "the paged forward", ids, fatal=False)
-    window, length = _longest_window(model), ids.shape[1]
-    groups = [slice(0, length), slice(window if window < length else 0, length), slice(length - DECODE_STEPS, length)]
+    window = _longest_window(model)
+    groups = [slice(0, length), slice(window if window < length else 0, length), slice(length - max(decode, 1), length)]
     error = _typical_error(ours, own, groups)  # all tokens, those past the longest window, the decode steps
     tolerance = _TOLERANCE.get(next(model.parameters()).dtype, _HALF_TOLERANCE)
-    logger.debug("anymodel: self-check on %d tokens: relative logit error %.2e vs %s", ids.shape[1], error, impl)
+    logger.debug("anymodel: self-check on %d tokens: relative logit error %.2e vs %s", length, error, impl)
     if error > tolerance:
         return CheckFailure(
-            f"anymodel's paged attention disagrees with the model's own ({impl}) attention on a {ids.shape[1]}-token "
+            f"anymodel's paged attention disagrees with the model's own ({impl}) attention on a {length}-token "
             f"probe (median relative logit error {error:.3g} > {tolerance:g}): the model applies something in its "
             "attention or mask that the paged path does not reproduce",
             fatal=False,
