@@ -179,7 +179,7 @@ def _load_parallel(cls: type, model_dir, config, dtype: torch.dtype, head_requir
     from anymodel.adapters.parallel import load_parallel_pooling_model
     from anymodel.adapters.sharded_loader import MissingTensorsError
 
-    from anymodel.loader import recurrent_state
+    from anymodel.adapters.model_facts import recurrent_state
 
     if not getattr(cls, "_supports_attention_backend", False) or recurrent_state(cls, config):
         raise ValueError(
@@ -206,7 +206,7 @@ def _no_trained_head(cls: type, model_dir, missing_head: list[str]) -> ValueErro
 
 def _mark_compat(model: TransformersPoolingModel) -> TransformersPoolingModel:
     """Models our attention cannot reach run each request alone through their own forward."""
-    from anymodel.loader import recurrent_state
+    from anymodel.adapters.model_facts import recurrent_state
 
     base = model.model
     if getattr(base, "anymodel_compat", False) or recurrent_state(type(base), base.config):

@@ -65,7 +65,7 @@ def check_model(model: torch.nn.Module, backend, block_size: int) -> CheckFailur
 def probe_ids(model: torch.nn.Module) -> torch.Tensor:
     """[1, P] deterministic token ids within the embedding table, P past the longest window and
     within the model's context."""
-    from anymodel.loader import derive_max_model_len
+    from anymodel.adapters.model_facts import derive_max_model_len
 
     length = min(max(PROBE_MIN, _longest_window(model) + PROBE_PAST_WINDOW), PROBE_MAX)
     length = min(length, derive_max_model_len(model.model.config, None))

@@ -54,7 +54,7 @@ class EngineArgs:
     enable_chunked_prefill: bool = True
     attention_backend: str = "auto"
     enable_compat_path: bool = True  # run non-backend-compatible models through their own forward
-    # False: decode steps on one GPU replay CUDA graphs (runtime/cuda_graph.py). Default True until
+    # False: decode steps on one GPU replay CUDA graphs (runtime/worker/cuda_graph.py). Default True until
     # the path has run on a GPU (vLLM's default is False).
     enforce_eager: bool = True
     served_model_name: str | None = None

@@ -7,7 +7,7 @@ from typing import Any, Callable, Sequence
 
 from anymodel.config import EngineArgs
 from anymodel.errors import RequestFailedError
-from anymodel.llm_pooling import PoolingMixin
+from anymodel.pooling.offline import PoolingMixin
 from anymodel.outputs import RequestOutput
 from anymodel.params import SamplingParams
 
@@ -16,7 +16,7 @@ class LLM(PoolingMixin):
     """An engine in this process. `LLM()` with no model runs the embedded demo model."""
 
     def __init__(self, model: str | None = None, **kwargs: Any) -> None:
-        from anymodel.engine import Engine
+        from anymodel.engine.engine import Engine
 
         self.engine_args = EngineArgs.from_kwargs(model, kwargs)
         self.engine = Engine(self.engine_args)

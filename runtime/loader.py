@@ -14,11 +14,13 @@ from pathlib import Path
 
 import torch
 
+from anymodel.adapters.model_facts import (  # noqa: F401  (the loader's callers import them from here too)
+    derive_max_model_len, recurrent_state, unsupported_attention)
+
 logger = logging.getLogger("anymodel")
 
 _REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.py", "*.txt", "*.model", "*.tiktoken", "tokenizer*", "1_Pooling/*"]
-_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 BACKEND_REQUIREMENTS = (
     "1. its modules pass **kwargs down to the attention call;\n"
@@ -92,17 +94,6 @@ def resolve_dtype(dtype: str, config) -> torch.dtype:
     return found if isinstance(found, torch.dtype) and found.is_floating_point else torch.float32
 
 
-def derive_max_model_len(config, requested: int | None) -> int:
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    limits = [getattr(text, k) for k in _CONTEXT_KEYS if isinstance(getattr(text, k, None), int)]
-    limit = min(limits) if limits else None
-    if requested is None:
-        return limit or 2048
-    if limit is not None and requested > limit:
-        raise ValueError(f"max_model_len ({requested}) exceeds the model's context length ({limit}); allowed: <= {limit}")
-    return requested
-
-
 def load_tokenizer(name_or_dir, trust_remote_code: bool, revision: str | None = None):
     from transformers import AutoTokenizer
 
@@ -134,36 +125,6 @@ class ModelClass:
     def backend_compatible(self) -> bool:
         return (bool(getattr(self.cls, "_supports_attention_backend", False)) and self.recurrent is None
                 and self.own_attention is None)
-
-
-def unsupported_attention(config) -> str | None:
-    """Attention patterns the paged kernels do not implement; such models keep their own attention
-    (compat path) rather than run ours with silently different tokens."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    if getattr(text, "attention_chunk_size", None):
-        return f"chunked local attention (attention_chunk_size={text.attention_chunk_size})"
-    return None
-
-
-def recurrent_state(cls: type, config) -> str | None:
-    """Why `cls` keeps state besides per-token K/V (Mamba / SSM / linear-attention layers), or None.
-
-    Our attention function only sees the attention layers; the others would run every step
-    without their state (with `use_cache=False`), so their tokens would silently differ. Such
-    models run on the compat path, whose Transformers cache carries that state. Two signals, as
-    either can be missing: the class flag Transformers' `generate` uses (`_is_stateful`), and
-    linear-attention layers in the cache the config asks for (MiniMax's lightning attention sets
-    no flag; a hybrid's flag may be missing in remote code)."""
-    if getattr(cls, "_is_stateful", False):
-        return f"{cls.__name__} keeps recurrent state (`_is_stateful`)"
-    try:
-        from transformers.cache_utils import DynamicCache, LinearAttentionCacheLayerMixin
-
-        layers = DynamicCache(config=config).layers
-    except Exception:  # a config the cache cannot read (older remote code): no layer types to go by
-        return None
-    kinds = sorted({type(layer).__name__ for layer in layers if isinstance(layer, LinearAttentionCacheLayerMixin)})
-    return f"{cls.__name__} has recurrent / linear-attention layers ({', '.join(kinds)})" if kinds else None
 
 
 def resolve_causal_lm_class(config, model_dir: Path, trust_remote_code: bool) -> ModelClass:

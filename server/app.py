@@ -96,7 +96,7 @@ def build_app(engine_args: EngineArgs | None = None, *, api_key: str | None = No
     `on_fatal(error)`: called once if the engine dies for good (`anymodel serve` exits then)."""
     engine_args = engine_args or EngineArgs()
     if engine is None:
-        from anymodel.engine import Engine
+        from anymodel.engine.engine import Engine
 
         engine = Engine(engine_args)
     async_engine = AsyncEngine(engine)

@@ -209,7 +209,7 @@ def _serve(ns: argparse.Namespace) -> int:
 
 def _generate(ns: argparse.Namespace) -> int:
     engine_args = engine_args_from(ns)
-    from anymodel.engine import Engine
+    from anymodel.engine.engine import Engine
     from anymodel.params import SamplingParams
 
     engine = Engine(engine_args)
@@ -226,9 +226,9 @@ def _generate(ns: argparse.Namespace) -> int:
 def _bench(kind: str, rest: list[str]) -> int:
     try:
         if kind == "attention":
-            from anymodel.attention_backend.bench import main as bench_main
+            from anymodel.bench.attention import main as bench_main
         else:
-            from anymodel.bench import main as bench_main
+            from anymodel.bench.generation import main as bench_main
 
             rest = [kind, *rest]  # one module runs both throughput and latency
     except ImportError as e:

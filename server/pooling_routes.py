@@ -75,7 +75,7 @@ class PoolingHandler:
     async def scores(self, text_1, text_2, truncate: int | None = None,
                      param: str = "text_2") -> tuple[list[float], int]:
         """(scores, prompt tokens) of the pairs, by cross-encoder or by embedding cosine."""
-        from anymodel.llm_pooling import _pairs
+        from anymodel.pooling.offline import _pairs
 
         left, right = _pairs(text_1, text_2)
         check_prompt_count(len(left), self.max_prompts, param)

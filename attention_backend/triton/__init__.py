@@ -14,5 +14,5 @@ from anymodel.attention_backend.triton.store_kv import store_kv
 __all__ = ["store_kv", "paged_attention", "CUDA_GRAPHS"]
 
 # No host syncs and launch shapes fixed by the metadata's sizes: decode steps can be captured in
-# CUDA graphs (runtime/cuda_graph.py). torch_ref plans on the host; flash_attn is not checked yet.
+# CUDA graphs (runtime/worker/cuda_graph.py). torch_ref plans on the host; flash_attn is not checked yet.
 CUDA_GRAPHS = True

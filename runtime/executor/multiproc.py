@@ -119,7 +119,7 @@ def _describe_exit(rank: int, proc) -> str:
 def _check_gpus(args) -> None:
     import torch
 
-    from anymodel.executor.worker import resolve_device
+    from anymodel.worker.worker import resolve_device
 
     if resolve_device(args.device).type == "cuda" and args.world_size > torch.cuda.device_count():
         raise ValueError(

@@ -19,7 +19,7 @@ import torch
 
 from anymodel import distributed, loader
 from anymodel.executor.distributed_executor import dumps, loads
-from anymodel.executor.worker import Worker, resolve_device
+from anymodel.worker.worker import Worker, resolve_device
 from anymodel.native_overrides.weights import refusing_unsafe_pickles
 
 

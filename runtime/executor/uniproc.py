@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from anymodel.executor.worker import Worker
+from anymodel.worker.worker import Worker
 from anymodel.native_overrides.weights import refusing_unsafe_pickles
 
 

@@ -7,7 +7,7 @@ requests share a block only if their whole prefixes up to it are equal.
 from __future__ import annotations
 
 from anymodel.kv_cache.block_pool import BlockPool, KVBlock
-from anymodel.request import Request
+from anymodel.engine.request import Request
 
 
 def hash_blocks(token_ids: list[int], block_size: int, start: int = 0, parent: int | None = None) -> list[int]:

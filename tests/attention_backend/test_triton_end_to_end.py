@@ -4,7 +4,7 @@ backend's tokens: the kernels are wired in behind the same registered attention 
 import pytest
 
 from anymodel import LLM, SamplingParams
-from anymodel.cuda_graph import GraphSpec, capture_sizes, eager_capture
+from anymodel.worker.cuda_graph import GraphSpec, capture_sizes, eager_capture
 from tests.models.zoo import build_tiny_model, mixed_prompts
 
 

@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-from anymodel.bench import FIGURES, main
+from anymodel.bench.generation import FIGURES, main
 
 SYSTEMS = ["hf-generate", "anymodel-native", "anymodel-transformers", "hf-continuous-batching"]
 
@@ -36,5 +36,5 @@ def test_latency_batch_one(tmp_path):
 
 
 def test_module_entry_point():
-    done = subprocess.run([sys.executable, "-m", "anymodel.bench", "latency", "--help"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "anymodel.bench.generation", "latency", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "--model-impl" in done.stdout

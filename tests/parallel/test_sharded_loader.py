@@ -9,7 +9,7 @@ from anymodel.adapters.causal_lm import load_causal_lm
 from anymodel.adapters.parallel import load_parallel_causal_lm
 from anymodel.attention_backend import torch_ref
 from anymodel.distributed import ParallelState
-from anymodel.model_runner import ModelRunner
+from anymodel.worker.model_runner import ModelRunner
 from tests.parallel.tiny_models import build
 
 

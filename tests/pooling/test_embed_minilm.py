@@ -78,7 +78,7 @@ def test_cls_override_and_no_normalize(minilm_dir, sentence_model):
 def test_text_truncation_keeps_cls_and_sep(minilm_llm):
     """truncate_prompt_tokens on text cuts the words, not BERT's [CLS]/[SEP] (a tokenizer
     truncating on the left does the same): the embedding is that of the kept words."""
-    from anymodel.engine import special_affixes
+    from anymodel.engine.inputs import special_affixes
 
     tok = minilm_llm.get_tokenizer()
     assert special_affixes(tok) == ([tok.cls_token_id], [tok.sep_token_id])

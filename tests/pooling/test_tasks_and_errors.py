@@ -7,7 +7,7 @@ import pytest
 import transformers
 
 from anymodel import LLM, PoolingParams, SamplingParams
-from anymodel.pooling import resolve_task, sentence_transformers_pooling
+from anymodel.pooling.tasks import resolve_task, sentence_transformers_pooling
 from tests.models.zoo import cached_model
 from tests.pooling.conftest import KV
 from tests.pooling.encoders import cached_encoder

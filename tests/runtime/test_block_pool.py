@@ -2,7 +2,7 @@
 
 from anymodel.kv_cache import BlockPool, KVCacheManager
 from anymodel.params import SamplingParams
-from anymodel.request import Request
+from anymodel.engine.request import Request
 
 
 def make_request(rid: str, tokens: list[int]) -> Request:

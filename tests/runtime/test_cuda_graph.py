@@ -1,4 +1,4 @@
-"""Decode graphs (runtime/cuda_graph.py): static buffers, padding rows, size choice.
+"""Decode graphs (runtime/worker/cuda_graph.py): static buffers, padding rows, size choice.
 
 On CPU the graph path runs with `eager_capture` (same buffers, padding and slicing, no recording),
 so every test here but the GPU ones checks the whole mechanism except the CUDA graph itself; the
@@ -13,7 +13,7 @@ import torch
 from anymodel import LLM, SamplingParams
 from anymodel.attention_backend import torch_ref
 from anymodel.attention_backend.metadata import AttentionMetadata
-from anymodel.cuda_graph import DecodeBuffers, GraphSpec, capture_sizes, eager_capture
+from anymodel.worker.cuda_graph import DecodeBuffers, GraphSpec, capture_sizes, eager_capture
 from tests.models.zoo import build_tiny_model, mixed_prompts
 
 

@@ -1,6 +1,6 @@
 """Incremental detokenization and stop strings, with a byte-level tokenizer that splits characters."""
 
-from anymodel.detokenizer import Detokenizer
+from anymodel.engine.detokenizer import Detokenizer
 
 
 class ByteTokenizer:
@@ -111,7 +111,7 @@ def test_fast_decode_path_matches_transformers_decode():
     """The Rust-level decode gives the same text and stop cuts as tokenizer.decode, token by token."""
     import random
 
-    from anymodel.detokenizer import _fast_decode
+    from anymodel.engine.detokenizer import _fast_decode
 
     rng = random.Random(0)
     for tok in _fast_path_tokenizers():
@@ -126,7 +126,7 @@ def test_fast_decode_path_matches_transformers_decode():
 
 
 def test_fast_decode_path_skips_tokenizers_with_space_cleanup():
-    from anymodel.detokenizer import _fast_decode
+    from anymodel.engine.detokenizer import _fast_decode
 
     tok = _metaspace_tokenizer()
     tok.clean_up_tokenization_spaces = True

@@ -7,7 +7,7 @@ import torch
 from anymodel import LLM, SamplingParams
 from anymodel.config import EngineArgs
 from anymodel.executor.uniproc import UniProcExecutor
-from anymodel.kv_budget import kv_budget
+from anymodel.worker.kv_budget import kv_budget
 
 
 def test_budget_arithmetic():

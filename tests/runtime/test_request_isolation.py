@@ -13,9 +13,9 @@ import math
 import pytest
 
 from anymodel import LLM, SamplingParams
-from anymodel import model_runner, sampler
+from anymodel.worker import model_runner, sampler
 from anymodel.errors import RequestFailedError
-from anymodel.output_processor import OutputProcessor
+from anymodel.engine.output_processor import OutputProcessor
 
 PROMPTS = ["12+34=", "5+7=", "100+23=", "9+9="]
 ANSWERS = ["46", "12", "123", "18"]

@@ -5,7 +5,7 @@ import math
 import torch
 
 from anymodel.params import SamplingParams
-from anymodel.sampler import SamplingRow, sample
+from anymodel.worker.sampler import SamplingRow, sample
 
 
 def row(params: SamplingParams, prompt=(), output=(), blocked=(), seed=None) -> SamplingRow:

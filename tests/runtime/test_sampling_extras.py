@@ -8,7 +8,7 @@ import torch
 
 from anymodel import SamplingParams
 from anymodel.params import PoolingParams
-from anymodel.sampler import SamplingRow, sample
+from anymodel.worker.sampler import SamplingRow, sample
 
 LOGITS = torch.tensor([[1.0, 3.0, 2.0, 0.5], [0.1, 0.2, 4.0, 3.9]])
 

@@ -2,8 +2,8 @@
 
 from anymodel.kv_cache import KVCacheManager
 from anymodel.params import SamplingParams
-from anymodel.request import Request, RequestStatus
-from anymodel.scheduler import Scheduler
+from anymodel.engine.request import Request, RequestStatus
+from anymodel.engine.scheduler import Scheduler
 
 
 def make(rid: str, n: int) -> Request:

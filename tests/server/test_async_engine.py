@@ -258,9 +258,9 @@ def test_an_ordinary_step_error_is_not_fatal(faulty):
 
 def test_real_engine_one_request_fails_the_other_streams_on(monkeypatch):
     """The demo Engine behind the loop, one request's sampling made to raise: only its stream fails."""
-    from anymodel import model_runner, sampler
+    from anymodel.worker import model_runner, sampler
     from anymodel.config import EngineArgs
-    from anymodel.engine import Engine
+    from anymodel.engine.engine import Engine
 
     real = sampler.sample
 

@@ -81,19 +81,19 @@ def test_malformed_flags_exit_2(argv, capsys):
 
 def test_bench_dispatch(monkeypatch):
     seen = {}
-    fake = types.ModuleType("anymodel.bench")
+    fake = types.ModuleType("anymodel.bench.generation")
     fake.main = lambda argv: seen.setdefault("bench", argv) and 0
-    attn = types.ModuleType("anymodel.attention_backend.bench")
+    attn = types.ModuleType("anymodel.bench.attention")
     attn.main = lambda argv: seen.setdefault("attention", argv) and 3
-    monkeypatch.setitem(sys.modules, "anymodel.bench", fake)
-    monkeypatch.setitem(sys.modules, "anymodel.attention_backend.bench", attn)
+    monkeypatch.setitem(sys.modules, "anymodel.bench.generation", fake)
+    monkeypatch.setitem(sys.modules, "anymodel.bench.attention", attn)
     assert cli.main(["bench", "latency", "--batch-size", "4"]) == 0
     assert cli.main(["bench", "attention", "--help"]) == 3
     assert seen == {"bench": ["latency", "--batch-size", "4"], "attention": ["--help"]}
 
 
 def test_bench_not_available_yet(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "anymodel.bench", None)  # makes the import fail
+    monkeypatch.setitem(sys.modules, "anymodel.bench.generation", None)  # makes the import fail
     assert cli.main(["bench", "throughput"]) == 2
     assert "not available yet" in capsys.readouterr().err
 

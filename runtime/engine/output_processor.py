@@ -15,11 +15,11 @@ from dataclasses import dataclass, field, replace
 
 import logging
 
-from anymodel.detokenizer import Detokenizer
+from anymodel.engine.detokenizer import Detokenizer
 from anymodel.errors import RequestFailedError
 from anymodel.outputs import CompletionOutput, Logprob, RequestOutput
 from anymodel.params import RequestOutputKind, SamplingParams
-from anymodel.request import Request, RequestStatus
+from anymodel.engine.request import Request, RequestStatus
 
 logger = logging.getLogger("anymodel")
 

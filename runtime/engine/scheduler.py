@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from anymodel.kv_cache import KVCacheManager
-from anymodel.request import Request, RequestStatus
+from anymodel.engine.request import Request, RequestStatus
 
 
 @dataclass

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 import torch
 
 from anymodel.attention_backend.metadata import AttentionMetadata
-from anymodel.cuda_graph import DecodeGraphs, GraphSpec
-from anymodel.kv_budget import measure_kv_budget
-from anymodel.request import Request
-from anymodel.sampler import SamplingRow, sample, top_logprobs
-from anymodel.scheduler import SchedulerOutput
+from anymodel.worker.cuda_graph import DecodeGraphs, GraphSpec
+from anymodel.worker.kv_budget import measure_kv_budget
+from anymodel.engine.request import Request
+from anymodel.worker.sampler import SamplingRow, sample, top_logprobs
+from anymodel.engine.scheduler import SchedulerOutput
 
 logger = logging.getLogger("anymodel")
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from anymodel.outputs import PoolingOutput, PoolingRequestOutput
-from anymodel.request import Request
+from anymodel.engine.request import Request
 
 
 @dataclass

@@ -8,9 +8,9 @@ import logging
 import torch
 
 from anymodel import loader
-from anymodel.cuda_graph import GraphSpec, capture_sizes
+from anymodel.worker.cuda_graph import GraphSpec, capture_sizes
 from anymodel.distributed import ParallelState, get_parallel_state
-from anymodel.model_runner import ModelRunner
+from anymodel.worker.model_runner import ModelRunner
 
 logger = logging.getLogger("anymodel")
 
@@ -31,7 +31,7 @@ def build_model(args, model_dir, config, device: torch.device, state: ParallelSt
     state = state or get_parallel_state()
     dtype = loader.resolve_dtype(args.dtype, config)
     if args.task not in ("auto", "generate"):  # embed / classify / score / reward: a pooling adapter
-        from anymodel.pooling import build_pooling_model
+        from anymodel.pooling.tasks import build_pooling_model
 
         return self_checked(build_pooling_model(args, model_dir, config, dtype, state).to(device), args, state, backend,
                             rebuild=None)

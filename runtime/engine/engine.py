@@ -3,26 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import logging
 import time
-from dataclasses import dataclass
 
 import torch
 
-from anymodel import loader, pooling
+from anymodel import loader
 from anymodel.config import EngineArgs
+from anymodel.engine.inputs import PromptProcessor, PromptTokens
+from anymodel.engine.output_processor import OutputProcessor, RequestGroup
+from anymodel.engine.request import Request, RequestStatus
+from anymodel.engine.request_checks import check_sampling, resolve_logprobs
+from anymodel.engine.scheduler import Scheduler
 from anymodel.errors import RequestFailedError
 from anymodel.executor import make_executor
 from anymodel.kv_cache import KVCacheManager
 from anymodel.outputs import EngineStats, PoolingOutput, PoolingRequestOutput, RequestOutput
-from anymodel.output_processor import OutputProcessor, RequestGroup
-from anymodel.pooling_outputs import PoolingOutputs
-from anymodel.params import PoolingParams, SamplingParams, truncated_prompt_len
-from anymodel.request import Request, RequestStatus
-from anymodel.request_checks import check_sampling, resolve_logprobs
-from anymodel.scheduler import Scheduler
+from anymodel.params import PoolingParams, SamplingParams
+from anymodel.pooling import tasks as pooling
+from anymodel.pooling.outputs import PoolingOutputs
 
 logger = logging.getLogger("anymodel")
 
@@ -42,7 +42,8 @@ class Engine:
         if st_len and args.max_model_len is None:  # sentence-transformers truncates there: so do we
             self.max_model_len = min(self.max_model_len, st_len)
         # text is lower-cased before tokenizing, as sentence-transformers does for these models
-        self.lower_case = self.task == "embed" and pooling.sentence_transformers_lower_case(model_dir)
+        lower_case = self.task == "embed" and pooling.sentence_transformers_lower_case(model_dir)
+        self.inputs = PromptProcessor(self.tokenizer, lower_case)
         self.embedding_size = pooling.embedding_size(self.hf_config, model_dir) if self.task == "embed" else None
         self.model_name = args.served_model_name or args.model or "anymodel-demo"
         self.eos_token_ids = loader.eos_token_ids(model_dir, self.tokenizer)
@@ -101,7 +102,9 @@ class Engine:
         pooling.check_request(self.task, params, self.hf_config, self.embedding_size)
         if isinstance(params, SamplingParams):
             params = resolve_logprobs(params, self.vocab_size, self.args.max_logprobs)
-        tokens = self._truncate(self._tokenize(prompt), params)
+        tokens = self.inputs.tokenize(prompt)
+        k = getattr(params, "truncate_prompt_tokens", None)
+        tokens = self.inputs.truncate(tokens, k, self.max_prompt_len(params), self.max_model_len)
         self._validate(tokens.token_ids, params)
         if isinstance(params, PoolingParams):
             return self._add_pooling_request(request_id, tokens, params)
@@ -205,69 +208,12 @@ class Engine:
         return str(next(self._ids))
 
     # ---- helpers --------------------------------------------------------------------------------
-    def _tokenize(self, prompt) -> PromptTokens:
-        if not isinstance(prompt, dict):
-            return self._tokenize_plain(prompt)
-        if "prompt_token_ids" in prompt:
-            tokens = PromptTokens(prompt.get("prompt"), list(prompt["prompt_token_ids"]))
-        elif "prompt" in prompt:
-            tokens = self._tokenize_plain(prompt["prompt"])
-        else:
-            raise ValueError("prompt dict must have 'prompt' (str) or 'prompt_token_ids' (list[int])")
-        tokens.token_type_ids = _token_type_ids(prompt, len(tokens.token_ids))
-        return tokens
-
-    def _tokenize_plain(self, prompt) -> PromptTokens:
-        if isinstance(prompt, str):
-            return PromptTokens(prompt, self.tokenizer.encode(prompt.lower() if self.lower_case else prompt))
-        if isinstance(prompt, (list, tuple)) and all(isinstance(t, int) for t in prompt):
-            return PromptTokens(None, list(prompt))
-        raise ValueError(f"prompt must be a str, a list of token ids, or a dict; got {type(prompt).__name__}")
-
     def max_prompt_len(self, params) -> int:
         """The longest prompt a request may have: a generation needs room for one new token, and a
         pooling prompt runs whole in one step."""
         if isinstance(params, PoolingParams):
             return min(self.max_model_len, self.scheduler.max_num_batched_tokens)
         return self.max_model_len - 1
-
-    def _truncate(self, tokens: PromptTokens, params) -> PromptTokens:
-        """truncate_prompt_tokens=k keeps the last k prompt tokens (vLLM); -1 keeps max_prompt_len.
-        A text prompt keeps the special tokens its tokenizer added (vLLM truncates in the tokenizer)."""
-        k = getattr(params, "truncate_prompt_tokens", None)
-        if k is None:
-            return tokens
-        limit = self.max_prompt_len(params)
-        if k > limit:
-            raise ValueError(f"truncate_prompt_tokens must be -1 or in [1, {limit}] (this model's longest prompt for "
-                             f"the request, max_model_len={self.max_model_len}), got {k}")
-        k = truncated_prompt_len(len(tokens.token_ids), k, limit)
-        if k == len(tokens.token_ids):
-            return tokens
-        from_text = tokens.text is not None and tokens.token_type_ids is None
-        head, body, tail = self._split_special(tokens.token_ids) if from_text else ([], [], [])
-        if not from_text or k < len(head) + len(tail):  # token ids (or pairs): the last k, as given
-            ids = tokens.token_ids[-k:]
-            types = tokens.token_type_ids[-k:] if tokens.token_type_ids is not None else None
-            text = self.tokenizer.decode(ids) if tokens.text is not None else None
-            return PromptTokens(text, ids, types)
-        # Text: as a tokenizer truncating on the left would, the special tokens `encode` added
-        # (Llama's BOS; BERT's CLS and SEP) stay, and the text's last tokens fill the rest.
-        body = body[len(body) - (k - len(head) - len(tail)) :]
-        # the text reported with the outputs (and echoed by the server) is what the model saw
-        return PromptTokens(self.tokenizer.decode(body), head + body + tail, None)
-
-    @functools.cached_property
-    def _affixes(self) -> tuple[list[int], list[int]]:
-        return special_affixes(self.tokenizer)
-
-    def _split_special(self, ids: list[int]) -> tuple[list[int], list[int], list[int]]:
-        """ids -> (the special tokens `encode` puts before the text, the text's ids, those after)."""
-        head, tail = self._affixes
-        end = len(ids) - len(tail)
-        if ids[: len(head)] != head or ids[end:] != tail or end < len(head):
-            return [], ids, []
-        return head, ids[len(head) : end], tail
 
     def _validate(self, token_ids: list[int], params) -> None:
         if not token_ids:
@@ -309,33 +255,6 @@ class Engine:
             eos_token_ids=self.eos_token_ids,
             arrival_time=time.monotonic(),
         )
-
-
-@dataclass
-class PromptTokens:
-    """A prompt as the engine runs it."""
-
-    text: str | None
-    token_ids: list[int]
-    token_type_ids: list[int] | None = None  # segment ids of a cross-encoder pair, one per token
-
-
-def special_affixes(tokenizer) -> tuple[list[int], list[int]]:
-    """The ids `tokenizer.encode` adds before and after any text: ([BOS], []) for Llama,
-    ([CLS], [SEP]) for BERT, ([], []) for Qwen; found by encoding a probe with and without them."""
-    plain = tokenizer.encode("a", add_special_tokens=False)
-    full = tokenizer.encode("a")
-    for i in range(len(full) - len(plain) + 1):
-        if full[i : i + len(plain)] == plain:
-            return full[:i], full[i + len(plain) :]
-    return [], []
-
-
-def _token_type_ids(prompt: dict, num_tokens: int) -> list[int] | None:
-    types = prompt.get("token_type_ids")
-    if types is not None and len(types) != num_tokens:
-        raise ValueError(f"token_type_ids has {len(types)} entries for {num_tokens} prompt tokens; pass one per token")
-    return list(types) if types is not None else None
 
 
 def model_traits(model) -> tuple[bool, bool]:

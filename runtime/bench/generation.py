@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from anymodel.bench_systems import RunResult, build_systems, prepare_model_dir
+from anymodel.bench.systems import RunResult, build_systems, prepare_model_dir
 
 PRESETS = {
     # 768 hidden, 12 layers, 12 heads / 4 KV heads, 2048 FFN, 32000 vocab (float32)
