@@ -20,8 +20,9 @@ PACKAGES = {
     "runtime": ("anymodel", 3),
     "server": ("anymodel.server", 4),
 }
-# Leaf modules of runtime/ that every layer may use: they import nothing from anymodel.
-LEAVES = {"anymodel.distributed", "anymodel.errors"}
+# Leaf modules of runtime/ that every layer may use (shared vocabulary: parallel state, errors, the
+# model protocol that adapters and native classes implement): they import nothing from anymodel.
+LEAVES = {"anymodel.distributed", "anymodel.errors", "anymodel.model_protocol"}
 
 
 def layer_of(module: str) -> int:
