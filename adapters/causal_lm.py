@@ -13,9 +13,12 @@ from torch import nn
 
 from anymodel.adapters.sliding_windows import kernel_windows
 from anymodel.attention_backend.interface import forward_context
+from anymodel.model_protocol import ModelTraits
 
 
 class TransformersForCausalLM(nn.Module):
+    traits = ModelTraits(paged_kv_cache=True, prefix_caching=True)
+
     def __init__(self, base_model: nn.Module, lm_head: nn.Module, config) -> None:
         super().__init__()
         self.model = base_model

@@ -27,6 +27,7 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from anymodel.adapters.causal_lm import TransformersForCausalLM, decoder_of
+from anymodel.model_protocol import ModelTraits
 
 logger = logging.getLogger("anymodel")
 
@@ -37,8 +38,8 @@ _POSITIONS_FROM_ALIBI = frozenset({"bloom", "mpt"})
 
 
 class CompatCausalLM(TransformersForCausalLM):
-    supports_prefix_caching = False
-    uses_paged_kv_cache = False
+    # its own HF caches, one per request id (dropped by `release`), never our blocks
+    traits = ModelTraits(paged_kv_cache=False, prefix_caching=False, per_request_state=True)
 
     def __init__(self, base_model, lm_head, config) -> None:
         super().__init__(base_model, lm_head, config)

@@ -23,11 +23,13 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from anymodel.adapters.pooler import Head, Pooler, PoolerConfig, PoolingInput, PoolingType
 from anymodel.adapters.sliding_windows import kernel_windows
 from anymodel.attention_backend.interface import forward_context
+from anymodel.model_protocol import ModelTraits
 
 
 class TransformersPoolingModel(nn.Module):
-    uses_paged_kv_cache = True
-    supports_prefix_caching = False  # and the KV manager never prefix-caches pooling requests
+    # no prefix caching (and the KV manager never prefix-caches pooling requests); the compat path
+    # (`_mark_compat` in pooling_loader.py) sets paged_kv_cache=False on the instance
+    traits = ModelTraits(paged_kv_cache=True, prefix_caching=False)
 
     def __init__(self, base_model: nn.Module, pooler: Pooler, config) -> None:
         super().__init__()
@@ -40,7 +42,7 @@ class TransformersPoolingModel(nn.Module):
 
     def forward(self, input_ids, positions, attn_metadata, token_type_ids=None) -> torch.Tensor:
         kwargs = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        if not self.uses_paged_kv_cache:
+        if not self.traits.paged_kv_cache:
             return self._forward_per_request(input_ids, attn_metadata, kwargs)
         with forward_context(attn_metadata, self.layer_windows):
             out = self.model(

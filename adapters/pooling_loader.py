@@ -206,11 +206,13 @@ def _no_trained_head(cls: type, model_dir, missing_head: list[str]) -> ValueErro
 
 def _mark_compat(model: TransformersPoolingModel) -> TransformersPoolingModel:
     """Models our attention cannot reach run each request alone through their own forward."""
+    from dataclasses import replace
+
     from anymodel.adapters.model_facts import recurrent_state
 
     base = model.model
     if getattr(base, "anymodel_compat", False) or recurrent_state(type(base), base.config):
         logger.warning("anymodel: %s runs on the compat path (its own attention, one request at a time)",
                        type(model.model).__name__)
-        model.uses_paged_kv_cache = False
+        model.traits = replace(model.traits, paged_kv_cache=False)
     return model

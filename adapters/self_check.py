@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from anymodel.attention_backend.metadata import AttentionMetadata
+from anymodel.model_protocol import traits_of
 
 logger = logging.getLogger("anymodel")
 
@@ -54,7 +55,7 @@ def check_model(model: torch.nn.Module, backend, block_size: int) -> CheckFailur
         return None
     with torch.inference_mode():
         ids = probe_ids(model)
-        if not getattr(model, "uses_paged_kv_cache", True):  # compat path: its own forward only
+        if not traits_of(model).paged_kv_cache:  # compat path: its own forward only
             return _finite(_compat_forward(model, ids, block_size), "its own forward", ids, fatal=True)
         if not hasattr(model, "compute_logits"):  # a pooling model: hidden states only
             hidden = _paged_forward(model, ids, backend, block_size, [ids.shape[1]])  # prompts run whole
@@ -151,9 +152,8 @@ def _compat_forward(model, ids, block_size: int) -> torch.Tensor:
     try:
         hidden = model(ids, positions, _metadata(0, ids.shape[1], block_size, None, ids.device))
     finally:
-        release = getattr(model, "release", None)
-        if release is not None:
-            release([REQUEST_ID])
+        if traits_of(model).per_request_state:  # its HF cache for the probe request
+            model.release([REQUEST_ID])
     return model.compute_logits(hidden) if hasattr(model, "compute_logits") else hidden
 
 

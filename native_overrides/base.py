@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from anymodel.model_protocol import ModelTraits
 from anymodel.native_overrides.layers import ParallelLMHead, unsupported_rope
 from anymodel.native_overrides.weights import iter_checkpoint, load_weights
 
@@ -25,8 +26,7 @@ class NativeForCausalLM(nn.Module):
 
     supports_tensor_parallel = True  # linears shard themselves through anymodel.distributed
     supports_pipeline_parallel = False
-    uses_paged_kv_cache = True
-    supports_prefix_caching = True
+    traits = ModelTraits(paged_kv_cache=True, prefix_caching=True)
 
     def __init__(self, config) -> None:
         super().__init__()

@@ -26,6 +26,10 @@ class ModelTraits:
     prefix_caching: bool = True  # cached blocks may be shared between requests with a common prefix
     per_request_state: bool = False  # holds state per request id: the runner calls `release` for finished ones
 
+    def __post_init__(self) -> None:
+        if self.prefix_caching and not self.paged_kv_cache:  # shared blocks hold no K/V then
+            raise ValueError("ModelTraits: prefix_caching needs paged_kv_cache")
+
 
 @runtime_checkable
 class RunnableModel(Protocol):

@@ -19,6 +19,7 @@ from anymodel.engine.scheduler import Scheduler
 from anymodel.errors import RequestFailedError
 from anymodel.executor import make_executor
 from anymodel.kv_cache import KVCacheManager
+from anymodel.model_protocol import ModelTraits, traits_of
 from anymodel.outputs import EngineStats, PoolingOutput, PoolingRequestOutput, RequestOutput
 from anymodel.params import PoolingParams, SamplingParams
 from anymodel.pooling import tasks as pooling
@@ -49,14 +50,19 @@ class Engine:
         self.eos_token_ids = loader.eos_token_ids(model_dir, self.tokenizer)
         self.vocab_size = self.hf_config.get_text_config().vocab_size
         self.executor = make_executor(args, model_dir, self.hf_config)
-        self.paged, prefix_ok = self.executor.apply_model(model_traits)[0]
+        self.traits: ModelTraits = self.executor.apply_model(traits_of)[0]  # rank 0's: every rank builds the same class
         self.token_budget = args.max_num_batched_tokens or max(2048, self.max_model_len)  # tokens per step
-        self.kv = KVCacheManager(self._init_kv_cache(), args.block_size, args.enable_prefix_caching and prefix_ok)
+        self.kv = KVCacheManager(self._init_kv_cache(), args.block_size, args.enable_prefix_caching and self.traits.prefix_caching)
         self.scheduler = Scheduler(self.kv, args.max_num_seqs, self.token_budget, args.enable_chunked_prefill)
         self.outputs = OutputProcessor(self.tokenizer)
         self.pooling = PoolingOutputs()
         self._ids = itertools.count()
         self._counters = {"prompt": 0, "generation": 0, "prefix_hits": 0}
+
+    @property
+    def paged(self) -> bool:
+        """The model reads our paged KV cache (False: the compat path keeps its own)."""
+        return self.traits.paged_kv_cache
 
     def _init_kv_cache(self) -> int:
         layers = self.executor.discover_layers() if self.paged else []
@@ -255,8 +261,3 @@ class Engine:
             eos_token_ids=self.eos_token_ids,
             arrival_time=time.monotonic(),
         )
-
-
-def model_traits(model) -> tuple[bool, bool]:
-    """(reads our paged KV cache, allows prefix caching): False for the compat path."""
-    return getattr(model, "uses_paged_kv_cache", True), getattr(model, "supports_prefix_caching", True)

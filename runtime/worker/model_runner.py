@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from anymodel.attention_backend.metadata import AttentionMetadata
+from anymodel.model_protocol import StatefulModel, traits_of
 from anymodel.worker.cuda_graph import DecodeGraphs, GraphSpec
 from anymodel.worker.kv_budget import measure_kv_budget
 from anymodel.engine.request import Request
@@ -131,9 +132,9 @@ class ModelRunner:
     # ---- one step -------------------------------------------------------------------------------
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:
-        release = getattr(self.model, "release", None)
-        if release is not None and sched.released_req_ids:
-            release(sched.released_req_ids)
+        if sched.released_req_ids and traits_of(self.model).per_request_state:
+            stateful: StatefulModel = self.model  # its per-request state goes with the finished requests
+            stateful.release(sched.released_req_ids)
         if sched.is_empty:
             return RunnerOutput()
         inputs = self.prepare_inputs(sched)  # on the CPU

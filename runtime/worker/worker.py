@@ -10,6 +10,7 @@ import torch
 from anymodel import loader
 from anymodel.worker.cuda_graph import GraphSpec, capture_sizes
 from anymodel.distributed import ParallelState, get_parallel_state
+from anymodel.model_protocol import traits_of
 from anymodel.worker.model_runner import ModelRunner
 
 logger = logging.getLogger("anymodel")
@@ -81,7 +82,7 @@ def self_checked(model, args, state: ParallelState, backend, rebuild) -> torch.n
     if failure is None:
         return model
     name = type(getattr(model, "model", model)).__name__
-    if failure.fatal or rebuild is None or not getattr(model, "uses_paged_kv_cache", True):
+    if failure.fatal or rebuild is None or not traits_of(model).paged_kv_cache:
         raise ValueError(f"{name} failed anymodel's start-up self-check and is not served: {failure.reason}")
     if not args.enable_compat_path:
         raise ValueError(f"{name} failed anymodel's start-up self-check and is not served: {failure.reason} "
@@ -173,7 +174,7 @@ def decode_graph_spec(args, config, device: torch.device, model, backend, state:
         reason = f"device {device.type!r} (CUDA only)"
     elif state.world_size > 1:
         reason = "tensor/pipeline parallelism (not captured yet)"
-    elif args.task not in ("auto", "generate") or not getattr(model, "uses_paged_kv_cache", True):
+    elif args.task not in ("auto", "generate") or not traits_of(model).paged_kv_cache:
         reason = "a pooling model or one on the compat path"
     elif not getattr(backend, "CUDA_GRAPHS", False):
         reason = f"attention backend {getattr(backend, '__name__', backend)!r} cannot be captured; use 'triton'"
