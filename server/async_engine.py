@@ -1,7 +1,7 @@
 """AsyncEngine: one thread owns the synchronous Engine; coroutines talk to it through queues.
 
     event loop (any number of coroutines)           engine thread (exactly one; Engine is not thread-safe)
-    add() / abort() ── commands: queue.Queue ──►    apply all pending commands, then engine.step()
+    add() / abort() ── Command: queue.Queue ───►    apply all pending commands, then engine.step()
     RequestStream   ◄─ asyncio.Queue per request ── RequestDelta (call_soon_threadsafe)
                                                     publish an EngineStats snapshot for /metrics
 
@@ -26,7 +26,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 from anymodel.errors import EngineFatalError, RequestFailedError
 from anymodel.outputs import EngineStats, RequestOutput
@@ -86,6 +86,30 @@ class _Request:
             pass
 
 
+@dataclass(frozen=True)
+class AddCommand:
+    """Add a request; `ack` resolves on the caller's loop once the engine accepted (or refused) it."""
+
+    request_id: str
+    prompt: Any
+    params: Any
+    request: _Request
+    ack: asyncio.Future
+
+
+@dataclass(frozen=True)
+class AbortCommand:
+    request_id: str
+
+
+@dataclass(frozen=True)
+class StopCommand:
+    """Stop the loop once the commands queued before it are applied."""
+
+
+Command = Union[AddCommand, AbortCommand, StopCommand]
+
+
 class RequestStream:
     """Event-loop side of one request: `async for delta in stream` until it finishes.
 
@@ -137,7 +161,7 @@ class AsyncEngine:
         self.engine = engine
         self.metrics = metrics
         self.stats: EngineStats | None = None  # last snapshot; replaced whole, so readers need no lock
-        self._commands: queue.Queue = queue.Queue()
+        self._commands: queue.Queue[Command] = queue.Queue()
         self._requests: dict[str, _Request] = {}  # engine thread only
         self._lock = threading.Lock()  # orders "closed" against new adds
         self._closed = False
@@ -151,7 +175,7 @@ class AsyncEngine:
         self._thread.start()
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        self._commands.put(("stop",))
+        self._commands.put(StopCommand())
         if self._thread.is_alive():
             self._thread.join(timeout)
         if not self._thread.is_alive():
@@ -174,7 +198,7 @@ class AsyncEngine:
         with self._lock:
             if self._closed:
                 raise EngineDeadError("the engine loop is not running")
-            self._commands.put(("add", request_id, prompt, params, req, ack))
+            self._commands.put(AddCommand(request_id, prompt, params, req, ack))
         try:
             await ack
         except asyncio.CancelledError:  # client gone before the engine even saw the request
@@ -183,7 +207,7 @@ class AsyncEngine:
         return RequestStream(request_id, req.queue, self.abort)
 
     def abort(self, request_id: str) -> None:
-        self._commands.put(("abort", request_id))
+        self._commands.put(AbortCommand(request_id))
 
     # ------------------------------------------------------------------ engine-thread side
     def _run(self) -> None:
@@ -213,23 +237,23 @@ class AsyncEngine:
             logger.exception("on_fatal hook failed")
 
     def _apply_commands(self, block: bool) -> bool:
-        """Apply every pending command; False on "stop". Blocks for the first one when idle."""
+        """Apply every pending command; False on a StopCommand. Blocks for the first one when idle."""
         try:
             cmd = self._next_command() if block else self._commands.get_nowait()
         except queue.Empty:
             return True
-        while cmd[0] != "stop":
-            if cmd[0] == "add":
-                self._add(*cmd[1:])
+        while not isinstance(cmd, StopCommand):
+            if isinstance(cmd, AddCommand):
+                self._add(cmd)
             else:
-                self._abort(cmd[1])
+                self._abort(cmd.request_id)
             try:
                 cmd = self._commands.get_nowait()
             except queue.Empty:
                 return True
         return False
 
-    def _next_command(self) -> tuple:
+    def _next_command(self) -> Command:
         """Wait for a command, checking the engine's health between waits. Only commands change an
         idle engine, so nothing else (has_unfinished, step) runs while it waits."""
         while True:
@@ -251,14 +275,14 @@ class AsyncEngine:
         except Exception:
             logger.exception("engine.check_health() failed")
 
-    def _add(self, request_id: str, prompt: Any, params: Any, req: _Request, ack: asyncio.Future) -> None:
+    def _add(self, cmd: AddCommand) -> None:
         try:
-            self.engine.add_request(request_id, prompt, params)
+            self.engine.add_request(cmd.request_id, cmd.prompt, cmd.params)
         except Exception as e:  # ValueError: a bad request (400); anything else: 500
-            req.resolve(ack, e)
+            cmd.request.resolve(cmd.ack, e)
             return
-        self._requests[request_id] = req
-        req.resolve(ack, None)
+        self._requests[cmd.request_id] = cmd.request
+        cmd.request.resolve(cmd.ack, None)
 
     def _abort(self, request_id: str) -> None:
         if self._requests.pop(request_id, None) is None:  # finished (or failed) already
@@ -348,5 +372,5 @@ class AsyncEngine:
                 cmd = self._commands.get_nowait()
             except queue.Empty:
                 return
-            if cmd[0] == "add":
-                cmd[4].resolve(cmd[5], error)
+            if isinstance(cmd, AddCommand):
+                cmd.request.resolve(cmd.ack, error)
