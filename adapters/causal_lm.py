@@ -2,8 +2,8 @@
 
 The engine calls `forward(input_ids[1, T], positions[1, T], attn_metadata) -> hidden[T, H]` and
 then `compute_logits(hidden[S, H]) -> logits[S, V]` only at the positions that sample. The
-metadata travels to our attention function through the base model's `**kwargs`, and through
-`forward_context` where a model's layers do not pass them on.
+metadata travels to our attention function through the base model's `**kwargs`, and through the
+runner's `ForwardContext` (with the KV caches) where a model's layers do not pass them on.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from anymodel.adapters.sliding_windows import kernel_windows
-from anymodel.attention_backend.interface import forward_context
+from anymodel.attention_backend.interface import sliding_windows
 from anymodel.model_protocol import ModelTraits
 
 
@@ -45,8 +45,8 @@ class TransformersForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn_metadata) -> torch.Tensor:
         if not self._fused:
             self._fuse_once()
-        # the context: for layers that drop **kwargs before attention, and the per-layer windows
-        with forward_context(attn_metadata, self.layer_windows):
+        # the per-layer windows, read by every attention call of this forward
+        with sliding_windows(self.layer_windows):
             out = self.model(
                 input_ids=input_ids,
                 position_ids=positions,

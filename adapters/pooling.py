@@ -22,7 +22,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from anymodel.adapters.pooler import Head, Pooler, PoolerConfig, PoolingInput, PoolingType
 from anymodel.adapters.sliding_windows import kernel_windows
-from anymodel.attention_backend.interface import forward_context
+from anymodel.attention_backend.interface import sliding_windows
 from anymodel.model_protocol import ModelTraits
 
 
@@ -44,7 +44,7 @@ class TransformersPoolingModel(nn.Module):
         kwargs = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         if not self.traits.paged_kv_cache:
             return self._forward_per_request(input_ids, attn_metadata, kwargs)
-        with forward_context(attn_metadata, self.layer_windows):
+        with sliding_windows(self.layer_windows):
             out = self.model(
                 input_ids=input_ids,
                 position_ids=hf_position_ids(self.model, input_ids, positions, attn_metadata),

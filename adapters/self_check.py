@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from anymodel.attention_backend.forward_context import ForwardContext
 from anymodel.attention_backend.metadata import AttentionMetadata
 from anymodel.model_protocol import traits_of
 
@@ -130,18 +131,19 @@ def _paged_forward(model, ids, backend, block_size: int, steps: list[int]) -> to
     cache (a generating model: a prefill, then a decode step on top of it) -> hidden [P, H]."""
     length = ids.shape[1]
     positions = torch.arange(length, device=ids.device)[None]
-    discovery = _metadata(0, length, block_size, backend, ids.device)
-    model(ids, positions, discovery)
-    blocks = discovery.block_tables.shape[1]
+    whole = _metadata(0, length, block_size, ids.device)
+    with ForwardContext.discovery(whole, backend) as discovery:
+        model(ids, positions, whole)
+    blocks = whole.block_tables.shape[1]
     caches = [
         tuple(torch.zeros(blocks, block_size, h, d, dtype=dt, device=ids.device) for _ in range(2))
         for h, d, dt in discovery.discovered
     ]
     hidden, start = [], 0
     for n in steps:
-        meta = _metadata(start, start + n, block_size, backend, ids.device)
-        meta.kv_caches = caches
-        hidden.append(model(ids[:, start : start + n], positions[:, start : start + n], meta))
+        meta = _metadata(start, start + n, block_size, ids.device)
+        with ForwardContext.paged(meta, caches, backend):
+            hidden.append(model(ids[:, start : start + n], positions[:, start : start + n], meta))
         start += n
     return torch.cat(hidden)
 
@@ -150,14 +152,14 @@ def _compat_forward(model, ids, block_size: int) -> torch.Tensor:
     """The compat model's own forward (its own cache, dropped afterwards) -> logits [P, V]."""
     positions = torch.arange(ids.shape[1], device=ids.device)[None]
     try:
-        hidden = model(ids, positions, _metadata(0, ids.shape[1], block_size, None, ids.device))
+        hidden = model(ids, positions, _metadata(0, ids.shape[1], block_size, ids.device))  # no paged attention
     finally:
         if traits_of(model).per_request_state:  # its HF cache for the probe request
             model.release([REQUEST_ID])
     return model.compute_logits(hidden) if hasattr(model, "compute_logits") else hidden
 
 
-def _metadata(start: int, end: int, block_size: int, backend, device) -> AttentionMetadata:
+def _metadata(start: int, end: int, block_size: int, device) -> AttentionMetadata:
     """One request's step: tokens [start, end) on top of `start` cached ones, in blocks 0, 1, ..."""
     blocks = -(-end // block_size)
     return AttentionMetadata(
@@ -168,8 +170,7 @@ def _metadata(start: int, end: int, block_size: int, backend, device) -> Attenti
         max_query_len=end - start,
         max_seq_len=end,
         block_size=block_size,
-        request_ids=[REQUEST_ID],
-        backend=backend,
+        request_ids=(REQUEST_ID,),
     )
 
 

@@ -13,6 +13,7 @@ import logging
 
 import torch
 
+from anymodel.attention_backend.forward_context import forward_scratch
 from anymodel.attention_backend.metadata import AttentionMetadata
 from anymodel.attention_backend.triton import paged_attention as _triton_paged_attention
 from anymodel.attention_backend.triton import store_kv
@@ -64,10 +65,11 @@ def window_size(sliding_window: int | None, causal: bool) -> tuple[int, int]:
 
 
 def _cu_seqlens_k(meta: AttentionMetadata) -> torch.Tensor:
-    """[R+1] int32 prefix sums of seq_lens, computed once per step (every layer shares them)."""
-    cu = meta.step_cache.get("flash_cu_seqlens_k")
+    """[R+1] int32 prefix sums of seq_lens, computed once per forward (every layer shares them)."""
+    scratch = forward_scratch(meta)
+    cu = scratch.get("flash_cu_seqlens_k")
     if cu is None:
-        cu = meta.step_cache["flash_cu_seqlens_k"] = torch.nn.functional.pad(meta.seq_lens.cumsum(0, dtype=torch.int32), (1, 0))
+        cu = scratch["flash_cu_seqlens_k"] = torch.nn.functional.pad(meta.seq_lens.cumsum(0, dtype=torch.int32), (1, 0))
     return cu
 
 

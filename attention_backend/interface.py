@@ -1,10 +1,11 @@
 """The attention function anymodel registers with Transformers.
 
 A backend-compatible model calls `ALL_ATTENTION_FUNCTIONS[config._attn_implementation](module, q, k,
-v, mask, scaling=..., sliding_window=..., softcap=..., **kwargs)`; the engine's `AttentionMetadata`
-rides in those kwargs as `attn_metadata`, and in `forward_context` for models whose decoder layers
-drop `**kwargs` on the way to attention (Nemotron). Layers are identified by call order within a
-forward, which also gives shared-weight layers (called twice) a cache each.
+v, mask, scaling=..., sliding_window=..., softcap=..., **kwargs)`. The step's `AttentionMetadata`
+rides in those kwargs as `attn_metadata`; everything else the call needs (the KV caches, which layer
+it is, the kernels) comes from the `ForwardContext` the runner set for this forward
+(forward_context.py), which also carries the metadata for models whose decoder layers drop
+`**kwargs` on the way to attention (Nemotron).
 
 Beyond plain attention: learnable sinks (`s_aux`, GPT-OSS) join the softmax, and heads whose value
 width differs from the query/key width (MLA: DeepSeek V2/V3, MiniCPM3) are zero-padded to one width.
@@ -22,37 +23,29 @@ import torch.nn.functional as F
 
 from anymodel.attention_backend import ATTN_IMPLEMENTATION
 from anymodel.attention_backend import torch_ref
+from anymodel.attention_backend.forward_context import ForwardMode, current_forward
 from anymodel.attention_backend.metadata import AttentionMetadata
 
-
-# The step's metadata for the forward in progress (see `forward_context`).
-_CURRENT_METADATA: ContextVar[AttentionMetadata | None] = ContextVar("anymodel_attn_metadata", default=None)
+_DISCOVERY = ForwardMode.DISCOVERY
 # The running model's (causal, bidirectional) window per decoder layer (adapters/sliding_windows.py), or None.
 LayerWindows = tuple[tuple[int, int] | None, ...]
 _LAYER_WINDOWS: ContextVar[LayerWindows | None] = ContextVar("anymodel_layer_windows", default=None)
 
 
 @contextlib.contextmanager
-def forward_context(meta: AttentionMetadata, layer_windows: LayerWindows | None = None):
-    """Make `meta` (and the model's per-layer windows) reachable by every attention call of the
-    forward run inside.
-
-    The kwargs route needs every module between the base model and attention to pass `**kwargs`
-    on; some Transformers models drop them in their decoder layer (Nemotron), yet call attention
-    through the interface all the same. A context variable (not a global: one engine per thread
-    may run at once) reaches those too.
+def sliding_windows(layer_windows: LayerWindows | None):
+    """Make the model's per-layer windows reachable by every attention call of the forward run
+    inside (the adapter sets them: they are the model's, not the step's nor the runner's).
 
     `layer_windows[i]`: layer i's (causal, bidirectional) window in the kernels' terms, or None,
     read from the config at load as Transformers' masks apply it. Transformers enforces windows
     only through the mask (which our implementation never gets), and some models pass no
     `sliding_window` kwarg at all (PhiMoE), so with a list here the kwarg is not trusted."""
-    token = _CURRENT_METADATA.set(meta)
-    windows = _LAYER_WINDOWS.set(layer_windows)
+    token = _LAYER_WINDOWS.set(layer_windows)
     try:
         yield
     finally:
-        _LAYER_WINDOWS.reset(windows)
-        _CURRENT_METADATA.reset(token)
+        _LAYER_WINDOWS.reset(token)
 
 
 def paged_attention_forward(
@@ -68,14 +61,15 @@ def paged_attention_forward(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     # Returns [1, T, Hq, Dv] contiguous, as Transformers' own attention functions do (JetMoE views it).
+    forward = current_forward()
+    if forward is None:
+        raise RuntimeError(
+            f"attention implementation {ATTN_IMPLEMENTATION!r} needs an active ForwardContext (the forward's KV "
+            "caches and layer cursor); it only runs inside the anymodel engine"
+        )
     meta: AttentionMetadata | None = kwargs.get("attn_metadata")
     if meta is None:
-        meta = _CURRENT_METADATA.get()
-    if meta is None:
-        raise RuntimeError(
-            f"attention implementation {ATTN_IMPLEMENTATION!r} needs `attn_metadata` in the model's kwargs or "
-            "a `forward_context`; it only runs inside the anymodel engine"
-        )
+        meta = forward.metadata
     if query.shape[0] != 1:
         raise RuntimeError(f"anymodel runs one flat row of tokens per step; got batch size {query.shape[0]}")
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
@@ -89,20 +83,19 @@ def paged_attention_forward(
     if key.shape[-1] != value_dim:
         query, key, value = (F.pad(t, (0, width - t.shape[-1])) for t in (query, key, value))
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [T, H, D]
-    layer = meta.layer_cursor
-    meta.layer_cursor += 1
+    layer = forward.next_layer()
     sliding_window = _layer_window(module, layer, causal, sliding_window)
+    backend = forward.backend or torch_ref
 
-    if meta.kv_caches is None:  # discovery pass: one request, no cache yet
+    if forward.mode is _DISCOVERY:  # one request, no cache yet
         if sinks is not None:
-            _check_sinks_supported(meta.backend or torch_ref)
+            _check_sinks_supported(backend)
         _check_no_own_mask(module, attention_mask)
-        meta.discovered.append((k.shape[1], k.shape[2], k.dtype))
+        forward.discovered.append((k.shape[1], k.shape[2], k.dtype))
         out = _dense_single_request(query, key, value, scale, causal, sliding_window, softcap, sinks)
         return out[..., :value_dim].contiguous(), None
 
-    backend = meta.backend or torch_ref
-    key_cache, value_cache = meta.kv_caches[layer]
+    key_cache, value_cache = forward.kv_caches[layer]
     backend.store_kv(k, v, key_cache, value_cache, meta.slot_mapping)
     extra = {} if sinks is None else {"sinks": sinks}  # only backends that take sinks get the argument
     out = backend.paged_attention(

@@ -10,17 +10,25 @@ One engine step runs R requests whose scheduled tokens are concatenated into one
 
 Query token j of request i sits at absolute position seq_lens[i] - q_i + j; it attends to keys at
 positions <= its own (causal) or < seq_lens[i] (bidirectional), limited by a sliding window.
+
+This is step data: built by the runner once per step and never changed afterwards (frozen). What
+one forward over the step does with it (the KV caches it writes, which layer comes next, what the
+kernels derive once and share across layers) is in `forward_context.ForwardContext`. A decode CUDA
+graph keeps one of these over static buffers and refills the tensors in place each step; the object
+itself is never reassigned. The step's other inputs (M-RoPE positions, multimodal embeddings with
+their placeholder ranges, the LoRA token -> adapter mapping, speculative-decoding verification
+layout) belong beside this metadata in the runner's per-step bundle, not inside it: they are not
+what the attention kernels read.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, replace
 
 import torch
 
 
-@dataclass
+@dataclass(frozen=True)
 class AttentionMetadata:
     query_start_loc: torch.Tensor  # int32 [R+1]
     seq_lens: torch.Tensor  # int32 [R]
@@ -29,27 +37,8 @@ class AttentionMetadata:
     max_query_len: int
     max_seq_len: int
     block_size: int
-    # One (key_cache, value_cache) pair per attention layer, each [num_blocks, block_size, Hkv, D].
-    # None during the discovery pass, when the runner learns which modules attend and their shapes.
-    kv_caches: list[tuple[torch.Tensor, torch.Tensor]] | None = None
     # Request ids in row order: lets per-request state (the compat path's HF caches) follow requests.
-    request_ids: list[str] | None = None
-    # The kernels to use: a module or object with `store_kv` and `paged_attention` (see torch_ref).
-    backend: Any = None
-    # Attention calls so far in this forward: the call order names the layer (and its cache).
-    layer_cursor: int = 0
-    # Filled during the discovery pass: (num_kv_heads, head_dim, dtype) per attention call.
-    discovered: list[tuple[int, int, torch.dtype]] = field(default_factory=list)
-    # What a backend derives from the tensors above once per forward and shares across layers
-    # (torch_ref's gather plan, flash-attn's key offsets); `begin_forward` clears it.
-    step_cache: dict[str, Any] = field(default_factory=dict)
-
-    def begin_forward(self) -> None:
-        """Before each forward that reuses this object (a decode graph's static metadata, whose
-        tensors are refilled in place every step): layers count from 0 again, and derived values
-        are recomputed from the tensors' current contents."""
-        self.layer_cursor = 0
-        self.step_cache.clear()
+    request_ids: tuple[str, ...] | None = None
 
     @property
     def num_reqs(self) -> int:
@@ -72,15 +61,10 @@ class AttentionMetadata:
         def move(t: torch.Tensor) -> torch.Tensor:
             return t.to(device, non_blocking=True)
 
-        return AttentionMetadata(
+        return replace(
+            self,
             query_start_loc=move(self.query_start_loc),
             seq_lens=move(self.seq_lens),
             block_tables=move(self.block_tables),
             slot_mapping=move(self.slot_mapping),
-            max_query_len=self.max_query_len,
-            max_seq_len=self.max_seq_len,
-            block_size=self.block_size,
-            kv_caches=self.kv_caches,
-            request_ids=self.request_ids,
-            backend=self.backend,
         )

@@ -13,7 +13,7 @@ Decode requests (one query token) are attended in one vectorised gather; each pr
 attended on its own so that a long prompt never pads the decode batch. K/V are gathered a whole
 cache block at a time (one `index_select` row per block, not per token: ~4x faster), and keys past
 a request's length are masked. The plan depends only on the step, not the layer, so it is built
-once per step and cached on the metadata.
+once per forward and kept in the forward's scratch (forward_context.py).
 
 The math: `_masked_attention` is the plain reference (float32 scores, any softcap or sinks);
 plain attention goes through torch's fused CPU SDPA kernel, which reads the gathered K/V in
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from anymodel.attention_backend.forward_context import forward_scratch
 from anymodel.attention_backend.metadata import AttentionMetadata
 
 
@@ -104,12 +105,13 @@ def paged_attention(
 
 
 def _plan(meta: AttentionMetadata) -> list[_Group]:
-    plan = meta.step_cache.get("torch_plan")
+    scratch = forward_scratch(meta)
+    plan = scratch.get("torch_plan")
     if plan is None:
         query_lens = meta.query_lens.tolist()
         decode = [i for i, q in enumerate(query_lens) if q == 1]
         groups = ([decode] if decode else []) + [[i] for i, q in enumerate(query_lens) if q > 1]
-        plan = meta.step_cache["torch_plan"] = [_group(meta, reqs) for reqs in groups]
+        plan = scratch["torch_plan"] = [_group(meta, reqs) for reqs in groups]
     return plan
 
 

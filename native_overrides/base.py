@@ -3,6 +3,9 @@ one-time preparation for the device, and the refusal of configs a native class c
 
     model(input_ids [1, T], positions [1, T], attn_metadata) -> hidden [T, H]
     model.compute_logits(hidden [S, H]) -> logits [S, V]     (only the S positions that sample)
+
+The step's metadata is passed down the layers; each layer's KV cache (by call order) and the kernels
+come from the runner's `ForwardContext`, as for Transformers models (layers.PagedAttention).
 """
 
 from __future__ import annotations

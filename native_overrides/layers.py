@@ -131,7 +131,8 @@ def apply_qk_norm_rotary(qk: torch.Tensor, num_q_heads: int, q_norm: nn.Module, 
 
 class PagedAttention(nn.Module):
     """Attention over the paged KV cache, through the same function the Transformers backend
-    registers: the engine discovers and allocates this layer's cache exactly as for HF models."""
+    registers: the engine discovers and allocates this layer's cache exactly as for HF models, and
+    the forward's `ForwardContext` hands it over (the layer is its call's position in the forward)."""
 
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scaling: float,
                  sliding_window: int | None = None, softcap: float | None = None) -> None:

@@ -10,7 +10,9 @@ smallest P >= B. Rows B..P-1 are padding that writes nothing and whose output is
     padding    0         0         -1 (skipped)  1        0        (attends to one junk key)
 
 The attention launch is sized for `max_seq_len` = the model's context length, not the step's, so
-that one graph serves every context; the kernels read the true lengths from `seq_lens`.
+that one graph serves every context; the kernels read the true lengths from `seq_lens`. Each graph
+keeps one (frozen) `AttentionMetadata` over the buffers, whose tensors are refilled in place; every
+forward it runs (capture, and each eager "replay") enters a fresh `ForwardContext`.
 Prefill chunks, token-type inputs, and steps larger than the largest graph run eagerly.
 
 `capture` is the seam: `CudaGraphCapture` records real graphs; `eager_capture` runs the same
@@ -24,6 +26,7 @@ from typing import Callable
 
 import torch
 
+from anymodel.attention_backend.forward_context import ForwardContext
 from anymodel.attention_backend.metadata import AttentionMetadata
 
 Replay = Callable[[], torch.Tensor]  # runs the captured forward, returns its (static) hidden [P, H]
@@ -114,11 +117,12 @@ class DecodeBuffers:
             self.block_tables[b:size, 0] = 0
             self.slot_mapping[b:size] = -1
 
-    def metadata(self, size: int, max_seq_len: int, block_size: int, kv_caches, backend) -> AttentionMetadata:
+    def metadata(self, size: int, max_seq_len: int, block_size: int) -> AttentionMetadata:
+        """Graph `size`'s metadata: views of the buffers, so `load` refills it in place."""
         return AttentionMetadata(
             query_start_loc=self.query_start_loc[: size + 1], seq_lens=self.seq_lens[:size],
             block_tables=self.block_tables[:size], slot_mapping=self.slot_mapping[:size],
-            max_query_len=1, max_seq_len=max_seq_len, block_size=block_size, kv_caches=kv_caches, backend=backend,
+            max_query_len=1, max_seq_len=max_seq_len, block_size=block_size,
         )
 
 
@@ -133,15 +137,17 @@ class DecodeGraphs:
         self.replays: dict[int, Replay] = {}
         self.num_replays = 0  # steps served by a graph (stats, tests)
         for size in reversed(self.sizes):
-            meta = self.buffers.metadata(size, spec.max_seq_len, block_size, kv_caches, backend)
-            self.replays[size] = spec.capture(self._forward(model, size, meta))
+            meta = self.buffers.metadata(size, spec.max_seq_len, block_size)
+            self.replays[size] = spec.capture(self._forward(model, size, meta, kv_caches, backend))
 
-    def _forward(self, model: torch.nn.Module, size: int, meta: AttentionMetadata) -> Callable[[], torch.Tensor]:
+    def _forward(self, model: torch.nn.Module, size: int, meta: AttentionMetadata, kv_caches,
+                 backend) -> Callable[[], torch.Tensor]:
         ids, positions = self.buffers.input_ids[:, :size], self.buffers.positions[:, :size]
 
         def forward() -> torch.Tensor:
-            meta.begin_forward()
-            return model(ids, positions, meta)  # [size, H]
+            # a new context per forward: layers count from 0, per-forward values derive from the buffers' contents
+            with ForwardContext.paged(meta, kv_caches, backend):
+                return model(ids, positions, meta)  # [size, H]
 
         return forward
 

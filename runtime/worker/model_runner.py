@@ -2,6 +2,9 @@
 
     input_ids [1, T], positions [1, T]  ->  model  ->  hidden [T, H]
     hidden[logits_indices] [S, H]       ->  compute_logits  ->  sampler  ->  S new tokens
+
+The step's `AttentionMetadata` is built once and never changed; each forward over it runs inside a
+fresh `ForwardContext` that holds the KV caches (or discovery) and the layer cursor.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from anymodel.attention_backend.forward_context import ForwardContext
 from anymodel.attention_backend.metadata import AttentionMetadata
 from anymodel.model_protocol import StatefulModel, traits_of
 from anymodel.worker.cuda_graph import DecodeGraphs, GraphSpec
@@ -36,6 +40,9 @@ class RunnerOutput:
 
 @dataclass
 class StepInputs:
+    """What one step feeds the model, built once per step. The step's other inputs (multimodal
+    embeddings, the LoRA mapping, speculative drafts) join here, beside `meta`, when they come."""
+
     input_ids: torch.Tensor  # [1, T]
     positions: torch.Tensor  # [1, T]
     meta: AttentionMetadata
@@ -73,9 +80,9 @@ class ModelRunner:
         positions = torch.tensor([0, 1])
         inputs = StepInputs(torch.zeros(1, 2, dtype=torch.long), positions[None],
                             self._metadata([2], [2], [[0]], positions)).to(self.device)
-        inputs.meta.kv_caches = None
-        self.model(inputs.input_ids, inputs.positions, inputs.meta)
-        return inputs.meta.discovered
+        with ForwardContext.discovery(inputs.meta, self.backend) as forward:
+            self.model(inputs.input_ids, inputs.positions, inputs.meta)
+        return forward.discovered
 
     def bytes_per_block(self, layers) -> int:
         return sum(2 * self.block_size * h * d * torch.empty(0, dtype=dt).element_size() for h, d, dt in layers)
@@ -98,17 +105,15 @@ class ModelRunner:
         prefill over a scratch KV cache just big enough, then the LM head on `num_logit_rows` rows.
         Returns the scratch cache's size in bytes; the cache is gone afterwards."""
         num_blocks = -(-num_tokens // self.block_size)
-        saved, self.kv_caches = self.kv_caches, self._new_kv_cache(layers, num_blocks)
-        try:
-            positions = torch.arange(num_tokens)
-            meta = self._metadata([num_tokens], [num_tokens], [list(range(num_blocks))], positions)
-            inputs = StepInputs(torch.zeros(1, num_tokens, dtype=torch.long), positions[None], meta).to(self.device)
+        scratch_cache = self._new_kv_cache(layers, num_blocks)
+        positions = torch.arange(num_tokens)
+        meta = self._metadata([num_tokens], [num_tokens], [list(range(num_blocks))], positions)
+        inputs = StepInputs(torch.zeros(1, num_tokens, dtype=torch.long), positions[None], meta).to(self.device)
+        with ForwardContext.paged(inputs.meta, scratch_cache, self.backend):
             hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)
-            if self.produces_output and hasattr(self.model, "compute_logits"):
-                self.model.compute_logits(hidden[:num_logit_rows])
-            return self.bytes_per_block(layers) * num_blocks
-        finally:
-            self.kv_caches = saved
+        if self.produces_output and hasattr(self.model, "compute_logits"):
+            self.model.compute_logits(hidden[:num_logit_rows])
+        return self.bytes_per_block(layers) * num_blocks
 
     def allocate_kv_cache(self, layers, num_blocks: int) -> None:
         self.kv_caches = self._new_kv_cache(layers, num_blocks)
@@ -152,7 +157,8 @@ class ModelRunner:
         if size is not None:
             return self.graphs.run(inputs.input_ids, inputs.positions, inputs.meta, size)
         inputs = inputs.to(self.device)
-        return self.model(inputs.input_ids, inputs.positions, inputs.meta, **inputs.model_kwargs)
+        with ForwardContext.paged(inputs.meta, self.kv_caches, self.backend):
+            return self.model(inputs.input_ids, inputs.positions, inputs.meta, **inputs.model_kwargs)
 
     def prepare_inputs(self, sched: SchedulerOutput) -> StepInputs:
         """The step's flat row of tokens and its attention metadata, as CPU tensors."""
@@ -166,8 +172,7 @@ class ModelRunner:
             seq_lens.append(end)
         tables = [sched.block_tables[s.request.request_id] for s in sched.scheduled]
         pos = torch.tensor(positions, dtype=torch.long)
-        meta = self._metadata(qlens, seq_lens, tables, pos)
-        meta.request_ids = [s.request.request_id for s in sched.scheduled]
+        meta = self._metadata(qlens, seq_lens, tables, pos, tuple(s.request.request_id for s in sched.scheduled))
         return StepInputs(torch.tensor([ids], dtype=torch.long), pos[None], meta, self._token_type_ids(sched))
 
     def _token_type_ids(self, sched: SchedulerOutput) -> torch.Tensor | None:
@@ -180,14 +185,15 @@ class ModelRunner:
             types.extend(own[start : start + s.num_tokens] if own is not None else [0] * s.num_tokens)
         return torch.tensor([types], dtype=torch.long)
 
-    def _metadata(self, qlens, seq_lens, tables, positions: torch.Tensor) -> AttentionMetadata:
+    def _metadata(self, qlens, seq_lens, tables, positions: torch.Tensor,
+                  request_ids: tuple[str, ...] | None = None) -> AttentionMetadata:
         width = max(len(t) for t in tables)
         block_tables = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32)
         qlens_t = torch.tensor(qlens, dtype=torch.int32)
         req_of_token = torch.repeat_interleave(torch.arange(len(qlens)), qlens_t.long())
         bs = self.block_size
         slots = block_tables[req_of_token, positions // bs].long() * bs + positions % bs
-        meta = AttentionMetadata(
+        return AttentionMetadata(
             query_start_loc=torch.nn.functional.pad(qlens_t.cumsum(0, dtype=torch.int32), (1, 0)),
             seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
             block_tables=block_tables,
@@ -195,10 +201,8 @@ class ModelRunner:
             max_query_len=max(qlens),
             max_seq_len=max(seq_lens),
             block_size=bs,
-            kv_caches=self.kv_caches,
-            backend=self.backend,
+            request_ids=request_ids,
         )
-        return meta
 
     # ---- pooling --------------------------------------------------------------------------------
     def _pool(self, sched: SchedulerOutput, hidden: torch.Tensor, starts: list[int], out: RunnerOutput) -> None:

@@ -81,40 +81,42 @@ def test_store_kv_writes_each_row_at_its_slot(paged_batch):
 # ---- the registered attention function (interface.py) around the kernels
 
 def _call_interface(b, *, kv_caches, backend=torch_ref, value_dim=None, via_context=False, **kwargs):
-    """paged_attention_forward on batch `b` as a model calls it: [1, H, T, D] tensors, the metadata
-    in the kwargs or (layers that drop their kwargs) only in the forward context."""
-    from anymodel.attention_backend.interface import forward_context, paged_attention_forward
+    """paged_attention_forward on batch `b` as a model calls it, inside a ForwardContext (paged over
+    `kv_caches`, or discovery when None): [1, H, T, D] tensors, the metadata in the kwargs or
+    (layers that drop their kwargs) only in the context. Returns (out [T, Hq, Dv], the context)."""
+    from anymodel.attention_backend.forward_context import ForwardContext
+    from anymodel.attention_backend.interface import paged_attention_forward
 
     q, k, v = (t.transpose(0, 1)[None] for t in (b.query, b.key, b.value))
     if value_dim is not None:
         v = v[..., :value_dim]
-    b.meta.kv_caches, b.meta.backend, b.meta.layer_cursor = kv_caches, backend, 0
-    if via_context:
-        with forward_context(b.meta):
-            out, _ = paged_attention_forward(torch.nn.Module(), q, k, v, None, scaling=0.4, **kwargs)
+    if kv_caches is None:
+        forward = ForwardContext.discovery(b.meta, backend)
     else:
-        out, _ = paged_attention_forward(torch.nn.Module(), q, k, v, None, scaling=0.4, attn_metadata=b.meta,
-                                         **kwargs)
-    return out[0]  # [T, Hq, Dv]
+        forward = ForwardContext.paged(b.meta, kv_caches, backend)
+    if not via_context:
+        kwargs["attn_metadata"] = b.meta
+    with forward:
+        out, _ = paged_attention_forward(torch.nn.Module(), q, k, v, None, scaling=0.4, **kwargs)
+    return out[0], forward  # [T, Hq, Dv]
 
 
-def test_interface_needs_metadata_from_kwargs_or_context(paged_batch):
+def test_interface_needs_a_forward_context(paged_batch):
     from anymodel.attention_backend.interface import paged_attention_forward
 
     b = paged_batch([2], [2], head_dim=8, block_size=4)
     q, k, v = (t.transpose(0, 1)[None] for t in (b.query, b.key, b.value))
-    with pytest.raises(RuntimeError, match="forward_context"):
-        paged_attention_forward(torch.nn.Module(), q, k, v, None)
-    b.meta.discovered = []
-    _call_interface(b, kv_caches=None, via_context=True)  # discovery, metadata from the context only
-    assert b.meta.discovered == [(2, 8, torch.float32)]
+    with pytest.raises(RuntimeError, match="ForwardContext"):
+        paged_attention_forward(torch.nn.Module(), q, k, v, None, attn_metadata=b.meta)
+    _, forward = _call_interface(b, kv_caches=None, via_context=True)  # discovery, metadata from the context only
+    assert forward.discovered == [(2, 8, torch.float32)] and forward.layer_cursor == 1
 
 
 def test_interface_pads_narrow_values_and_cuts_them_back(paged_batch):
     """MLA: values 6 wide under 8-wide queries/keys are stored zero-padded to 8 (one cache width)
     and the output is attention over the first 6 value columns."""
     b = paged_batch([1, 3], [5, 3], head_dim=8, block_size=4)
-    got = _call_interface(b, kv_caches=[(b.key_cache, b.value_cache)], value_dim=6)  # stores, then attends
+    got, _ = _call_interface(b, kv_caches=[(b.key_cache, b.value_cache)], value_dim=6)  # stores, then attends
     new_rows = b.value_cache.view(-1, *b.value_cache.shape[2:])[b.meta.slot_mapping]
     assert got.shape[-1] == 6 and not new_rows[..., 6:].any()
     want = naive_paged_attention(b.query, b.key_cache, b.value_cache, b.meta, scale=0.4)[..., :6]
@@ -126,7 +128,7 @@ def test_interface_passes_sinks_and_refuses_backends_without_them(paged_batch):
 
     b = paged_batch([2, 1], [6, 9], head_dim=8, block_size=4)
     sinks = torch.tensor([1.0, -2.0, 0.0, 3.0])
-    got = _call_interface(b, kv_caches=[(b.key_cache, b.value_cache)], s_aux=sinks, via_context=True)
+    got, _ = _call_interface(b, kv_caches=[(b.key_cache, b.value_cache)], s_aux=sinks, via_context=True)
     want = naive_paged_attention(b.query, b.key_cache, b.value_cache, b.meta, scale=0.4, sinks=sinks)
     torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
 
@@ -134,7 +136,6 @@ def test_interface_passes_sinks_and_refuses_backends_without_them(paged_batch):
         raise AssertionError("never reached")
 
     plain = SimpleNamespace(__name__="plain", store_kv=torch_ref.store_kv, paged_attention=no_sinks)
-    b.meta.discovered = []
     with pytest.raises(ValueError, match="sinks"):  # at discovery: the engine fails at start-up
         _call_interface(b, kv_caches=None, backend=plain, s_aux=sinks)
 
@@ -171,7 +172,7 @@ def _hf_mask_function(kind: str, window: int):
 
 @pytest.mark.parametrize("kind", ["causal", "bidirectional", "gemma3_bidirectional"])
 def test_config_windows_follow_transformers_mask_functions(paged_batch, kind):
-    """A layer window from the config (kernel_windows -> forward_context) means what Transformers'
+    """A layer window from the config (kernel_windows -> sliding_windows) means what Transformers'
     masks make of it: causal q - k < w; bidirectional |q - k| <= w in masking_utils, but < w in
     Gemma 3's own overlay (`use_bidirectional_attention`). The layer is the module's `layer_idx`;
     the kwarg is ignored."""
@@ -179,7 +180,8 @@ def test_config_windows_follow_transformers_mask_functions(paged_batch, kind):
     from transformers import PretrainedConfig
 
     from anymodel.adapters.sliding_windows import kernel_windows
-    from anymodel.attention_backend.interface import forward_context, paged_attention_forward
+    from anymodel.attention_backend.forward_context import ForwardContext
+    from anymodel.attention_backend.interface import paged_attention_forward, sliding_windows
 
     window, layer_types = 3, ["full_attention", "sliding_attention"]
     causal, gemma = kind == "causal", kind.startswith("gemma3")
@@ -193,10 +195,10 @@ def test_config_windows_follow_transformers_mask_functions(paged_batch, kind):
     module = torch.nn.Module()
     module.is_causal, module.layer_idx = causal, 1
     q, k, v = (t.transpose(0, 1)[None] for t in (b.query, b.key, b.value))
-    b.meta.kv_caches, b.meta.backend = [None, (b.key_cache, b.value_cache)], torch_ref
-    b.meta.layer_cursor = 1
+    forward = ForwardContext.paged(b.meta, [None, (b.key_cache, b.value_cache)], torch_ref)
+    forward.layer_cursor = 1  # the second attention call of the forward
     config = PretrainedConfig(layer_types=layer_types, sliding_window=window, use_bidirectional_attention=gemma)
-    with forward_context(b.meta, layer_windows=kernel_windows(config)):
+    with forward, sliding_windows(kernel_windows(config)):
         out, _ = paged_attention_forward(module, q, k, v, None, scaling=0.4, sliding_window=1000)
     want = naive_paged_attention(b.query, b.key_cache, b.value_cache, b.meta, scale=0.4, allowed=hf_allowed)
     torch.testing.assert_close(out[0].double(), want, atol=1e-5, rtol=1e-5)

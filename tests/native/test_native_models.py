@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from anymodel import LLM, SamplingParams
+from anymodel.attention_backend.forward_context import ForwardContext
 from anymodel.attention_backend.metadata import AttentionMetadata
 from anymodel.native_overrides import NATIVE_MODELS, native_model_class
 from tests.models.zoo import build_tiny_model, hf_greedy, mixed_prompts
@@ -51,11 +52,11 @@ def test_auto_picks_native(case):
 
 
 def _full_prompt_meta(T: int) -> AttentionMetadata:
-    """One request, no cache: the attention function attends densely (its discovery path)."""
+    """One request, no cache: run inside `ForwardContext.discovery`, the attention function attends densely."""
     return AttentionMetadata(
         query_start_loc=torch.tensor([0, T], dtype=torch.int32), seq_lens=torch.tensor([T], dtype=torch.int32),
         block_tables=torch.zeros(1, 1, dtype=torch.int32), slot_mapping=torch.arange(T), max_query_len=T,
-        max_seq_len=T, block_size=16, kv_caches=None,
+        max_seq_len=T, block_size=16,
     )
 
 
@@ -69,7 +70,9 @@ def test_prompt_logits_match_transformers(case):
     hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
     ids = torch.tensor([prompts[-1]])  # the longest prompt: crosses the sliding windows
     T = ids.shape[1]
-    hidden = native(ids, torch.arange(T)[None], _full_prompt_meta(T))
+    meta = _full_prompt_meta(T)
+    with ForwardContext.discovery(meta):
+        hidden = native(ids, torch.arange(T)[None], meta)
     logits = native.compute_logits(hidden)
     expected = hf(ids).logits[0]
     assert logits.shape == expected.shape

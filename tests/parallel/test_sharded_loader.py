@@ -8,6 +8,7 @@ from anymodel import loader
 from anymodel.adapters.causal_lm import load_causal_lm
 from anymodel.adapters.parallel import load_parallel_causal_lm
 from anymodel.attention_backend import torch_ref
+from anymodel.attention_backend.forward_context import ForwardContext
 from anymodel.distributed import ParallelState
 from anymodel.worker.model_runner import ModelRunner
 from tests.parallel.tiny_models import build
@@ -16,8 +17,7 @@ from tests.parallel.tiny_models import build
 def logits(model, ids):
     runner = ModelRunner(model, torch.device("cpu"), 16, torch_ref)
     meta = runner._metadata([len(ids)], [len(ids)], [[0]], torch.arange(len(ids)))
-    meta.kv_caches = None  # the dense single-request pass
-    with torch.inference_mode():
+    with torch.inference_mode(), ForwardContext.discovery(meta):  # the dense single-request pass
         hidden = model(torch.tensor([ids]), torch.arange(len(ids))[None], meta)
         return model.compute_logits(hidden)
 

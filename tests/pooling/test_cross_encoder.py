@@ -100,7 +100,7 @@ def test_roberta_positions_start_after_padding_idx():
     path = cached_encoder("roberta", "RobertaForSequenceClassification", num_labels=1)
     base = transformers.RobertaModel.from_pretrained(path)
     ids = torch.tensor([[0, 50, 60, 2, 0, 70, 2]])  # two requests: 4 + 3 tokens
-    meta = AttentionMetadata.__new__(AttentionMetadata)
-    meta.query_start_loc = torch.tensor([0, 4, 7])
+    meta = AttentionMetadata(torch.tensor([0, 4, 7]), torch.tensor([4, 3]), torch.zeros(2, 1, dtype=torch.int32),
+                             torch.arange(7), max_query_len=4, max_seq_len=4, block_size=16)
     pos = hf_position_ids(base, ids, torch.tensor([[0, 1, 2, 3, 0, 1, 2]]), meta)
     assert pos.tolist() == [[2, 3, 4, 5, 2, 3, 4]]  # padding_idx (1) + 1 onwards, per request

@@ -46,7 +46,7 @@ def test_buffers_pad_rows_after_a_larger_step():
     assert buf.slot_mapping[:4].tolist() == [10, 13, -1, -1]  # padding writes nothing
     assert buf.block_tables[:4, 0].tolist() == [1, 2, 0, 0]
     assert buf.block_tables[1, :2].tolist() == [2, 3]
-    meta = buf.metadata(4, max_seq_len=12, block_size=4, kv_caches=None, backend=None)
+    meta = buf.metadata(4, max_seq_len=12, block_size=4)
     assert meta.num_reqs == 4 and meta.query_start_loc.tolist() == [0, 1, 2, 3, 4] and meta.max_seq_len == 12
 
 
