@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import pickle
 import threading
+import traceback
 import weakref
 from dataclasses import dataclass
-from typing import Callable, NoReturn
+from typing import Any, Callable, NoReturn
 
 from anymodel.errors import EngineFatalError, WorkerDiedError
 
@@ -111,10 +112,24 @@ class DistributedExecutor:
         return self._call("apply_model", fn, fatal=False)
 
 
+@dataclass(frozen=True)
+class RankReply:
+    """A rank's answer to one command (pickled back to the executor): the method's value, or the
+    exception it raised with its formatted traceback."""
+
+    value: Any = None
+    error: BaseException | None = None
+    traceback: str = ""
+
+    @classmethod
+    def failed(cls, exc: BaseException) -> "RankReply":
+        """For the exception being handled (call it inside the `except` block)."""
+        return cls(error=exc, traceback=traceback.format_exc())
+
+
 @dataclass
 class Replies:
-    """One reply per rank, ("ok", result) or ("error", exc, traceback), gathered in rank order. A
-    rank's error is re-raised; when `fatal`, the other ranks may be stuck in a collective waiting
+    """One RankReply per rank, gathered in rank order. A rank's error is re-raised; when `fatal`, the other ranks may be stuck in a collective waiting
     for it, so `on_fatal(rank, exc)` tears the world down first."""
 
     results: list
@@ -122,14 +137,14 @@ class Replies:
     on_fatal: Callable[[int, BaseException], None]
     error: tuple | None = None  # the first error of a non-fatal call, raised once all replied
 
-    def add(self, rank: int, reply: tuple) -> None:
-        if reply[0] == "ok":
-            self.results[rank] = reply[1]
+    def add(self, rank: int, reply: RankReply) -> None:
+        if reply.error is None:
+            self.results[rank] = reply.value
         elif self.fatal:
-            self.on_fatal(rank, reply[1])
-            raise_remote(rank, reply[1], reply[2])
+            self.on_fatal(rank, reply.error)
+            raise_remote(rank, reply.error, reply.traceback)
         else:
-            self.error = self.error or (rank, reply[1], reply[2])
+            self.error = self.error or (rank, reply.error, reply.traceback)
 
     def finish(self) -> list:
         if self.error is not None:

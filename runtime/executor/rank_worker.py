@@ -1,7 +1,7 @@
 """One rank of a multi-process or Ray world: joins torch.distributed, builds its Worker (its TP
 shard, its PP stage, its own KV cache), and serves the executor's commands.
 
-    executor --pickle((method, args))--> rank --pickle(("ok", result) | ("error", exc, tb))--> executor
+    executor --pickle((method, args))--> rank --pickle(RankReply(value | error, traceback))--> executor
 
 Every rank receives every command: the forward is collective (all-reduce inside a stage, send /
 recv between stages), so all ranks step together on the same SchedulerOutput.
@@ -12,13 +12,12 @@ from __future__ import annotations
 import os
 import threading
 import time
-import traceback
 from pathlib import Path
 
 import torch
 
 from anymodel import distributed, loader
-from anymodel.executor.distributed_executor import dumps, loads
+from anymodel.executor.distributed_executor import RankReply, dumps, loads
 from anymodel.worker.worker import Worker, resolve_device
 from anymodel.native_overrides.weights import refusing_unsafe_pickles
 
@@ -73,12 +72,12 @@ class RankWorker:
         distributed.destroy_distributed()
 
 
-def call(worker: RankWorker, method: str, args: tuple):
-    """Run one command; never raises: the executor gets ("ok", value) or ("error", exc, traceback)."""
+def call(worker: RankWorker, method: str, args: tuple) -> RankReply:
+    """Run one command; never raises: the executor gets the value, or the error and its traceback."""
     try:
-        return ("ok", getattr(worker, method)(*args))
+        return RankReply(value=getattr(worker, method)(*args))
     except BaseException as exc:  # noqa: BLE001 - reported to the executor, which re-raises
-        return ("error", exc, traceback.format_exc())
+        return RankReply.failed(exc)
 
 
 def run_rank(conn, payload: bytes) -> None:
@@ -89,10 +88,10 @@ def run_rank(conn, payload: bytes) -> None:
     try:
         worker = RankWorker(**kwargs)
     except BaseException as exc:  # noqa: BLE001
-        conn.send_bytes(_dumps(("error", exc, traceback.format_exc())))
+        conn.send_bytes(_dumps(RankReply.failed(exc)))
         _wait_for_stop(conn)  # a rank exits only when told to: any other exit is a death
         return
-    conn.send_bytes(_dumps(("ok", None)))
+    conn.send_bytes(_dumps(RankReply()))
     while True:
         try:
             method, args = loads(conn.recv_bytes())
@@ -110,13 +109,14 @@ def _wait_for_stop(conn) -> None:
         pass
 
 
-def _dumps(reply) -> bytes:
+def _dumps(reply: RankReply) -> bytes:
     """Pickle a reply; one that does not pickle (an odd exception, a model object) travels as an error."""
     try:
         return dumps(reply)
     except Exception as exc:  # noqa: BLE001
-        text = reply[2] if reply[0] == "error" else f"apply_model result {type(reply[1]).__name__} does not pickle: {exc}"
-        return dumps(("error", RuntimeError(text), text))
+        text = reply.traceback if reply.error is not None else (
+            f"apply_model result {type(reply.value).__name__} does not pickle: {exc}")
+        return dumps(RankReply(error=RuntimeError(text), traceback=text))
 
 
 def _limit_threads(threads: int | None) -> None:

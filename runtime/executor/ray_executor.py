@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import weakref
 
-from anymodel.executor.distributed_executor import DistributedExecutor, Replies, output_rank
+from anymodel.executor.distributed_executor import DistributedExecutor, RankReply, Replies, output_rank
 
 _READY_TIMEOUT_S = 120.0
 
@@ -43,18 +43,16 @@ class _RankActor:
 
         return ray.util.get_node_ip_address(), free_port()
 
-    def start(self, args, model_dir, rank: int, init_method: str):
-        from anymodel.executor.rank_worker import RankWorker, call
+    def start(self, args, model_dir, rank: int, init_method: str) -> RankReply:
+        from anymodel.executor.rank_worker import RankWorker
 
         try:
             self.worker = RankWorker(args, model_dir, rank, init_method)
         except BaseException as exc:  # noqa: BLE001
-            import traceback
+            return RankReply.failed(exc)
+        return RankReply()
 
-            return ("error", exc, traceback.format_exc())
-        return ("ok", None)
-
-    def call(self, method: str, args: tuple):
+    def call(self, method: str, args: tuple) -> RankReply:
         from anymodel.executor.rank_worker import call
 
         return call(self.worker, method, args)
