@@ -1,4 +1,4 @@
-"""The `anymodel` command: serve | generate | bench. Engine flags are vLLM's, mapped 1:1 onto EngineArgs.
+"""The `anymodel` command: serve | generate | inspect | bench. Engine flags are vLLM's, mapped 1:1 onto EngineArgs.
 
 Heavy imports (torch, the engine, uvicorn) happen only inside the command that needs them, so
 `anymodel --help` is instant. Every engine flag defaults to "not given" and EngineArgs supplies the
@@ -23,6 +23,7 @@ EXAMPLES = """examples:
   anymodel serve                                      # the embedded demo model on :8000
   anymodel serve ./my-model --model-impl transformers --trust-remote-code
   anymodel generate --prompt "12+34="
+  anymodel inspect ./my-model -tp 2                   # which implementation runs it, and why
   anymodel bench attention --help
 """
 
@@ -133,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="anymodel", description="Serve any Hugging Face Transformers model at inference-engine speed.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", metavar="{serve,generate,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,generate,inspect,bench}")
     serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server", usage="anymodel serve [MODEL] [options]",
                            description="Start an OpenAI-compatible server (/v1/completions, /v1/chat/completions, ...).")
     _add_model_args(serve)
@@ -158,11 +159,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-tokens", type=int, default=16, metavar="N", help="default: 16")
     s.add_argument("--temperature", type=float, default=0.0, metavar="T", help="default: 0 (greedy)")
     s.add_argument("--top-p", type=float, default=1.0, metavar="P", help="default: 1")
+    _add_inspect_parser(sub)
     bench = sub.add_parser("bench", help="benchmarks: attention | throughput | latency",
                            description="Run a benchmark; arguments after KIND go to it (try `anymodel bench KIND --help`).")
     bench.add_argument("kind", choices=BENCHES)
     bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own arguments")
     return parser
+
+
+def _add_inspect_parser(sub) -> None:
+    p = sub.add_parser("inspect", help="which implementation would run MODEL, and why (loads no weights)",
+                       usage="anymodel inspect MODEL [options]",
+                       description="Print the model loader's decision table: every rule, whether it applies, why.")
+    p.add_argument("model", help="local directory or Hub id")
+    p.add_argument("--trust-remote-code", action="store_true", default=None, help="allow the model's own code (auto_map)")
+    p.add_argument("--task", choices=TASKS, help="default: auto (from the architecture)")
+    p.add_argument("--model-impl", choices=MODEL_IMPLS, help="default: auto")
+    p.add_argument("--tensor-parallel-size", "-tp", type=int, metavar="N")
+    p.add_argument("--pipeline-parallel-size", "-pp", type=int, metavar="N")
+    p.add_argument("--enable-compat-path", action=argparse.BooleanOptionalAction, default=None,
+                   help="run models our attention cannot reach through their own forward (default: on)")
+    p.add_argument("--hf-overrides", type=_json_dict, metavar="JSON", help="config.json entries to override")
+    p.add_argument("--revision", help="Hub revision of the model")
 
 
 # ---------------------------------------------------------------------------- commands
@@ -223,6 +241,33 @@ def _generate(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect(ns: argparse.Namespace) -> int:
+    """The decision table for the model as these flags would load it: config and classes only."""
+    from anymodel import loader
+    from anymodel.distributed import ParallelState
+    from anymodel.model_loader import evaluate
+
+    args = engine_args_from(ns)
+    model_dir = loader.resolve_model_dir(args.model, args.revision)
+    config = loader.load_config(model_dir, args.trust_remote_code, args.hf_overrides)
+    state = ParallelState(tp_size=args.tensor_parallel_size, pp_size=args.pipeline_parallel_size)
+    decision, verdicts = evaluate(args, config, model_dir, state)
+    request = decision.facts.request
+    print(f"{args.model}: {decision.facts.arch}, task {request.task}, model_impl {request.model_impl}, "
+          f"tp={state.tp_size} pp={state.pp_size}")
+    width = max(len(v.rule.name) for v in verdicts)
+    after = False
+    for v in verdicts:
+        mark = ("(yes)" if v.applied else "(no)") if after else ("YES" if v.applied else "no")
+        lines = v.reason.splitlines() or [""]
+        print(f"  {v.rule.name:<{width}}  {mark:<5}  {lines[0]}")
+        for line in lines[1:]:
+            print(f"  {'':<{width}}  {'':<5}  {line}")
+        after = after or v.rule.name == decision.rule
+    print(f"=> {decision.impl} ({decision.rule}); rules in parentheses come after the one that decides")
+    return 0
+
+
 def _bench(kind: str, rest: list[str]) -> int:
     try:
         if kind == "attention":
@@ -246,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         if ns.command is None:
             parser.print_help()
             return 2
-        return _serve(ns) if ns.command == "serve" else _generate(ns)
+        return {"serve": _serve, "generate": _generate, "inspect": _inspect}[ns.command](ns)
     except (ValueError, CLIError) as e:  # EngineArgs / Engine reject the configuration
         print(f"anymodel: error: {e}", file=sys.stderr)
         return 2

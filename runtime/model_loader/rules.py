@@ -1,0 +1,189 @@
+"""The decision table: which implementation runs a model, and why. The first rule that applies
+wins; `inspect` prints every rule with its verdict, the start-up log prints the winner.
+
+    rule                 impl          applies when
+    pooling              pooling       the task is embed / classify / score / reward
+    native-missing       refuse        model_impl="native", no native class for the architecture
+    native-parallel      refuse        model_impl="native", the native class cannot shard this way
+    native               native        a native class takes the config (and the ranks)
+    encoder-decoder      refuse        the config has an encoder (no causal LM to serve)
+    no-causal-lm         refuse        Transformers has no causal-LM class for it
+    transformers         transformers  the HF class meets the backend's contract (paged attention)
+    compat-parallel      refuse        not backend-compatible, and several ranks (compat runs in one)
+    compat               compat        not backend-compatible: it runs through its own attention
+    incompatible         refuse        not backend-compatible, and the compat path is off
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from anymodel.model_loader.facts import LoadFacts, Request
+
+IMPLS = ("pooling", "native", "transformers", "compat", "refuse")
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    impl: str  # one of IMPLS
+    applies: Callable[[LoadFacts], bool]
+    reason: str  # why it applies (for "refuse": the error); a template over the facts, `{f.arch}`
+    why_not: Callable[[LoadFacts], str]  # why it does not apply
+
+    def verdict(self, facts: LoadFacts) -> "Verdict":
+        if self.applies(facts):
+            return Verdict(self, True, self.reason.format(f=facts))
+        return Verdict(self, False, self.why_not(facts))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    rule: Rule
+    applied: bool
+    reason: str
+
+
+@dataclass
+class Decision:
+    """The first rule that applies (`impl`, `reason`), the class it runs, and the verdicts of the
+    rules before it (why they did not apply)."""
+
+    verdict: Verdict
+    facts: LoadFacts
+    passed: list[Verdict] = field(default_factory=list)
+
+    @property
+    def impl(self) -> str:
+        return self.verdict.rule.impl
+
+    @property
+    def rule(self) -> str:
+        return self.verdict.rule.name
+
+    @property
+    def reason(self) -> str:
+        return self.verdict.reason
+
+    @property
+    def cls(self) -> type | None:
+        if self.impl == "native":
+            return self.facts.native
+        return self.facts.hf.cls if self.impl in ("transformers", "compat") else None
+
+    @property
+    def log_line(self) -> str:
+        return f"anymodel: {self.impl} for {self.facts.arch}: {self.reason}"
+
+
+# ---- why a rule does not apply -------------------------------------------------------------------
+def _impl_is(*impls: str) -> Callable[[LoadFacts], bool]:
+    return lambda f: f.request.model_impl in impls
+
+
+def _not_native(f: LoadFacts) -> str:
+    if f.request.model_impl == "transformers":
+        return "model_impl='transformers'"
+    if f.native is None:
+        return f"no native implementation for {f.arch} (native: {', '.join(f.native_names)})"
+    if not f.native_fits_world:
+        return f"native {f.native.__name__} cannot shard over tp={f.state.tp_size}, pp={f.state.pp_size}"
+    return f"native {f.native.__name__} does not support {f.native_refusal}"
+
+
+def _native_applies(f: LoadFacts) -> bool:
+    if not _impl_is("auto", "native")(f) or f.native is None or not f.native_fits_world:
+        return False
+    return f.request.model_impl == "native" or f.native_refusal is None
+
+
+def _not_native_refusal(f: LoadFacts) -> str:
+    if f.request.model_impl != "native":
+        return f"model_impl={f.request.model_impl!r}"
+    return f"native {f.native.__name__} exists" if f.native is not None else "no native class"
+
+
+def _not_native_parallel(f: LoadFacts) -> str:
+    if f.request.model_impl != "native" or f.native is None:
+        return _not_native_refusal(f)
+    return f"native {f.native.__name__} shards over tp={f.state.tp_size}, pp={f.state.pp_size}"
+
+
+def _compatible(f: LoadFacts) -> bool:
+    return f.hf is not None and f.hf.backend_compatible
+
+
+def _incompatible(f: LoadFacts) -> bool:
+    return f.hf is not None and not f.hf.backend_compatible
+
+
+def _not_compat(f: LoadFacts) -> str:
+    if _compatible(f):
+        return f"{f.hf_name} is backend-compatible"
+    if not f.request.enable_compat_path:
+        return "enable_compat_path=False"
+    return f"{f.hf_name} is a base model: the compat path needs a *ForCausalLM class"
+
+
+_INCOMPATIBLE = ("{f.hf_name} is not compatible with the Transformers backend; a compatible model meets all of:\n"
+                 + "{f.requirements}\n(enable_compat_path=True runs it, slowly, through its own attention)")
+
+RULES: tuple[Rule, ...] = (
+    Rule("pooling", "pooling", lambda f: f.request.task != "generate",
+         "task {f.request.task!r}: the checkpoint's HF class for the task under a pooler (adapters/pooling_loader.py)",
+         lambda f: "task 'generate'"),
+    Rule("native-missing", "refuse", lambda f: _impl_is("native")(f) and f.native is None,
+         "model_impl='native': no native implementation for architecture {f.arch!r}; "
+         "native implementations: {f.native_names} (use model_impl='transformers')",
+         _not_native_refusal),
+    Rule("native-parallel", "refuse",
+         lambda f: _impl_is("native")(f) and f.native is not None and not f.native_fits_world,
+         "model_impl='native': {f.native.__name__} does not support tensor_parallel_size={f.state.tp_size} / "
+         "pipeline_parallel_size={f.state.pp_size} (use model_impl='transformers')",
+         _not_native_parallel),
+    Rule("native", "native", _native_applies,
+         "native {f.native.__name__}: hand-written, same checkpoint (fused QKV / gate-up, packed GEMMs){f.ranks}",
+         _not_native),
+    Rule("encoder-decoder", "refuse", lambda f: f.is_encoder_decoder, "{f.hf_error}",
+         lambda f: "decoder-only"),
+    Rule("no-causal-lm", "refuse", lambda f: f.hf is None, "{f.hf_error}",
+         lambda f: f"{f.hf_name} ({'a *ForCausalLM' if f.hf.has_lm_head else 'a base model, plus the lm_head'})"),
+    Rule("transformers", "transformers", _compatible,
+         "Transformers backend: {f.hf_name} with anymodel's paged attention{f.ranks}",
+         lambda f: f.incompatibility or "no causal-LM class"),
+    Rule("compat-parallel", "refuse", lambda f: _incompatible(f) and f.state.world_size > 1,
+         "{f.hf_name} is not compatible with the Transformers backend, and its compat path runs in one "
+         "process only: use tensor_parallel_size=1 and pipeline_parallel_size=1",
+         lambda f: "one process" if f.state.world_size == 1 else f"{f.hf_name} is backend-compatible"),
+    Rule("compat", "compat", lambda f: _incompatible(f) and f.request.enable_compat_path and f.hf.has_lm_head,
+         "compat path: {f.hf_name} through its own attention, one request at a time ({f.incompatibility})",
+         _not_compat),
+    Rule("incompatible", "refuse", _incompatible, _INCOMPATIBLE,
+         lambda f: f"{f.hf_name} is backend-compatible" if f.hf else "no causal-LM class"),
+)
+
+
+def facts_for(args, config, model_dir, parallel_state) -> LoadFacts:
+    return LoadFacts(Request.from_args(args, config, model_dir), config, model_dir, parallel_state)
+
+
+def decide(args, config, model_dir, parallel_state, exclude: tuple[str, ...] = ()) -> Decision:
+    """The first rule of RULES (less `exclude`) that applies, with why the earlier ones did not."""
+    facts = facts_for(args, config, model_dir, parallel_state)
+    passed = []
+    for rule in RULES:
+        if rule.name in exclude:
+            continue
+        verdict = rule.verdict(facts)
+        if verdict.applied:
+            return Decision(verdict, facts, passed)
+        passed.append(verdict)
+    raise AssertionError("the last rule always applies")
+
+
+def evaluate(args, config, model_dir, parallel_state) -> tuple[Decision, list[Verdict]]:
+    """The decision, then every rule's verdict, those after the winner too (each predicate stands
+    on its own, so they still say whether they would apply): what `inspect` prints."""
+    decision = decide(args, config, model_dir, parallel_state)
+    return decision, [rule.verdict(decision.facts) for rule in RULES]
