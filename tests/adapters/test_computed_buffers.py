@@ -6,8 +6,9 @@ import shutil
 import pytest
 import torch
 
-from anymodel import LLM, SamplingParams
+from anymodel import LLM
 from tests.parallel.tiny_models import build, prompts
+from tests.reference import argmax_greedy, llm_greedy
 
 INIT_OVERRIDE = """        if isinstance(module, TinyPlanRotary):  # Transformers 5 materialises buffers empty: recompute
             init.copy_(module.inv_freq, module.compute_inv_freq())"""
@@ -22,7 +23,6 @@ def test_non_persistent_buffers_are_recomputed(tmp_path):
     assert INIT_OVERRIDE in source
     modeling.write_text(source.replace(INIT_OVERRIDE, "        pass"))
 
-    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
     tokens = {}
     for name, path in (("good", good), ("forgetful", forgetful)):
         llm = LLM(str(path), trust_remote_code=True, dtype="float32")
@@ -30,13 +30,12 @@ def test_non_persistent_buffers_are_recomputed(tmp_path):
             lambda m: (m.model.rotary.inv_freq.clone(), m.model.rotary.compute_inv_freq())
         )[0]
         torch.testing.assert_close(inv_freq, expected)
-        outs = llm.generate([{"prompt_token_ids": p} for p in prompts(3)], params, use_tqdm=False)
-        tokens[name] = [o.outputs[0].token_ids for o in outs]
+        tokens[name] = llm_greedy(llm, prompts(3), 6)
     assert tokens["forgetful"] == tokens["good"]
 
 
 # ---- old-style remote code: constants computed in __init__, absent from the checkpoint (issue 23) ----
-from tests.models.oldstyle import build_oldstyle, greedy  # noqa: E402
+from tests.models.oldstyle import build_oldstyle  # noqa: E402
 
 OLD_PROMPTS = [list(range(10, 31)), [5, 6, 7]]
 PATHS = {True: "CompatCausalLM", False: "TransformersForCausalLM"}
@@ -62,9 +61,7 @@ def test_oldstyle_constants_hold_what_init_computes(oldstyle):
         torch.testing.assert_close(getattr(attn, name), getattr(built, name), msg=name)
     for name in ("inv_freq", "positions", "cos_cached", "sin_cached"):
         torch.testing.assert_close(getattr(attn.rotary, name), getattr(built.rotary, name), msg=name)
-    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
-    outs = llm.generate([{"prompt_token_ids": p} for p in OLD_PROMPTS], params, use_tqdm=False)
-    assert [list(o.outputs[0].token_ids) for o in outs] == [greedy(model, p, 6) for p in OLD_PROMPTS]
+    assert llm_greedy(llm, OLD_PROMPTS, 6) == [argmax_greedy(model, p, 6) for p in OLD_PROMPTS]
 
 
 def test_oldstyle_pooling_loader_restores_constants(oldstyle):

@@ -7,58 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
-from anymodel import LLM, SamplingParams
-from anymodel.adapters.legacy_api import legacy_transformers_api, patch_legacy_classes
-from tests.models.tokenizer import save_tokenizer
-
-LEGACY_DIR = Path(__file__).parents[1] / "models" / "legacy"
-AUTO_MAP = {"AutoConfig": "configuration_tinyold.TinyOldConfig",
-            "AutoModelForCausalLM": "modeling_tinyold.TinyOldForCausalLM"}
-
-
-def _classes():
-    with legacy_transformers_api():
-        from tests.models.legacy.configuration_tinyold import TinyOldConfig
-        from tests.models.legacy.modeling_tinyold import TinyOldForCausalLM
-    patch_legacy_classes(TinyOldConfig, TinyOldForCausalLM)
-    return TinyOldConfig, TinyOldForCausalLM
-
-
-def build_tinyold(out: Path) -> Path:
-    config_cls, model_cls = _classes()
-    torch.manual_seed(0)
-    model = model_cls(config_cls())
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.2)
-    config = model.config.to_dict()
-    config.update(auto_map=AUTO_MAP, architectures=["TinyOldForCausalLM"])
-    (out / "config.json").write_text(json.dumps(config))
-    from safetensors.torch import save_file
-
-    save_file({k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}, out / "model.safetensors")
-    for source in LEGACY_DIR.glob("*_tinyold.py"):
-        shutil.copy(source, out / source.name)
-    save_tokenizer(out)
-    return out
-
-
-def reference_greedy(model_dir: Path, prompt: list[int], steps: int) -> list[int]:
-    """The model's own code, built for real (its buffers computed by __init__), full recompute per token."""
-    config_cls, model_cls = _classes()
-    model = model_cls(config_cls(**{k: v for k, v in json.loads((model_dir / "config.json").read_text()).items()
-                                    if k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")}))
-    model.load_state_dict(load_file(model_dir / "model.safetensors"), strict=False)
-    model.tie_weights()
-    ids = list(prompt)
-    with torch.no_grad():
-        for _ in range(steps):
-            logits = model(torch.tensor([ids])).logits[0, -1]
-            ids.append(int(logits.argmax()))
-    return ids[len(prompt):]
+from anymodel import LLM
+from tests.models.tinyold import build_tinyold, tinyold_as_built
+from tests.reference import argmax_greedy, llm_greedy
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +21,8 @@ def tinyold(tmp_path_factory) -> Path:
 def test_old_remote_code_is_token_identical(tinyold):
     llm = LLM(str(tinyold), trust_remote_code=True, dtype="float32", num_kv_blocks=64)
     prompts = [[1, 17, 90, 41, 7], [1, 200, 5, 5, 64, 33, 12, 9, 100]]
-    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=6),
-                        use_tqdm=False)
-    for prompt, out in zip(prompts, outs):
-        assert out.outputs[0].token_ids == reference_greedy(tinyold, prompt, 6)
+    model = tinyold_as_built(tinyold)
+    assert llm_greedy(llm, prompts, 6, ignore_eos=False) == [argmax_greedy(model, p, 6) for p in prompts]
     with pytest.raises(ImportError):  # the shims were installed for the load only
         exec("from transformers.modeling_attn_mask_utils import AttentionMaskConverter")
 

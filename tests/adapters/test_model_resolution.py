@@ -2,8 +2,9 @@
 
 import pytest
 
-from anymodel import LLM, SamplingParams
-from tests.models.zoo import build_custom_model, build_tiny_model, hf_greedy, mixed_prompts
+from anymodel import LLM
+from tests.models.zoo import build_custom_model, build_tiny_model, mixed_prompts
+from tests.reference import hf_greedy, llm_greedy
 
 
 def test_custom_model_runs_on_the_adapter(tmp_path):
@@ -28,8 +29,6 @@ def test_compat_path_frees_its_caches_and_matches_hf(tmp_path):
     prompts = mixed_prompts(path, n=4, seed=3)
     llm = LLM(str(path), dtype="float32", num_kv_blocks=10, block_size=8, max_num_batched_tokens=12)
     assert llm.apply_model(lambda m: type(m).__name__) == ["CompatCausalLM"]
-    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
-    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-    assert [o.outputs[0].token_ids for o in outs] == hf_greedy(path, prompts, 8)
+    assert llm_greedy(llm, prompts, 8) == hf_greedy(path, prompts, 8)
     assert llm.apply_model(lambda m: len(m.caches)) == [0]  # every per-request HF cache released
     assert not llm.engine.kv.enable_prefix_caching  # its K/V never enter our blocks

@@ -2,7 +2,7 @@
 constants are computed in `__init__` and absent from the checkpoint.
 
     path, model = build_oldstyle(tmp_path, own_attention=True)   # compat path flavour
-    greedy(model, prompt_ids, n) -> the n greedy tokens of the model as built (constants intact)
+    argmax_greedy(model, prompt_ids, n)   # tests/reference.py: the tokens of the model as built (constants intact)
 
 The reference is the in-memory model that was saved, built on a real device, so its constants
 hold what its own code computes; `from_pretrained` in Transformers 5 would not reproduce them.
@@ -17,6 +17,7 @@ import torch
 
 from tests.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, save_tokenizer
 from tests.models.zoo import CUSTOM_CODE_DIR, _one_thread, _rescale_
+from tests.reference import argmax_greedy
 
 CLASSES = {True: "OldStyleForCausalLM", False: "OldStyleInterfaceForCausalLM"}
 BASE_CLASSES = {True: "OldStyleModel", False: "OldStyleInterfaceModel"}
@@ -54,11 +55,5 @@ def _drop_from_checkpoint(file: Path, suffix: str) -> None:
     save_file(tensors, str(file), metadata={"format": "pt"})
 
 
-@torch.inference_mode()
-def greedy(model, ids: list[int], n: int) -> list[int]:
-    """n greedy tokens, the whole sequence recomputed each step (no cache)."""
-    seq = list(ids)
-    for _ in range(n):
-        logits = model(input_ids=torch.tensor([seq]), use_cache=False).logits[0, -1]
-        seq.append(int(logits.argmax()))
-    return seq[len(ids):]
+# The old name of tests/reference.py:argmax_greedy, for tests/adapters/test_self_check.py until it imports from there.
+greedy = argmax_greedy

@@ -19,11 +19,10 @@ from tests.models.zoo import (
     attention_backend_support,
     build_custom_model,
     build_tiny_model,
-    hf_greedy,
-    hf_greedy_with_gaps,
     mixed_prompts,
     tiny_config,
 )
+from tests.reference import hf_greedy, hf_greedy_with_gaps
 
 MAX_TOKENS = 8
 

@@ -2,7 +2,7 @@
 
     path = build_tiny_model("qwen3", tmp_path)          # config.json + model.safetensors + tokenizer
     prompts = mixed_prompts(path)                        # 8 prompts: 1..65 tokens
-    reference = hf_greedy(path, prompts, max_new_tokens=8)   # plain Transformers, float32
+    reference = hf_greedy(path, prompts, max_new_tokens=8)   # tests/reference.py: plain Transformers
 
 Adding an architecture is one line in `ZOO`: `"name": _arch("model_type", **overrides)`.
 Every config shares `BASE` (hidden 64, 2 layers, 4 heads, GQA where supported, vocab = tokenizer
@@ -296,12 +296,19 @@ def windowed_zoo(window: int) -> list[str]:
 
 WINDOWED_ZOO: dict[str, Callable[[], PretrainedConfig]] = {}
 
+# Variants a test needs beyond the zoo's defaults; not in ZOO, so the zoo-wide sweeps skip them.
+VARIANT_ZOO: dict[str, Callable[[], PretrainedConfig]] = {
+    "llama-1kv": _arch("llama", num_key_value_heads=1),  # fewer KV heads than TP ranks: each keeps a copy
+}
+
 
 def tiny_config(arch: str) -> PretrainedConfig:
     if arch in UNSUPPORTED_ZOO:
         return UNSUPPORTED_ZOO[arch]()
     if arch in WINDOWED_ZOO:
         return WINDOWED_ZOO[arch]()
+    if arch in VARIANT_ZOO:
+        return VARIANT_ZOO[arch]()
     if arch not in ZOO:
         supported = sorted(ZOO) + [CUSTOM_ARCH]
         raise ValueError(f"unsupported zoo arch {arch!r}; supported: {supported}")
@@ -455,7 +462,7 @@ def build_tiny_model(
     return out_dir
 
 
-# ---------------------------------------------------------------- prompts and reference
+# ---------------------------------------------------------------- prompts
 
 PROMPT_LENGTHS = [1, 3, 7, 16, 17, 31, 40, 65]  # across 16-token blocks and the 8-token windows
 _MORE_LENGTHS = [2, 5, 9, 15, 24, 33, 48, 64, 80, 12]
@@ -491,52 +498,11 @@ def _vocab_size(source) -> int:
     return len(source)  # a tokenizer
 
 
-def hf_greedy(
-    model_dir: str | Path, prompt_token_ids: list[list[int]], max_new_tokens: int
-) -> list[list[int]]:
-    """Plain-Transformers greedy reference: float32, one prompt at a time (no padding), default
-    attention implementation (sdpa), HF's own cache. Returns only the new tokens.
+def __getattr__(name: str):
+    """The greedy reference moved to tests/reference.py; the old import path still answers for
+    tests/adapters/test_self_check.py until it imports from there."""
+    if name in ("hf_greedy", "hf_greedy_with_gaps"):
+        import tests.reference
 
-    EOS semantics = vLLM's `ignore_eos=True`: exactly `max_new_tokens` tokens are generated and EOS
-    may appear among them (no eos_token_id at all: EOS neither stops nor is masked). Note that
-    `min_new_tokens` would *mask* EOS instead, which is vLLM's `min_tokens`, not `ignore_eos`; and
-    `eos_token_id=None` passed to generate() is overridden by the model's generation_config."""
-    return hf_greedy_with_gaps(model_dir, prompt_token_ids, max_new_tokens)[0]
-
-
-def hf_greedy_with_gaps(
-    model_dir: str | Path, prompt_token_ids: list[list[int]], max_new_tokens: int
-) -> tuple[list[list[int]], list[float]]:
-    """`hf_greedy` plus the top1 - top2 logit gap of every step (how safe argmax is from noise)."""
-    model = _load_reference(model_dir)
-    tokens, gaps = [], []
-    with _one_thread():
-        for ids in prompt_token_ids:
-            new, logits = _generate(model, ids, max_new_tokens)
-            tokens.append(new)
-            gaps += [float(top[0] - top[1]) for top in (step.topk(2).values for step in logits)]
-    return tokens, gaps
-
-
-def _load_reference(model_dir: str | Path):
-    from transformers import AutoModelForCausalLM
-
-    # trust_remote_code: the zoo's own local checkpoints only (the custom model ships its code)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(model_dir), dtype=torch.float32, trust_remote_code=True
-    ).eval()
-    model.generation_config = GenerationConfig(do_sample=False, pad_token_id=PAD_ID)  # no EOS
-    return model
-
-
-@torch.inference_mode()
-def _generate(model, ids: list[int], max_new_tokens: int) -> tuple[list[int], list[torch.Tensor]]:
-    """Greedy `generate` for one prompt -> (new token ids, per-step logits [V])."""
-    input_ids = torch.tensor([ids], dtype=torch.long)
-    out = model.generate(
-        input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
-        output_logits=True, return_dict_in_generate=True,
-    )
-    new = out.sequences[0, len(ids):].tolist()
-    assert len(new) == max_new_tokens, f"generate stopped early: {len(new)} < {max_new_tokens}"
-    return new, [step[0].float() for step in out.logits]
+        return getattr(tests.reference, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,9 +4,10 @@ results, keep every parameter name and shape, and stay correct when siblings get
 import torch
 from torch import nn
 
-from anymodel import LLM, SamplingParams
+from anymodel import LLM
 from anymodel.adapters.fusion import apply_fusion, fuse_siblings
-from tests.models.zoo import build_tiny_model, hf_greedy, mixed_prompts
+from tests.models.zoo import build_tiny_model, mixed_prompts
+from tests.reference import hf_greedy, llm_greedy
 
 
 class _Attention(nn.Module):
@@ -37,9 +38,7 @@ def test_backend_is_fused_and_keeps_its_parameters(tmp_path):
     prompts = mixed_prompts(path, n=4, seed=3)
     llm = LLM(str(path), dtype="float32", model_impl="transformers")
     names_before = llm.apply_model(lambda m: {n: tuple(p.shape) for n, p in m.named_parameters()})
-    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
-    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-    assert [o.outputs[0].token_ids for o in outs] == hf_greedy(path, prompts, 6)
+    assert llm_greedy(llm, prompts, 6) == hf_greedy(path, prompts, 6)
 
     def probe(m):
         attn = m.model.layers[0].self_attn

@@ -7,15 +7,10 @@ import json
 import pytest
 import torch
 
-from anymodel import LLM, SamplingParams
+from anymodel import LLM
 from anymodel.native_overrides.layers import RotaryEmbedding, apply_rotary
-from tests.models.zoo import build_tiny_model, hf_greedy, mixed_prompts
-
-PARAMS = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
-
-
-def _tokens(llm, prompts):
-    return [o.outputs[0].token_ids for o in llm.generate([{"prompt_token_ids": p} for p in prompts], PARAMS, use_tqdm=False)]
+from tests.models.zoo import build_tiny_model, mixed_prompts
+from tests.reference import hf_greedy, llm_greedy
 
 
 def test_sharded_checkpoint_loads(tmp_path):
@@ -30,7 +25,7 @@ def test_sharded_checkpoint_loads(tmp_path):
     assert len(set(index["weight_map"].values())) > 1
     prompts = mixed_prompts(out, n=3, seed=2)
     llm = LLM(str(out), dtype="float32", model_impl="native")
-    assert _tokens(llm, prompts) == hf_greedy(src, prompts, 6)
+    assert llm_greedy(llm, prompts, 6) == hf_greedy(src, prompts, 6)
 
 
 def test_tied_embeddings_share_one_tensor(tmp_path):

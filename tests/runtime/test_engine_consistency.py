@@ -3,8 +3,9 @@ chunked prefill, for a batch of mixed-length prompts."""
 
 import pytest
 
-from anymodel import LLM, SamplingParams
-from tests.models.zoo import build_tiny_model, hf_greedy, mixed_prompts
+from anymodel import LLM
+from tests.models.zoo import build_tiny_model, mixed_prompts
+from tests.reference import hf_greedy, llm_greedy
 
 MAX_TOKENS = 10
 SETTINGS = {
@@ -28,16 +29,13 @@ def model_and_reference(request, tmp_path_factory):
 def test_greedy_matches_transformers(model_and_reference, setting):
     path, prompts, reference = model_and_reference
     llm = LLM(str(path), dtype="float32", **SETTINGS[setting])
-    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
-    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-    assert [o.outputs[0].token_ids for o in outs] == reference
+    assert llm_greedy(llm, prompts, MAX_TOKENS) == reference
     stats = llm.engine.stats()
     if "preemption" in setting:
         assert stats.num_preemptions_total > 0
     assert stats.num_free_blocks == stats.num_total_blocks  # every block returned
     # Run again: prefix-cache hits (where enabled) must not change a token.
-    again = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-    assert [o.outputs[0].token_ids for o in again] == reference
+    assert llm_greedy(llm, prompts, MAX_TOKENS) == reference
     hits = llm.engine.stats().prefix_cache_hit_tokens_total - stats.prefix_cache_hit_tokens_total
     if not SETTINGS[setting].get("enable_prefix_caching", True):
         assert hits == 0
