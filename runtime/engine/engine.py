@@ -50,9 +50,10 @@ class Engine:
         self.eos_token_ids = loader.eos_token_ids(model_dir, self.tokenizer)
         self.vocab_size = self.hf_config.get_text_config().vocab_size
         self.executor = make_executor(args, model_dir, self.hf_config)
-        self.traits: ModelTraits = self.executor.apply_model(traits_of)[0]  # rank 0's: every rank builds the same class
+        self.traits: ModelTraits = self.executor.apply_model(traits_of)[0]  # every rank builds the same class
         self.token_budget = args.max_num_batched_tokens or max(2048, self.max_model_len)  # tokens per step
-        self.kv = KVCacheManager(self._init_kv_cache(), args.block_size, args.enable_prefix_caching and self.traits.prefix_caching)
+        prefix_caching = args.enable_prefix_caching and self.traits.prefix_caching
+        self.kv = KVCacheManager(self._init_kv_cache(), args.block_size, prefix_caching)
         self.scheduler = Scheduler(self.kv, args.max_num_seqs, self.token_budget, args.enable_chunked_prefill)
         self.outputs = OutputProcessor(self.tokenizer)
         self.pooling = PoolingOutputs()

@@ -129,8 +129,9 @@ class RankReply:
 
 @dataclass
 class Replies:
-    """One RankReply per rank, gathered in rank order. A rank's error is re-raised; when `fatal`, the other ranks may be stuck in a collective waiting
-    for it, so `on_fatal(rank, exc)` tears the world down first."""
+    """One RankReply per rank, gathered in rank order. A rank's error is re-raised; when `fatal`,
+    the other ranks may be stuck in a collective waiting for it, so `on_fatal(rank, exc)` tears the
+    world down first."""
 
     results: list
     fatal: bool

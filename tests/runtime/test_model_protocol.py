@@ -36,7 +36,8 @@ def test_model_declares_its_traits_and_protocols(kind):
     assert llm.apply_model(_describe) == [expected]
     assert llm.engine.traits == expected[1]  # what the engine sizes its cache and prefix sharing by
     # the old attribute probes are gone: a model says what it is through `traits` alone
-    assert llm.apply_model(lambda m: [a for a in ("uses_paged_kv_cache", "supports_prefix_caching") if hasattr(m, a)]) == [[]]
+    old = ("uses_paged_kv_cache", "supports_prefix_caching")
+    assert llm.apply_model(lambda m: [a for a in old if hasattr(m, a)]) == [[]]
 
 
 def test_prefix_caching_needs_the_paged_cache():
