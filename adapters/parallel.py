@@ -26,6 +26,7 @@ from torch import nn
 from anymodel import distributed as dist
 from anymodel.adapters.attention_heads import heads_of, localize_heads
 from anymodel.adapters.causal_lm import TransformersForCausalLM, decoder_of
+from anymodel.adapters.model_facts import text_config_of
 from anymodel.adapters.pipeline_parallel import StagePlaceholder, apply_stage_plan, resolve_stage_plan
 from anymodel.adapters.sharded_loader import load_sharded
 from anymodel.adapters.tensor_parallel import (
@@ -110,7 +111,7 @@ def _name_of(root: nn.Module, target: nn.Module) -> str:
 
 def tied_parameters(hf: nn.Module, head_name: str) -> dict[str, str]:
     """Parameters a checkpoint may omit -> the parameter they share (lm_head.weight -> embed_tokens.weight)."""
-    text = hf.config.get_text_config() if hasattr(hf.config, "get_text_config") else hf.config
+    text = text_config_of(hf.config)
     if not getattr(text, "tie_word_embeddings", False):
         return {}
     declared = getattr(hf, "_tied_weights_keys", None)
@@ -199,7 +200,7 @@ def apply_tensor_plan(root: nn.Module, plan: dict[str, str], state) -> dict[str,
     """Shard every module / parameter the plan names; returns {qualified parameter name: ShardSpec}."""
     rules = [(re.compile(re.escape(k).replace(r"\*", r"[^.]+")), k, check_style(v, k)) for k, v in plan.items()]
     config = getattr(root, "config", None)  # None for a plain nn.Module: heads come from attributes
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = text_config_of(config)
     modules = dict(root.named_modules())
     specs: dict[str, ShardSpec] = {}
     attention: dict[int, tuple[nn.Module, object]] = {}

@@ -20,6 +20,7 @@ import logging
 import torch
 from torch import nn
 
+from anymodel.adapters.model_facts import architecture_of, recurrent_state
 from anymodel.adapters.pooler import PoolerConfig, PoolingType
 from anymodel.adapters.st_dense import load_dense_stack
 from anymodel.adapters.pooling import (
@@ -68,8 +69,7 @@ def _load_classifier(task, model_dir, config, dtype, overrides, trust_remote_cod
 
 
 def _load_reward(model_dir, config, dtype, overrides, trust_remote_code, state=None):
-    arch = _architecture(config)
-    if arch.endswith("ForTokenClassification"):
+    if architecture_of(config).endswith("ForTokenClassification"):
         cls = task_class("reward", config, model_dir, trust_remote_code)
         hf = _load(cls, model_dir, config, dtype, head_required=True, state=state)
         head = getattr(hf, "classifier", None) or getattr(hf, "score")  # per token: [n, H] -> [n, L]
@@ -118,16 +118,12 @@ def classification_activation(config):
 
 
 # ---- classes and weights ------------------------------------------------------------------------
-def _architecture(config) -> str:
-    return (getattr(config, "architectures", None) or [type(config).__name__])[0]
-
-
 def task_class(task: str, config, model_dir, trust_remote_code: bool) -> type:
     """The HF class for `task`: the checkpoint's own architecture when it fits, else the auto class."""
     import transformers
     from transformers.models.auto import modeling_auto
 
-    arch = _architecture(config)
+    arch = architecture_of(config)
     auto_key, mapping_name = _AUTO[task]
     auto_map = getattr(config, "auto_map", None) or {}
     if trust_remote_code and auto_key in auto_map:
@@ -179,8 +175,6 @@ def _load_parallel(cls: type, model_dir, config, dtype: torch.dtype, head_requir
     from anymodel.adapters.parallel import load_parallel_pooling_model
     from anymodel.adapters.sharded_loader import MissingTensorsError
 
-    from anymodel.adapters.model_facts import recurrent_state
-
     if not getattr(cls, "_supports_attention_backend", False) or recurrent_state(cls, config):
         raise ValueError(
             f"{cls.__name__} runs on the compat path (its own attention, one request at a time), which runs in "
@@ -207,8 +201,6 @@ def _no_trained_head(cls: type, model_dir, missing_head: list[str]) -> ValueErro
 def _mark_compat(model: TransformersPoolingModel) -> TransformersPoolingModel:
     """Models our attention cannot reach run each request alone through their own forward."""
     from dataclasses import replace
-
-    from anymodel.adapters.model_facts import recurrent_state
 
     base = model.model
     if getattr(base, "anymodel_compat", False) or recurrent_state(type(base), base.config):

@@ -28,12 +28,14 @@ self-check (adapters/self_check.py), which compares against the model's own atte
 
 from __future__ import annotations
 
+from anymodel.adapters.model_facts import text_config_of
+
 SLIDING_LAYER_TYPE = "sliding_attention"
 
 
 def layer_windows(config) -> tuple[int | None, ...]:
     """Per decoder layer: its window `w` in the mask functions' terms (above), or None (full)."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = text_config_of(config)
     types = getattr(text, "layer_types", None)
     n = len(types) if types else getattr(text, "num_hidden_layers", None) or 0
     window = getattr(text, "sliding_window", None)
@@ -57,7 +59,7 @@ def kernel_windows(config) -> tuple[tuple[int, int] | None, ...] | None:
     The attention function picks by the layer's direction (module.is_causal). None for a config
     with no `sliding_window` at all: such a model's own `sliding_window` kwarg, if any, is all
     there is to go by (remote code naming its window otherwise)."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = text_config_of(config)
     if not hasattr(text, "sliding_window"):
         return None
     widen = 0 if getattr(text, "use_bidirectional_attention", False) else 1  # see the module docstring

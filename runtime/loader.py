@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from anymodel.adapters.model_facts import (  # noqa: F401  (the loader's callers import them from here too)
-    derive_max_model_len, recurrent_state, unsupported_attention)
+    architecture_of, derive_max_model_len, recurrent_state, text_config_of, unsupported_attention)
 
 logger = logging.getLogger("anymodel")
 
@@ -87,7 +87,7 @@ def apply_hf_overrides(config, hf_overrides):
 def resolve_dtype(dtype: str, config) -> torch.dtype:
     if dtype != "auto":
         return _DTYPES[dtype]
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = text_config_of(config)
     found = getattr(text, "dtype", None) or getattr(config, "dtype", None)
     if isinstance(found, str):
         found = _DTYPES.get(found)
@@ -122,9 +122,20 @@ class ModelClass:
     own_attention: str | None = None  # attention our function cannot reproduce (see unsupported_attention)
 
     @property
+    def incompatibility(self) -> str | None:
+        """Why the Transformers backend (our paged attention) cannot run `cls`, or None; the most
+        specific reason first (a recurrent model usually lacks the flag too)."""
+        if self.recurrent is not None:
+            return self.recurrent
+        if self.own_attention is not None:
+            return f"its {self.own_attention} is not in the paged kernels"
+        if not getattr(self.cls, "_supports_attention_backend", False):
+            return f"{self.cls.__name__} does not set `_supports_attention_backend = True`"
+        return None
+
+    @property
     def backend_compatible(self) -> bool:
-        return (bool(getattr(self.cls, "_supports_attention_backend", False)) and self.recurrent is None
-                and self.own_attention is None)
+        return self.incompatibility is None
 
 
 def resolve_causal_lm_class(config, model_dir: Path, trust_remote_code: bool) -> ModelClass:
@@ -133,9 +144,8 @@ def resolve_causal_lm_class(config, model_dir: Path, trust_remote_code: bool) ->
         # would load the decoder alone, leave the cross-attention randomly initialised and answer
         # without the encoder: wrong tokens, no error. Decoder-only checkpoints of these families
         # (saved from *ForCausalLM) have `is_encoder_decoder: false` and still load.
-        arch = (getattr(config, "architectures", None) or [type(config).__name__])[0]
         raise ValueError(
-            f"{arch} is an encoder-decoder model; anymodel serves decoder-only causal LMs "
+            f"{architecture_of(config)} is an encoder-decoder model; anymodel serves decoder-only causal LMs "
             "(no encoder inputs, no cross-attention)"
         )
     auto_map = getattr(config, "auto_map", None) or {}

@@ -203,7 +203,9 @@ def prepare_model_dir(model: str | None, preset: dict | None, workdir: Path, see
     else:
         source = Path(model)
         config = AutoConfig.from_pretrained(str(source))
-    vocab = config.get_text_config().vocab_size
+    from anymodel.adapters.model_facts import text_config_of
+
+    vocab = text_config_of(config).vocab_size
     model_dir = source
     if source is None or not _has_weights(source):
         model_dir = workdir / "model"
@@ -230,7 +232,7 @@ def write_random_checkpoint(config, out: Path, seed: int) -> None:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.to_empty(device="cpu")
     gen = torch.Generator().manual_seed(seed)
-    hidden = config.get_text_config().hidden_size
+    hidden = text_config_of(config).hidden_size
     big = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
     for name, p in model.named_parameters():
         if p.ndim >= 2:

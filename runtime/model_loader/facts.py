@@ -96,11 +96,7 @@ class LoadFacts:
     @property
     def incompatibility(self) -> str:
         """Why the HF class cannot run on the paged path ("" when it can)."""
-        spec = self.hf
-        if spec is None or spec.backend_compatible:
-            return ""
-        return (spec.recurrent or (spec.own_attention and f"its {spec.own_attention} is not in the paged kernels")
-                or f"{spec.cls.__name__} does not set `_supports_attention_backend = True`")
+        return (self.hf.incompatibility if self.hf is not None else None) or ""
 
     @property
     def requirements(self) -> str:

@@ -16,6 +16,7 @@ import json
 import logging
 from pathlib import Path
 
+from anymodel.adapters.model_facts import architecture_of, text_config_of
 from anymodel.adapters.st_dense import modules_of_kind, sentence_transformers_modules
 from anymodel.params import PoolingParams, SamplingParams
 
@@ -32,10 +33,6 @@ SERVES = {
 _ST_MODES = {"pooling_mode_cls_token": "CLS", "pooling_mode_mean_tokens": "MEAN", "pooling_mode_lasttoken": "LAST"}
 
 
-def architecture(config) -> str:
-    return (getattr(config, "architectures", None) or [""])[0]
-
-
 def is_cross_encoder(config) -> bool:
     """A 1-label classifier on a bidirectional encoder (a family with a masked-LM head)."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
@@ -47,7 +44,7 @@ def is_cross_encoder(config) -> bool:
 
 def supported_tasks(config, model_dir: Path) -> list[str] | None:
     """Tasks this architecture can run; None when the name says nothing (custom code): anything goes."""
-    arch = architecture(config)
+    arch = architecture_of(config)  # a config without `architectures` gives its class name: no suffix matches
     if arch.endswith("ForSequenceClassification"):
         return ["score", "classify", "embed"] if getattr(config, "num_labels", 0) == 1 else ["classify", "embed"]
     if arch.endswith(("ForTokenClassification", "RewardModel")):
@@ -66,12 +63,12 @@ def resolve_task(requested: str, config, model_dir: Path) -> str:
     if requested != "auto":
         if supported is not None and requested not in supported:
             raise ValueError(
-                f"task {requested!r} is not supported by architecture {architecture(config)!r}; supported: {supported}"
+                f"task {requested!r} is not supported by architecture {architecture_of(config)!r}; supported: {supported}"
             )
         return requested
     if supported is None or supported[0] == "generate":
         return "generate"
-    if architecture(config).endswith("ForSequenceClassification"):
+    if architecture_of(config).endswith("ForSequenceClassification"):
         return "score" if is_cross_encoder(config) else "classify"
     return supported[0]
 
@@ -99,7 +96,7 @@ def embedding_size(config, model_dir: Path) -> int:
     dense = modules_of_kind(sentence_transformers_modules(model_dir), "Dense")
     if dense:
         return json.loads((Path(model_dir) / dense[-1].get("path", "") / "config.json").read_text())["out_features"]
-    return config.get_text_config().hidden_size
+    return text_config_of(config).hidden_size
 
 
 def _sentence_bert_config(model_dir: Path) -> dict:
@@ -150,7 +147,7 @@ def check_request(model_task: str, params, config, embedding_size: int | None = 
     if kind not in SERVES[model_task]:
         raise ValueError(f"a {kind!r} request is not supported by a model running task {model_task!r}; "
                          f"supported: {list(SERVES[model_task])}")
-    check_dimensions(params, model_task, config, embedding_size or config.get_text_config().hidden_size)
+    check_dimensions(params, model_task, config, embedding_size or text_config_of(config).hidden_size)
 
 
 def check_dimensions(params: PoolingParams, model_task: str, config, size: int) -> None:

@@ -115,3 +115,47 @@ def test_max_prompts_per_request_must_be_positive(value, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["serve", "--max-prompts-per-request", value])
     assert exc.value.code == 2 and "integer >= 1" in capsys.readouterr().err
+
+
+# ---- inspect: the model loader's decision table, no weights loaded --------------------------------
+@pytest.fixture(scope="module")
+def tiny_llama_dir(tmp_path_factory):
+    from tests.models.zoo import build_tiny_model
+
+    return build_tiny_model("llama", tmp_path_factory.mktemp("inspect"))
+
+
+def test_inspect_prints_every_rule_with_its_reason(tiny_llama_dir, capsys, monkeypatch):
+    from anymodel.model_loader import RULES
+    from anymodel.native_overrides.base import NativeForCausalLM
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("inspect loads no weights")
+
+    monkeypatch.setattr(NativeForCausalLM, "from_pretrained", classmethod(no_weights))
+    assert cli.main(["inspect", str(tiny_llama_dir)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{tiny_llama_dir}: LlamaForCausalLM, task generate, model_impl auto, tp=1 pp=1"
+    rows = {line.split()[0]: line.split(None, 2)[1:] for line in out[1:len(RULES) + 1]}
+    assert list(rows) == [rule.name for rule in RULES]
+    assert all(len(row) == 2 and row[1] for name, row in rows.items() if name != "incompatible")
+    assert rows["native"][0] == "YES" and rows["native"][1].startswith("native LlamaForCausalLM")
+    assert rows["pooling"] == ["no", "task 'generate'"]
+    assert rows["transformers"][0] == "(yes)"  # after the deciding rule: would apply
+    assert out[-1].startswith("=> native (native)")
+
+
+def test_inspect_flags_change_the_decision(tiny_llama_dir, capsys):
+    assert cli.main(["inspect", str(tiny_llama_dir), "--model-impl", "transformers", "-tp", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "tp=2 pp=1" in out and "sharded over 2 ranks" in out
+    assert out.splitlines()[-1].startswith("=> transformers (transformers)")
+    assert cli.main(["inspect", str(tiny_llama_dir), "--task", "embed"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("=> pooling")
+    assert cli.main(["inspect", str(tiny_llama_dir), "-pp", "2", "--model-impl", "native"]) == 0
+    assert "=> refuse (native-parallel)" in capsys.readouterr().out
+
+
+def test_inspect_a_missing_model_is_one_clean_line(capsys):
+    assert cli.main(["inspect", "/definitely/not/here"]) == 2
+    assert "no such directory" in capsys.readouterr().err
