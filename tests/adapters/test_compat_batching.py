@@ -7,9 +7,10 @@ import inspect
 import pytest
 from transformers.cache_utils import DynamicCache
 
-from anymodel import LLM, SamplingParams
+from anymodel import LLM
 from anymodel.adapters.compat import _batching_blocker
-from tests.models.zoo import build_tiny_model, hf_greedy, mixed_prompts
+from tests.models.zoo import build_tiny_model, mixed_prompts
+from tests.reference import hf_greedy, llm_greedy
 
 MAX_TOKENS = 10
 SETTINGS = {
@@ -47,19 +48,13 @@ def _record_steps(model) -> list[dict]:
     return steps
 
 
-def _generate(llm: LLM, prompts: list[list[int]]) -> list[list[int]]:
-    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
-    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-    return [list(o.outputs[0].token_ids) for o in outs]
-
-
 @pytest.mark.parametrize("setting", list(SETTINGS))
 def test_batched_decode_matches_transformers(model_and_reference, setting):
     path, prompts, reference = model_and_reference
     llm = LLM(str(path), dtype="float32", seed=0, **SETTINGS[setting])
     assert llm.apply_model(lambda m: (type(m).__name__, m.batch_decode)) == [("CompatCausalLM", True)]
     steps = llm.apply_model(_record_steps)[0]
-    assert _generate(llm, prompts) == reference
+    assert llm_greedy(llm, prompts, MAX_TOKENS) == reference
     batched = 0
     for step in steps:
         decodes = sum(q == 1 and c > 0 for q, c in zip(step["qlens"], step["context"]))
@@ -81,7 +76,7 @@ def test_per_request_mode_matches_transformers(model_and_reference):
     llm = LLM(str(path), dtype="float32", seed=0, **SETTINGS["preemption+chunked"])
     llm.apply_model(lambda m: setattr(m, "batch_decode", False))
     steps = llm.apply_model(_record_steps)[0]
-    assert _generate(llm, prompts) == reference
+    assert llm_greedy(llm, prompts, MAX_TOKENS) == reference
     assert all(len(s["calls"]) == len(s["qlens"]) for s in steps)
 
 
@@ -102,7 +97,7 @@ def test_unbatchable_cache_falls_back_at_runtime(model_and_reference):
         model._run_one = run_one_marking
 
     llm.apply_model(mark_caches_unknown)
-    assert _generate(llm, prompts) == reference
+    assert llm_greedy(llm, prompts, MAX_TOKENS) == reference
     assert llm.apply_model(lambda m: m.batch_decode) == [False]
 
 
@@ -146,6 +141,6 @@ def test_recurrent_chunked_prefill_matches_transformers(arch, setting, tmp_path)
     llm = LLM(str(path), dtype="float32", seed=0, **SETTINGS[setting])
     assert llm.apply_model(lambda m: (type(m).__name__, m.replay_prefill)) == [("CompatCausalLM", True)]
     steps = llm.apply_model(_record_steps)[0]
-    assert _generate(llm, prompts) == reference
+    assert llm_greedy(llm, prompts, MAX_TOKENS) == reference
     assert any(q > 1 and c > 0 for s in steps for q, c in zip(s["qlens"], s["context"]))  # really chunked
     assert llm.apply_model(lambda m: (len(m.caches), len(m.history))) == [(0, 0)]  # all released

@@ -8,9 +8,10 @@ plain Transformers' (sdpa / eager masks)."""
 import pytest
 from transformers import PretrainedConfig
 
-from anymodel import LLM, SamplingParams
+from anymodel import LLM
 from anymodel.adapters.sliding_windows import kernel_windows, layer_windows
-from tests.models.zoo import COMPAT_ARCHS, WINDOW_SUFFIX, build_tiny_model, hf_greedy, tiny_config, windowed_zoo
+from tests.models.zoo import COMPAT_ARCHS, WINDOW_SUFFIX, build_tiny_model, tiny_config, windowed_zoo
+from tests.reference import hf_greedy, llm_greedy
 
 WINDOW = 5
 PROMPTS = [[(7 * i + 11) % 300 + 4 for i in range(21)], [(5 * i + 3) % 300 + 4 for i in range(13)]]
@@ -59,9 +60,7 @@ def test_small_windows_match_transformers(windowed_case):
     llm = LLM(model=str(path), model_impl="transformers", dtype="float32", seed=0)
     compat = name.removesuffix(WINDOW_SUFFIX) in COMPAT_ARCHS
     assert llm.apply_model(lambda m: type(m).__name__) == ["CompatCausalLM" if compat else "TransformersForCausalLM"]
-    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
-    outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
-    assert [list(o.outputs[0].token_ids) for o in outs] == reference, name
+    assert llm_greedy(llm, PROMPTS, MAX_TOKENS) == reference, name
 
 
 def test_bidirectional_gemma3_window_is_its_own_overlay(tmp_path):

@@ -3,26 +3,10 @@ Transformers; each rank holds its shard (heads split, KV heads replicated when t
 vocabulary split for the embedding and the tied / untied head)."""
 
 import pytest
-import torch
 
-from anymodel import LLM, SamplingParams
-from tests.models.tokenizer import save_tokenizer
-from tests.models.zoo import _rescale_, build_tiny_model, hf_greedy, mixed_prompts, tiny_config
-
-PARAMS = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
-
-
-def _single_kv_head_llama(out):
-    from transformers import AutoModelForCausalLM
-
-    config = tiny_config("llama")
-    config.num_key_value_heads = 1  # fewer KV heads than ranks: each rank keeps a copy
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    _rescale_(model, seed=0)
-    model.eval().save_pretrained(str(out), safe_serialization=True)
-    save_tokenizer(out)
-    return out
+from anymodel import LLM
+from tests.models.zoo import build_tiny_model, mixed_prompts
+from tests.reference import hf_greedy, llm_greedy
 
 
 def _shard_shapes(model):
@@ -47,13 +31,12 @@ EXPECTED = {
 
 @pytest.mark.parametrize("arch", list(EXPECTED))
 def test_tp2_greedy_equals_transformers(arch, tmp_path):
-    path = _single_kv_head_llama(tmp_path) if arch == "llama-1kv" else build_tiny_model(arch, tmp_path)
+    path = build_tiny_model(arch, tmp_path)
     prompts = mixed_prompts(path, n=6, seed=1)
     reference = hf_greedy(path, prompts, 8)
     llm = LLM(str(path), dtype="float32", model_impl="native", tensor_parallel_size=2, num_kv_blocks=96)
     try:
-        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], PARAMS, use_tqdm=False)
-        assert [o.outputs[0].token_ids for o in outs] == reference
+        assert llm_greedy(llm, prompts, 8) == reference
         assert llm.apply_model(_shard_shapes) == [EXPECTED[arch]] * 2
     finally:
         llm.engine.shutdown()
