@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from anymodel.adapters.model_facts import text_config_of
+
 PAD_ID = 0
 
 
@@ -203,8 +205,6 @@ def prepare_model_dir(model: str | None, preset: dict | None, workdir: Path, see
     else:
         source = Path(model)
         config = AutoConfig.from_pretrained(str(source))
-    from anymodel.adapters.model_facts import text_config_of
-
     vocab = text_config_of(config).vocab_size
     model_dir = source
     if source is None or not _has_weights(source):
