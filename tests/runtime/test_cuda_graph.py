@@ -50,6 +50,15 @@ def test_buffers_pad_rows_after_a_larger_step():
     assert meta.num_reqs == 4 and meta.query_start_loc.tolist() == [0, 1, 2, 3, 4] and meta.max_seq_len == 12
 
 
+def test_graph_metadata_sees_each_load_in_place():
+    """A graph keeps one frozen metadata over the buffers: loading a step refills its tensors."""
+    buf = DecodeBuffers.allocate(rows=4, max_blocks=2, device=torch.device("cpu"))
+    meta = buf.metadata(2, max_seq_len=8, block_size=4)
+    for seq_lens, slots in (([3, 6], [10, 13]), ([4, 7], [11, 14])):
+        buf.load(torch.tensor([[7, 8]]), torch.tensor([[2, 5]]), _decode_meta(seq_lens, [[1, 0], [2, 3]], slots), size=2)
+        assert meta.seq_lens.tolist() == seq_lens and meta.slot_mapping.tolist() == slots
+
+
 def test_torch_store_skips_negative_slots():
     key_cache, value_cache = torch.zeros(2, 4, 1, 2), torch.zeros(2, 4, 1, 2)
     k = torch.arange(6.0).view(3, 1, 2)
