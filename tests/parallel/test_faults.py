@@ -8,13 +8,13 @@ import time
 
 import pytest
 
-from anymodel import LLM, SamplingParams
+from anymodel import LLM
 from anymodel.errors import WorkerDiedError
 from tests.parallel import probes
 from tests.parallel.test_parallel_engine import ENGINE, _alive
 from tests.parallel.tiny_models import build, prompts
+from tests.reference import greedy_outputs
 
-PARAMS = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
 # Generous: the point is "no hang" (a gloo collective would wait 30 minutes), not a timing.
 PROMPT_S = 30.0
 
@@ -25,7 +25,7 @@ def llama(tmp_path_factory):
 
 
 def _generate(llm):
-    return llm.generate([{"prompt_token_ids": p} for p in prompts(2)], PARAMS, use_tqdm=False)
+    return greedy_outputs(llm, prompts(2), 4)
 
 
 def _assert_dead_everywhere(llm, pids):

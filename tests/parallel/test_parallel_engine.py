@@ -9,6 +9,7 @@ import pytest
 from anymodel import LLM, SamplingParams
 from tests.parallel import probes
 from tests.parallel.tiny_models import build, prompts
+from tests.reference import llm_greedy
 
 MAX_TOKENS = 8
 LAYOUTS = {"tp2": (2, 1), "pp2": (1, 2), "tp2xpp2": (2, 2)}
@@ -65,16 +66,10 @@ def references(tmp_path_factory):
         if arch not in cache:
             path = build(arch, tmp_path_factory.mktemp(arch))
             llm = LLM(str(path), **ENGINE)
-            cache[arch] = (path, prompts(), greedy(llm, prompts()), sampled(llm), llm.apply_model(probes.param_shapes)[0])
+            cache[arch] = (path, prompts(), llm_greedy(llm, prompts(), MAX_TOKENS), sampled(llm), llm.apply_model(probes.param_shapes)[0])
         return cache[arch]
 
     return get
-
-
-def greedy(llm, token_ids):
-    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
-    outs = llm.generate([{"prompt_token_ids": p} for p in token_ids], params, use_tqdm=False)
-    return [o.outputs[0].token_ids for o in outs]
 
 
 def sampled(llm):
@@ -93,8 +88,8 @@ def test_parallel_greedy_equals_single_process(references, arch, layout):
     tp, pp = LAYOUTS[layout]
     llm = LLM(str(path), tensor_parallel_size=tp, pipeline_parallel_size=pp, **ENGINE)
     try:
-        assert greedy(llm, token_ids) == expected
-        assert greedy(llm, token_ids) == expected  # again: prefix-cache hits on every rank
+        assert llm_greedy(llm, token_ids, MAX_TOKENS) == expected
+        assert llm_greedy(llm, token_ids, MAX_TOKENS) == expected  # again: prefix-cache hits on every rank
         assert sampled(llm) == expected_sampled
         shapes = llm.apply_model(probes.param_shapes)
         pids = llm.apply_model(probes.pid)
