@@ -5,6 +5,7 @@ tokens equal plain Transformers' greedy tokens on the same checkpoint, float32).
     assert llm_greedy(llm, prompts, 8) == reference      # ours: prompt_token_ids in, ignore_eos
     tokens, logits = hf_greedy_logits(path, prompts, 8)  # + every step's logits [V] (logprob checks)
     argmax_greedy(model, ids, 6)   # an in-memory model (remote code as built): full recompute per token
+    dense_logits(model, ids)       # our model class, one request, no KV cache (the attention discovery pass)
 
 Tiny checkpoints come from tests/models (zoo.py: `build_tiny_model`, `cached_model`, `mixed_prompts`;
 oldstyle.py and tinyold.py: remote code whose constants are computed outside the checkpoint).
@@ -103,3 +104,21 @@ def greedy_outputs(llm, prompt_token_ids: list[list[int]], max_tokens: int, **pa
 def llm_greedy(llm, prompt_token_ids: list[list[int]], max_tokens: int, **params) -> list[list[int]]:
     """The token ids of `greedy_outputs`, one list per prompt, in prompt order."""
     return [list(o.outputs[0].token_ids) for o in greedy_outputs(llm, prompt_token_ids, max_tokens, **params)]
+
+
+@torch.inference_mode()
+def dense_logits(model, ids: list[int]) -> torch.Tensor:
+    """Logits [T, V] of one request through our model class (adapter or native) with no KV cache:
+    inside `ForwardContext.discovery` the attention function attends densely, as plain Transformers."""
+    from anymodel.attention_backend.forward_context import ForwardContext
+    from anymodel.attention_backend.metadata import AttentionMetadata
+
+    T = len(ids)
+    meta = AttentionMetadata(
+        query_start_loc=torch.tensor([0, T], dtype=torch.int32), seq_lens=torch.tensor([T], dtype=torch.int32),
+        block_tables=torch.zeros(1, 1, dtype=torch.int32), slot_mapping=torch.arange(T), max_query_len=T,
+        max_seq_len=T, block_size=16,
+    )
+    with ForwardContext.discovery(meta):
+        hidden = model(torch.tensor([ids]), torch.arange(T)[None], meta)
+    return model.compute_logits(hidden)

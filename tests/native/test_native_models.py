@@ -5,11 +5,10 @@ prompt within 1e-4 of plain Transformers; decode-step logprobs (paged KV path) w
 import pytest
 import torch
 
-from anymodel import LLM, SamplingParams
-from anymodel.attention_backend.forward_context import ForwardContext
-from anymodel.attention_backend.metadata import AttentionMetadata
+from anymodel import LLM
 from anymodel.native_overrides import NATIVE_MODELS, native_model_class
-from tests.models.zoo import build_tiny_model, hf_greedy, mixed_prompts
+from tests.models.zoo import build_tiny_model, mixed_prompts
+from tests.reference import dense_logits, greedy_outputs, hf_greedy_logits, llm_greedy
 
 MAX_TOKENS = 8
 TOL = 1e-4
@@ -28,70 +27,46 @@ ARCHS = {
 def case(request, tmp_path_factory):
     path = build_tiny_model(request.param, tmp_path_factory.mktemp(request.param))
     prompts = mixed_prompts(path, n=8, seed=1)
-    return request.param, path, prompts, hf_greedy(path, prompts, MAX_TOKENS)
-
-
-def _greedy(llm, prompts, logprobs=None):
-    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True, logprobs=logprobs)
-    return llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    reference, logits = hf_greedy_logits(path, prompts, MAX_TOKENS)
+    return request.param, path, prompts, reference, logits
 
 
 @pytest.mark.parametrize("impl", ["native", "transformers"])
 def test_greedy_tokens_equal_transformers(case, impl):
-    arch, path, prompts, reference = case
+    arch, path, prompts, reference, _ = case
     llm = LLM(str(path), dtype="float32", model_impl=impl)
-    assert [o.outputs[0].token_ids for o in _greedy(llm, prompts)] == reference
+    assert llm_greedy(llm, prompts, MAX_TOKENS) == reference
     names = llm.apply_model(lambda m: type(m).__name__)
     assert names == ([ARCHS[arch]] if impl == "native" else ["TransformersForCausalLM"])
 
 
 def test_auto_picks_native(case):
-    arch, path, prompts, reference = case
+    arch, path = case[:2]
     llm = LLM(str(path), dtype="float32", num_kv_blocks=64)
     assert llm.apply_model(lambda m: type(m).__name__) == [ARCHS[arch]]
-
-
-def _full_prompt_meta(T: int) -> AttentionMetadata:
-    """One request, no cache: run inside `ForwardContext.discovery`, the attention function attends densely."""
-    return AttentionMetadata(
-        query_start_loc=torch.tensor([0, T], dtype=torch.int32), seq_lens=torch.tensor([T], dtype=torch.int32),
-        block_tables=torch.zeros(1, 1, dtype=torch.int32), slot_mapping=torch.arange(T), max_query_len=T,
-        max_seq_len=T, block_size=16,
-    )
 
 
 @torch.inference_mode()
 def test_prompt_logits_match_transformers(case):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    arch, path, prompts, _ = case
+    arch, path, prompts = case[:3]
     config = AutoConfig.from_pretrained(str(path))
     native = native_model_class(ARCHS[arch]).from_pretrained(path, config, torch.float32)
     hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
-    ids = torch.tensor([prompts[-1]])  # the longest prompt: crosses the sliding windows
-    T = ids.shape[1]
-    meta = _full_prompt_meta(T)
-    with ForwardContext.discovery(meta):
-        hidden = native(ids, torch.arange(T)[None], meta)
-    logits = native.compute_logits(hidden)
-    expected = hf(ids).logits[0]
+    logits = dense_logits(native, prompts[-1])  # the longest prompt: crosses the sliding windows
+    expected = hf(torch.tensor([prompts[-1]])).logits[0]
     assert logits.shape == expected.shape
     torch.testing.assert_close(logits, expected, atol=TOL, rtol=0)
 
 
 def test_decode_logprobs_match_transformers(case):
     """Logprob of every sampled token, decode steps included (paged KV), against plain generate."""
-    from transformers import AutoModelForCausalLM, GenerationConfig
-
-    arch, path, prompts, reference = case
+    arch, path, prompts, reference, hf_logits = case
     llm = LLM(str(path), dtype="float32", model_impl="native")
-    outs = _greedy(llm, prompts[:4], logprobs=0)
-    hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
-    hf.generation_config = GenerationConfig(do_sample=False, pad_token_id=0)
-    for out, prompt, ref in zip(outs, prompts, reference):
-        with torch.inference_mode():
-            gen = hf.generate(torch.tensor([prompt]), max_new_tokens=MAX_TOKENS, output_logits=True, return_dict_in_generate=True)
-        expected = [torch.log_softmax(step[0].float(), -1)[tok].item() for step, tok in zip(gen.logits, ref)]
+    outs = greedy_outputs(llm, prompts[:4], MAX_TOKENS, logprobs=0)
+    for out, ref, steps in zip(outs, reference, hf_logits):
+        expected = [torch.log_softmax(step, -1)[tok].item() for step, tok in zip(steps, ref)]
         got = [lp[tok].logprob for lp, tok in zip(out.outputs[0].logprobs, out.outputs[0].token_ids)]
         assert got == pytest.approx(expected, abs=TOL)
 

@@ -29,6 +29,15 @@ def hf_logits(path, architecture, pairs) -> torch.Tensor:
         return torch.stack([model(**tok(a, b, return_tensors="pt")).logits[0] for a, b in pairs])
 
 
+def pair_prompt(llm, a: str, b: str) -> dict:
+    """The pair tokenized together, as Transformers' reference above and `llm.score` do."""
+    enc = llm.get_tokenizer()(a, b)
+    prompt = {"prompt_token_ids": list(enc["input_ids"])}
+    if enc.get("token_type_ids") is not None:
+        prompt["token_type_ids"] = list(enc["token_type_ids"])
+    return prompt
+
+
 @pytest.fixture(scope="module", params=SCORE_ROWS, ids=[r[0] for r in SCORE_ROWS])
 def cross_encoder(request):
     model_type, arch = request.param
@@ -51,7 +60,7 @@ def test_scores_match_hf(cross_encoder):
 
 def test_raw_logits_match_hf(cross_encoder):
     path, arch, llm = cross_encoder
-    prompts = [llm._pair_prompt(a, b) for a, b in PAIRS]
+    prompts = [pair_prompt(llm, a, b) for a, b in PAIRS]
     outs = llm.encode(prompts, PoolingParams(softmax=False), use_tqdm=False, pooling_task="score")
     assert torch.allclose(torch.stack([o.outputs.data for o in outs]), hf_logits(path, arch, PAIRS), atol=1e-4)
 
@@ -69,12 +78,15 @@ def test_one_to_many_and_many_to_many(cross_encoder):
 def test_token_type_ids_reach_the_model():
     path = cached_encoder("bert", "BertForSequenceClassification", num_labels=1)
     llm = LLM(str(path), **KV)
-    with_types = llm._pair_prompt(*PAIRS[0])
+    with_types = pair_prompt(llm, *PAIRS[0])
     assert set(with_types["token_type_ids"]) == {0, 1}
     without = {k: v for k, v in with_types.items() if k != "token_type_ids"}
     a, b = llm.encode([with_types, without], PoolingParams(softmax=False), use_tqdm=False, pooling_task="score")
     assert not torch.allclose(a.outputs.data, b.outputs.data)  # segment B embeddings were used
     assert torch.allclose(a.outputs.data, hf_logits(path, "BertForSequenceClassification", PAIRS[:1])[0], atol=1e-4)
+    [scored] = llm.score(*PAIRS[0], use_tqdm=False)  # score() builds the same prompt, segment ids included
+    assert scored.prompt_token_ids == with_types["prompt_token_ids"]
+    assert scored.outputs.score == pytest.approx(torch.sigmoid(a.outputs.data[0]).item(), abs=1e-6)
 
 
 @pytest.mark.parametrize("model_type, arch", SCORE_ROWS, ids=[r[0] for r in SCORE_ROWS])

@@ -5,9 +5,11 @@ import pytest
 import torch
 
 from anymodel import LLM, SamplingParams
+from anymodel.attention_backend import torch_ref
 from anymodel.config import EngineArgs
 from anymodel.executor.uniproc import UniProcExecutor
 from anymodel.worker.kv_budget import kv_budget
+from anymodel.worker.model_runner import ModelRunner
 
 
 def test_budget_arithmetic():
@@ -24,8 +26,10 @@ def test_utilization_is_validated(value):
 
 
 def test_profile_step_runs_the_largest_step_and_frees_its_cache(tiny_llm):
-    runner = tiny_llm.engine.executor.worker.runner
+    """A runner of its own over the served model (`apply_model`), with a cache of its own allocated."""
+    runner = ModelRunner(tiny_llm.apply_model(lambda m: m)[0], torch.device("cpu"), 16, torch_ref)
     layers = runner.discover_layers()
+    runner.allocate_kv_cache(layers, 4)
     before = runner.kv_caches
     scratch = runner.profile_step(layers, num_tokens=40, num_logit_rows=8)
     assert scratch == runner.bytes_per_block(layers) * 3  # 40 tokens in 16-token blocks
