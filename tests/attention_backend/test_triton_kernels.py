@@ -256,7 +256,7 @@ def test_flash_attn_wrapper_falls_back_for_small_blocks(device, monkeypatch, pag
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU paths of the bench")
 def test_bench_refuses_cpu_and_smoke_runs(capsys, triton_pa):
-    from anymodel.attention_backend import bench
+    from anymodel.bench import attention as bench  # runtime/bench/attention.py
 
     assert bench.main([]) == 2
     assert "needs a CUDA device" in capsys.readouterr().err
