@@ -56,7 +56,7 @@ def test_budget_sizes_the_cache(tiny_model_dir, monkeypatch):
     llm = LLM(str(tiny_model_dir), dtype="float32", gpu_memory_utilization=0.5, max_num_seqs=4,
               max_num_batched_tokens=512)
     assert calls == [(0.5, 512, 4)]
-    assert llm.engine.kv.pool.num_blocks == 5
+    assert llm.engine.stats().num_total_blocks == 5
 
 
 @pytest.mark.gpu
@@ -64,5 +64,5 @@ def test_gpu_cache_fills_the_share(tiny_model_dir):
     llm = LLM(str(tiny_model_dir), dtype="float32", device="cuda", gpu_memory_utilization=0.3)
     total = torch.cuda.mem_get_info()[1]
     assert torch.cuda.memory_reserved() <= 0.3 * total + 2**28
-    assert llm.engine.kv.pool.num_blocks > 1000
+    assert llm.engine.stats().num_total_blocks > 1000
     assert llm.generate("hello", SamplingParams(max_tokens=2), use_tqdm=False)[0].outputs[0].token_ids
