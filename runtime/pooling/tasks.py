@@ -44,7 +44,7 @@ def is_cross_encoder(config) -> bool:
 
 def supported_tasks(config, model_dir: Path) -> list[str] | None:
     """Tasks this architecture can run; None when the name says nothing (custom code): anything goes."""
-    arch = architecture_of(config)  # a config without `architectures` gives its class name: no suffix matches
+    arch = architecture_of(config)  # none given: the config class name, which ends in no suffix below
     if arch.endswith("ForSequenceClassification"):
         return ["score", "classify", "embed"] if getattr(config, "num_labels", 0) == 1 else ["classify", "embed"]
     if arch.endswith(("ForTokenClassification", "RewardModel")):
