@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from anymodel import LLM
-from tests.parallel.tiny_models import build, prompts
+from tests.models.zoo import build_tiny_model, mixed_prompts
 from tests.reference import argmax_greedy, llm_greedy
 
 INIT_OVERRIDE = """        if isinstance(module, TinyPlanRotary):  # Transformers 5 materialises buffers empty: recompute
@@ -15,7 +15,7 @@ INIT_OVERRIDE = """        if isinstance(module, TinyPlanRotary):  # Transformer
 
 
 def test_non_persistent_buffers_are_recomputed(tmp_path):
-    good = build("custom", tmp_path / "good")
+    good = build_tiny_model("tinyplan", tmp_path / "good")
     forgetful = tmp_path / "forgetful"
     shutil.copytree(good, forgetful)
     modeling = forgetful / "modeling_tinyplan.py"
@@ -30,7 +30,7 @@ def test_non_persistent_buffers_are_recomputed(tmp_path):
             lambda m: (m.model.rotary.inv_freq.clone(), m.model.rotary.compute_inv_freq())
         )[0]
         torch.testing.assert_close(inv_freq, expected)
-        tokens[name] = llm_greedy(llm, prompts(3), 6)
+        tokens[name] = llm_greedy(llm, mixed_prompts(n=3, seed=1), 6)
     assert tokens["forgetful"] == tokens["good"]
 
 

@@ -14,7 +14,9 @@ gap ~ 1 at the median; see tests/models/test_zoo_builds.py), and gives biases an
 non-trivial values so that code paths like qkv bias or (1 + w) Gemma norms are really exercised.
 
 `build_custom_model` writes TinyCustom (tests/models/custom/), an `auto_map` remote-code model
-that loads only with trust_remote_code=True. `COMPAT_ARCHS` are the zoo archs served by the compat
+that loads only with trust_remote_code=True; `build_tiny_model(TINYPLAN_ARCH, ...)` writes TinyPlan
+(tests/models/tinyplan.py), remote code declaring its own parallel plans. Other hand-built
+checkpoints: tests/models/oldstyle.py, tests/models/tinyold.py, tests/pooling/encoders.py. `COMPAT_ARCHS` are the zoo archs served by the compat
 path: attention that does not go through ALL_ATTENTION_FUNCTIONS, or recurrent state
 (`RECURRENT_ARCHS`). `UNSUPPORTED_ZOO` holds target archs anymodel refuses (built with their own
 task, e.g. `for_task="seq2seq"`). Builds are cached per process (see `build_tiny_model`); building
@@ -378,6 +380,12 @@ def _build(arch: str, out_dir: Path, seed: int, dtype: torch.dtype, for_task: st
     torch.manual_seed(seed)
     if arch == CUSTOM_ARCH:
         model = _custom_model(for_task)
+    elif arch == TINYPLAN_ARCH:
+        from tests.models.tinyplan import tinyplan_model
+
+        if for_task != "causal_lm":
+            raise ValueError(f"unsupported for_task {for_task!r} for {TINYPLAN_ARCH}; supported: ['causal_lm']")
+        model = tinyplan_model(out_dir)  # copies its code into out_dir
     else:
         import transformers
 
@@ -400,6 +408,7 @@ def _build(arch: str, out_dir: Path, seed: int, dtype: torch.dtype, for_task: st
 # ---------------------------------------------------------------- the custom (auto_map) model
 
 CUSTOM_ARCH = "tinycustom"
+TINYPLAN_ARCH = "tinyplan"  # remote code with its own parallel plans (tests/models/tinyplan.py); not in ZOO
 CUSTOM_CODE_DIR = Path(__file__).parent / "custom"
 CUSTOM_AUTO_MAP = {
     "AutoConfig": "configuration_tinycustom.TinyCustomConfig",

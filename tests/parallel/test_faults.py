@@ -12,7 +12,7 @@ from anymodel import LLM
 from anymodel.errors import WorkerDiedError
 from tests.parallel import probes
 from tests.parallel.test_parallel_engine import ENGINE, _alive
-from tests.parallel.tiny_models import build, prompts
+from tests.models.zoo import build_tiny_model, mixed_prompts
 from tests.reference import greedy_outputs
 
 # Generous: the point is "no hang" (a gloo collective would wait 30 minutes), not a timing.
@@ -21,11 +21,11 @@ PROMPT_S = 30.0
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
-    return build("llama", tmp_path_factory.mktemp("llama"))
+    return build_tiny_model("llama", tmp_path_factory.mktemp("llama"))
 
 
 def _generate(llm):
-    return greedy_outputs(llm, prompts(2), 4)
+    return greedy_outputs(llm, mixed_prompts(n=2, seed=1), 4)
 
 
 def _assert_dead_everywhere(llm, pids):

@@ -8,10 +8,11 @@ import pytest
 
 from anymodel import LLM, SamplingParams
 from tests.parallel import probes
-from tests.parallel.tiny_models import build, prompts
+from tests.models.zoo import build_tiny_model, mixed_prompts
 from tests.reference import llm_greedy
 
 MAX_TOKENS = 8
+PROMPTS = mixed_prompts(n=6, seed=1)
 LAYOUTS = {"tp2": (2, 1), "pp2": (1, 2), "tp2xpp2": (2, 2)}
 ENGINE = dict(model_impl="transformers", dtype="float32", trust_remote_code=True, num_kv_blocks=96, max_num_batched_tokens=96)
 
@@ -30,8 +31,8 @@ _LLAMA = {
 TP2_SHAPES = {
     "llama": _LLAMA,
     "qwen2": {**_LLAMA, "model.layers.0.self_attn.q_proj.bias": [(32,)] * 2, "model.layers.0.self_attn.k_proj.bias": [(16,)] * 2},
-    # custom: hidden 48, 4 heads x 12, 1 KV head (replicated), MLP 80, mix 40, vocab 385 (193 / 192).
-    "custom": {
+    # tinyplan (tests/models/tinyplan.py): hidden 48, 4 heads x 12, 1 KV head (replicated), MLP 80, mix 40, vocab 385 (193 / 192).
+    "tinyplan": {
         "model.wte.weight": [(193, 48), (192, 48)],
         "model.blocks.0.attn.qkv_proj.weight": [(48, 48)] * 2,  # (2 q + 1 k + 1 v) x 12
         "model.blocks.0.attn.out_proj.weight": [(48, 24)] * 2,
@@ -54,7 +55,7 @@ TP2_SHAPES = {
         "lm_head.weight": [(192, 64)] * 2,
     },
 }
-LAYERS = {"llama": 2, "qwen2": 2, "custom": 4, "tinycustom": 2}
+LAYERS = {"llama": 2, "qwen2": 2, "tinyplan": 4, "tinycustom": 2}
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +65,9 @@ def references(tmp_path_factory):
 
     def get(arch):
         if arch not in cache:
-            path = build(arch, tmp_path_factory.mktemp(arch))
+            path = build_tiny_model(arch, tmp_path_factory.mktemp(arch))
             llm = LLM(str(path), **ENGINE)
-            cache[arch] = (path, prompts(), llm_greedy(llm, prompts(), MAX_TOKENS), sampled(llm), llm.apply_model(probes.param_shapes)[0])
+            cache[arch] = (path, PROMPTS, llm_greedy(llm, PROMPTS, MAX_TOKENS), sampled(llm), llm.apply_model(probes.param_shapes)[0])
         return cache[arch]
 
     return get
@@ -77,12 +78,12 @@ def sampled(llm):
     generator across steps, so these equal the single process too."""
     seeded = SamplingParams(temperature=0.9, top_k=50, seed=7, n=2, max_tokens=MAX_TOKENS, ignore_eos=True)
     unseeded = SamplingParams(temperature=0.9, max_tokens=MAX_TOKENS, ignore_eos=True)
-    outs = llm.generate([{"prompt_token_ids": p} for p in prompts(3)], [seeded, seeded, unseeded], use_tqdm=False)
+    outs = llm.generate([{"prompt_token_ids": p} for p in mixed_prompts(n=3, seed=1)], [seeded, seeded, unseeded], use_tqdm=False)
     return [[c.token_ids for c in o.outputs] for o in outs]
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "custom", "tinycustom"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "tinyplan", "tinycustom"])
 def test_parallel_greedy_equals_single_process(references, arch, layout):
     path, token_ids, expected, expected_sampled, full_shapes = references(arch)
     tp, pp = LAYOUTS[layout]
@@ -128,7 +129,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_rank_errors_reach_the_caller_and_stop_every_rank(references):
-    path = references("custom")[0]
+    path = references("tinyplan")[0]
     plan = {"blocks.*.attn.qkv_proj": "packed_colwise", "blocks.*.attn.out_proj": "rowwise", "blocks.*.mix.gate": "diagonal"}
     with pytest.raises(ValueError, match=r"unknown tensor-parallel style 'diagonal'.*supported"):
         LLM(str(path), tensor_parallel_size=2, hf_overrides={"base_model_tp_plan": plan}, **ENGINE)

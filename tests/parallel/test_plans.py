@@ -13,12 +13,12 @@ from anymodel import loader
 from anymodel.adapters.parallel import apply_tensor_plan, build_on_meta, resolve_tp_plan
 from anymodel.adapters.pipeline_parallel import StagePlaceholder, apply_stage_plan, layer_range, resolve_stage_plan
 from anymodel.distributed import ParallelState
-from tests.parallel.tiny_models import build
+from tests.models.zoo import build_tiny_model
 
 
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
-    return {arch: build(arch, tmp_path_factory.mktemp(arch)) for arch in ("llama", "custom", "gpt2")}
+    return {arch: build_tiny_model(arch, tmp_path_factory.mktemp(arch)) for arch in ("llama", "tinyplan", "gpt2")}
 
 
 def meta_model(path):
@@ -62,7 +62,7 @@ def test_layer_ranges_cover_every_layer_once():
 
 
 def test_declared_pp_plan_places_modules(model_dirs):
-    hf = meta_model(model_dirs["custom"])
+    hf = meta_model(model_dirs["tinyplan"])
     plan = resolve_stage_plan(hf.base_model)
     assert (plan.layers, plan.before, plan.after, plan.outputs) == ("blocks", ("wte",), ("ln_f",), ("hidden_states",))
     apply_stage_plan(hf.base_model, plan, pp_rank=1, pp_size=2, dtype=torch.float32)
@@ -99,7 +99,7 @@ def test_uninferable_tp_plan_is_an_error(model_dirs):
 
 
 def test_unknown_style_in_a_model_plan_names_it(model_dirs):
-    hf = meta_model(model_dirs["custom"])
+    hf = meta_model(model_dirs["tinyplan"])
     plan = {**resolve_tp_plan(hf, "lm_head"), "model.blocks.*.mix.gate": "diagonal"}
     with pytest.raises(ValueError, match=r"unknown tensor-parallel style 'diagonal' \(plan entry 'model.blocks.\*.mix.gate'\)"):
         apply_tensor_plan(hf, plan, ParallelState(tp_rank=0, tp_size=2))
@@ -107,7 +107,7 @@ def test_unknown_style_in_a_model_plan_names_it(model_dirs):
 
 @pytest.mark.parametrize("tp_rank", [0, 1])
 def test_custom_shards_on_meta(model_dirs, tp_rank):
-    hf = meta_model(model_dirs["custom"])
+    hf = meta_model(model_dirs["tinyplan"])
     specs = apply_tensor_plan(hf, resolve_tp_plan(hf, "lm_head"), ParallelState(tp_rank=tp_rank, tp_size=2))
     attn = hf.model.blocks[0].attn
     # 4 query heads -> 2 per rank; 1 KV head -> replicated: rank r reads head 0. head_dim 12.

@@ -8,7 +8,7 @@ runs on meta, and the errors come before any collective.
     llama *ForSequenceClassification    3 labels: softmax probs and raw logits (the `score` head)
     BertModel, task auto (embed)        CLS, normalised; no base_model_tp_plan: inferred
     BERT / RoBERTa cross-encoders       score: HF's head run unchanged on whole hidden states
-    custom causal LM, task="reward"     STEP logits from an LM head tied to a vocab-parallel embedding
+    tinyplan causal LM, task="reward"   STEP logits from an LM head tied to a vocab-parallel embedding
 """
 
 import pytest
@@ -19,9 +19,8 @@ from anymodel import LLM, PoolingParams
 from anymodel.adapters.parallel import build_on_meta, resolve_tp_plan
 from anymodel.adapters.pooling_loader import load_pooling_model
 from anymodel.distributed import ParallelState
-from tests.models.zoo import cached_model, mixed_prompts
+from tests.models.zoo import build_tiny_model, cached_model, mixed_prompts
 from tests.parallel import probes
-from tests.parallel.tiny_models import build
 from tests.pooling.encoders import cached_encoder, tiny_config
 
 ENGINE = dict(dtype="float32", num_kv_blocks=64, max_num_batched_tokens=256)
@@ -103,9 +102,9 @@ def test_pipeline_parallel_embeddings_equal_single_process():
 
 
 def test_step_reward_with_tied_lm_head_equals_single_process(tmp_path):
-    """custom: tied embeddings, vocab 385 -> embedding rows 193 / 192 per rank; the LM head, a
+    """tinyplan: tied embeddings, vocab 385 -> embedding rows 193 / 192 per rank; the LM head, a
     pooling head here, is read whole from the embedding's tensor on every rank."""
-    path = build("custom", tmp_path / "custom")
+    path = build_tiny_model("tinyplan", tmp_path / "tinyplan")
     prompts = [{"prompt_token_ids": p["prompt_token_ids"] + [7]} for p in PROMPTS]  # 7: a step tag ends each
     step = {"pooling_type": "STEP", "step_tag_id": 7, "returned_token_ids": [5, 9], "softmax": True}
 

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from anymodel import LLM, SamplingParams
-from tests.parallel.tiny_models import build, prompts
+from tests.models.zoo import build_tiny_model, mixed_prompts
 
 
 def test_missing_ray_is_a_clear_error(monkeypatch):
@@ -28,10 +28,10 @@ def test_ray_tensor_parallel_equals_single_process(tmp_path, request):
     if not _slow_requested(request.config):
         pytest.skip("slow: run with -m slow or ANYMODEL_RUN_SLOW=1")
     pytest.importorskip("ray")
-    path = build("llama", tmp_path / "llama")
+    path = build_tiny_model("llama", tmp_path / "llama")
     engine = dict(model_impl="transformers", dtype="float32", num_kv_blocks=96)
     params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
-    requests = [{"prompt_token_ids": p} for p in prompts()]
+    requests = [{"prompt_token_ids": p} for p in mixed_prompts(n=6, seed=1)]
     expected = [o.outputs[0].token_ids for o in LLM(str(path), **engine).generate(requests, params, use_tqdm=False)]
     llm = LLM(str(path), tensor_parallel_size=2, distributed_executor_backend="ray", **engine)
     try:

@@ -8,7 +8,7 @@ from anymodel import loader
 from anymodel.adapters.causal_lm import load_causal_lm
 from anymodel.adapters.parallel import load_parallel_causal_lm
 from anymodel.distributed import ParallelState
-from tests.parallel.tiny_models import build
+from tests.models.zoo import build_tiny_model
 from tests.reference import dense_logits
 
 
@@ -18,9 +18,9 @@ def both(cls, has_lm_head, path, config):
     return sharded, reference
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "custom", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "tinyplan", "gpt2"])
 def test_single_rank_load_equals_from_pretrained(arch, tmp_path):
-    path = build(arch, tmp_path / arch)
+    path = build_tiny_model(arch, tmp_path / arch)
     config = loader.load_config(path, trust_remote_code=True)
     spec = loader.resolve_causal_lm_class(config, path, trust_remote_code=True)
     sharded, reference = both(spec.cls, spec.has_lm_head, path, config)
@@ -32,7 +32,7 @@ def test_base_only_class_gets_a_tied_head(tmp_path):
     """A remote-code AutoModel without a head: the head is read from the embeddings (tied)."""
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-    path = build("custom", tmp_path / "custom")
+    path = build_tiny_model("tinyplan", tmp_path / "tinyplan")
     config = loader.load_config(path, trust_remote_code=True)
     base_cls = get_class_from_dynamic_module("modeling_tinyplan.TinyPlanModel", str(path))
     sharded, reference = both(base_cls, False, path, config)
