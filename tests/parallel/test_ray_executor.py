@@ -5,8 +5,9 @@ import sys
 
 import pytest
 
-from anymodel import LLM, SamplingParams
+from anymodel import LLM
 from tests.models.zoo import build_tiny_model, mixed_prompts
+from tests.reference import llm_greedy
 
 
 def test_missing_ray_is_a_clear_error(monkeypatch):
@@ -30,12 +31,11 @@ def test_ray_tensor_parallel_equals_single_process(tmp_path, request):
     pytest.importorskip("ray")
     path = build_tiny_model("llama", tmp_path / "llama")
     engine = dict(model_impl="transformers", dtype="float32", num_kv_blocks=96)
-    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
-    requests = [{"prompt_token_ids": p} for p in mixed_prompts(n=6, seed=1)]
-    expected = [o.outputs[0].token_ids for o in LLM(str(path), **engine).generate(requests, params, use_tqdm=False)]
+    prompts = mixed_prompts(n=6, seed=1)
+    expected = llm_greedy(LLM(str(path), **engine), prompts, 8)
     llm = LLM(str(path), tensor_parallel_size=2, distributed_executor_backend="ray", **engine)
     try:
-        assert [o.outputs[0].token_ids for o in llm.generate(requests, params, use_tqdm=False)] == expected
+        assert llm_greedy(llm, prompts, 8) == expected
         assert llm.apply_model(lambda m: tuple(m.model.layers[0].self_attn.q_proj.weight.shape)) == [(32, 64)] * 2
     finally:
         llm.engine.shutdown()
