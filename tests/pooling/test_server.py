@@ -12,7 +12,7 @@ from anymodel.config import EngineArgs
 from tests.pooling.conftest import KV, sentences
 from tests.pooling.encoders import cached_encoder
 from tests.pooling.test_cross_encoder import PAIRS, hf_logits
-from tests.server.servers import ThreadedServer
+from tests.server.servers import ThreadedServer, client_for
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +35,7 @@ def score_server():
 
 @pytest.fixture(scope="module")
 def client(embed_server):
-    from openai import OpenAI
-
-    with OpenAI(base_url=f"{embed_server}/v1", api_key="unused", max_retries=0, timeout=60) as c:
+    with client_for(embed_server) as c:
         yield c
 
 

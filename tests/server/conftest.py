@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.server.servers import ServeProcess
+from tests.server.servers import ServeProcess, client_for
 
 _demo: ServeProcess | None = None
 
@@ -38,7 +38,5 @@ def demo_server() -> str:
 
 @pytest.fixture(scope="session")
 def openai_client(demo_server):
-    from openai import OpenAI
-
-    with OpenAI(base_url=f"{demo_server}/v1", api_key="unused", max_retries=0, timeout=60) as client:
+    with client_for(demo_server) as client:
         yield client

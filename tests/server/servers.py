@@ -16,6 +16,13 @@ import uvicorn
 STARTUP_TIMEOUT_S = 90.0
 
 
+def client_for(url: str):
+    """The official client for one of our servers (a context manager): no retries, 60 s a call."""
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
