@@ -2,6 +2,7 @@
 tokens equal plain Transformers' greedy tokens on the same checkpoint, float32).
 
     reference = hf_greedy(path, prompts, 8)              # plain Transformers generate(), one prompt at a time
+    path, prompts, reference = greedy_case("qwen2", tmp_path, 8, n=8, seed=1)   # zoo build + prompts + hf_greedy
     assert llm_greedy(llm, prompts, 8) == reference      # ours: prompt_token_ids in, ignore_eos
     tokens, logits = hf_greedy_logits(path, prompts, 8)  # + every step's logits [V] (logprob checks)
     argmax_greedy(model, ids, 6)   # an in-memory model (remote code as built): full recompute per token
@@ -20,7 +21,7 @@ from transformers import GenerationConfig
 
 from anymodel import SamplingParams
 from tests.models.tokenizer import PAD_ID
-from tests.models.zoo import _one_thread
+from tests.models.zoo import _one_thread, build_tiny_model, mixed_prompts
 
 
 def hf_greedy(
@@ -34,6 +35,16 @@ def hf_greedy(
     `min_new_tokens` would *mask* EOS instead, which is vLLM's `min_tokens`, not `ignore_eos`; and
     `eos_token_id=None` passed to generate() is overridden by the model's generation_config."""
     return hf_greedy_logits(model_dir, prompt_token_ids, max_new_tokens)[0]
+
+
+def greedy_case(
+    arch: str, out_dir: str | Path, max_new_tokens: int, *, n: int = 8, seed: int = 0
+) -> tuple[Path, list[list[int]], list[list[int]]]:
+    """A zoo checkpoint in `out_dir`, `n` mixed-length prompts of its vocabulary (`mixed_prompts`),
+    and their `hf_greedy` tokens."""
+    path = build_tiny_model(arch, out_dir)
+    prompts = mixed_prompts(path, n=n, seed=seed)
+    return path, prompts, hf_greedy(path, prompts, max_new_tokens)
 
 
 def hf_greedy_logits(

@@ -9,8 +9,7 @@ from transformers.cache_utils import DynamicCache
 
 from anymodel import LLM
 from anymodel.adapters.compat import _batching_blocker
-from tests.models.zoo import build_tiny_model, mixed_prompts
-from tests.reference import hf_greedy, llm_greedy
+from tests.reference import greedy_case, llm_greedy
 
 MAX_TOKENS = 10
 SETTINGS = {
@@ -25,9 +24,7 @@ SETTINGS = {
 
 @pytest.fixture(scope="module", params=["bloom", "falcon"])
 def model_and_reference(request, tmp_path_factory):
-    path = build_tiny_model(request.param, tmp_path_factory.mktemp(request.param))
-    prompts = mixed_prompts(path, n=8, seed=5)  # 1..65 tokens
-    return path, prompts, hf_greedy(path, prompts, MAX_TOKENS)
+    return greedy_case(request.param, tmp_path_factory.mktemp(request.param), MAX_TOKENS, n=8, seed=5)  # 1..65 tokens
 
 
 def _record_steps(model) -> list[dict]:
@@ -135,9 +132,7 @@ def test_batching_blocker_reasons():
 @pytest.mark.parametrize("arch", ["mamba", "jamba", "minimax"])
 @pytest.mark.parametrize("setting", ["chunked", "preemption+chunked"])
 def test_recurrent_chunked_prefill_matches_transformers(arch, setting, tmp_path):
-    path = build_tiny_model(arch, tmp_path / arch)
-    prompts = mixed_prompts(path, n=8, seed=5)
-    reference = hf_greedy(path, prompts, MAX_TOKENS)
+    path, prompts, reference = greedy_case(arch, tmp_path / arch, MAX_TOKENS, n=8, seed=5)
     llm = LLM(str(path), dtype="float32", seed=0, **SETTINGS[setting])
     assert llm.apply_model(lambda m: (type(m).__name__, m.replay_prefill)) == [("CompatCausalLM", True)]
     steps = llm.apply_model(_record_steps)[0]

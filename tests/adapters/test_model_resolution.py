@@ -3,8 +3,8 @@
 import pytest
 
 from anymodel import LLM
-from tests.models.zoo import build_custom_model, build_tiny_model, mixed_prompts
-from tests.reference import hf_greedy, llm_greedy
+from tests.models.zoo import build_custom_model, build_tiny_model
+from tests.reference import greedy_case, llm_greedy
 
 
 def test_custom_model_runs_on_the_adapter(tmp_path):
@@ -25,10 +25,9 @@ def test_incompatible_model_without_compat_path_lists_requirements(tmp_path):
 
 
 def test_compat_path_frees_its_caches_and_matches_hf(tmp_path):
-    path = build_tiny_model("falcon", tmp_path / "falcon")
-    prompts = mixed_prompts(path, n=4, seed=3)
+    path, prompts, reference = greedy_case("falcon", tmp_path / "falcon", 8, n=4, seed=3)
     llm = LLM(str(path), dtype="float32", num_kv_blocks=10, block_size=8, max_num_batched_tokens=12)
     assert llm.apply_model(lambda m: type(m).__name__) == ["CompatCausalLM"]
-    assert llm_greedy(llm, prompts, 8) == hf_greedy(path, prompts, 8)
+    assert llm_greedy(llm, prompts, 8) == reference
     assert llm.apply_model(lambda m: len(m.caches)) == [0]  # every per-request HF cache released
     assert not llm.engine.kv.enable_prefix_caching  # its K/V never enter our blocks

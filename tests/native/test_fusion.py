@@ -6,8 +6,7 @@ from torch import nn
 
 from anymodel import LLM
 from anymodel.adapters.fusion import apply_fusion, fuse_siblings
-from tests.models.zoo import build_tiny_model, mixed_prompts
-from tests.reference import hf_greedy, llm_greedy
+from tests.reference import greedy_case, llm_greedy
 
 
 class _Attention(nn.Module):
@@ -34,11 +33,10 @@ def test_fused_siblings_equal_separate_linears():
 
 
 def test_backend_is_fused_and_keeps_its_parameters(tmp_path):
-    path = build_tiny_model("qwen2", tmp_path)
-    prompts = mixed_prompts(path, n=4, seed=3)
+    path, prompts, reference = greedy_case("qwen2", tmp_path, 6, n=4, seed=3)
     llm = LLM(str(path), dtype="float32", model_impl="transformers")
     names_before = llm.apply_model(lambda m: {n: tuple(p.shape) for n, p in m.named_parameters()})
-    assert llm_greedy(llm, prompts, 6) == hf_greedy(path, prompts, 6)
+    assert llm_greedy(llm, prompts, 6) == reference
 
     def probe(m):
         attn = m.model.layers[0].self_attn

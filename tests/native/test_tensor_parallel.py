@@ -5,8 +5,7 @@ vocabulary split for the embedding and the tied / untied head)."""
 import pytest
 
 from anymodel import LLM
-from tests.models.zoo import build_tiny_model, mixed_prompts
-from tests.reference import hf_greedy, llm_greedy
+from tests.reference import greedy_case, llm_greedy
 
 
 def _shard_shapes(model):
@@ -31,9 +30,7 @@ EXPECTED = {
 
 @pytest.mark.parametrize("arch", list(EXPECTED))
 def test_tp2_greedy_equals_transformers(arch, tmp_path):
-    path = build_tiny_model(arch, tmp_path)
-    prompts = mixed_prompts(path, n=6, seed=1)
-    reference = hf_greedy(path, prompts, 8)
+    path, prompts, reference = greedy_case(arch, tmp_path, 8, n=6, seed=1)
     llm = LLM(str(path), dtype="float32", model_impl="native", tensor_parallel_size=2, num_kv_blocks=96)
     try:
         assert llm_greedy(llm, prompts, 8) == reference

@@ -4,8 +4,7 @@ chunked prefill, for a batch of mixed-length prompts."""
 import pytest
 
 from anymodel import LLM
-from tests.models.zoo import build_tiny_model, mixed_prompts
-from tests.reference import hf_greedy, llm_greedy
+from tests.reference import greedy_case, llm_greedy
 
 MAX_TOKENS = 10
 SETTINGS = {
@@ -20,9 +19,7 @@ SETTINGS = {
 
 @pytest.fixture(scope="module", params=["llama", "qwen2", "gpt2"])
 def model_and_reference(request, tmp_path_factory):
-    path = build_tiny_model(request.param, tmp_path_factory.mktemp(request.param))
-    prompts = mixed_prompts(path, n=8, seed=1)
-    return path, prompts, hf_greedy(path, prompts, MAX_TOKENS)
+    return greedy_case(request.param, tmp_path_factory.mktemp(request.param), MAX_TOKENS, n=8, seed=1)
 
 
 @pytest.mark.parametrize("setting", list(SETTINGS))
