@@ -77,9 +77,11 @@ class Decision:
         return f"anymodel: {self.impl} for {self.facts.arch}: {self.reason}"
 
 
-# ---- why a rule does not apply -------------------------------------------------------------------
-def _impl_is(*impls: str) -> Callable[[LoadFacts], bool]:
-    return lambda f: f.request.model_impl in impls
+# ---- predicates and why-nots that take more than a line -------------------------------------------
+def _native_applies(f: LoadFacts) -> bool:
+    if f.request.model_impl == "transformers" or f.native is None or not f.native_fits_world:
+        return False
+    return f.request.model_impl == "native" or f.native_refusal is None
 
 
 def _not_native(f: LoadFacts) -> str:
@@ -92,21 +94,21 @@ def _not_native(f: LoadFacts) -> str:
     return f"native {f.native.__name__} does not support {f.native_refusal}"
 
 
-def _native_applies(f: LoadFacts) -> bool:
-    if not _impl_is("auto", "native")(f) or f.native is None or not f.native_fits_world:
-        return False
-    return f.request.model_impl == "native" or f.native_refusal is None
+def _native_only(f: LoadFacts) -> bool:
+    return f.request.model_impl == "native"
 
 
-def _not_native_refusal(f: LoadFacts) -> str:
-    if f.request.model_impl != "native":
+def _not_native_missing(f: LoadFacts) -> str:
+    if not _native_only(f):
         return f"model_impl={f.request.model_impl!r}"
-    return f"native {f.native.__name__} exists" if f.native is not None else "no native class"
+    return f"native {f.native.__name__} exists"
 
 
 def _not_native_parallel(f: LoadFacts) -> str:
-    if f.request.model_impl != "native" or f.native is None:
-        return _not_native_refusal(f)
+    if not _native_only(f):
+        return f"model_impl={f.request.model_impl!r}"
+    if f.native is None:
+        return "no native class"
     return f"native {f.native.__name__} shards over tp={f.state.tp_size}, pp={f.state.pp_size}"
 
 
@@ -126,41 +128,57 @@ def _not_compat(f: LoadFacts) -> str:
     return f"{f.hf_name} is a base model: the compat path needs a *ForCausalLM class"
 
 
-_INCOMPATIBLE = ("{f.hf_name} is not compatible with the Transformers backend; a compatible model meets all of:\n"
-                 + "{f.requirements}\n(enable_compat_path=True runs it, slowly, through its own attention)")
+def _no_class_or(text: str) -> Callable[[LoadFacts], str]:
+    return lambda f: text.format(f=f) if f.hf is not None else "no causal-LM class"
+
 
 RULES: tuple[Rule, ...] = (
-    Rule("pooling", "pooling", lambda f: f.request.task != "generate",
-         "task {f.request.task!r}: the checkpoint's HF class for the task under a pooler (adapters/pooling_loader.py)",
-         lambda f: "task 'generate'"),
-    Rule("native-missing", "refuse", lambda f: _impl_is("native")(f) and f.native is None,
-         "model_impl='native': no native implementation for architecture {f.arch!r}; "
-         "native implementations: {f.native_names} (use model_impl='transformers')",
-         _not_native_refusal),
-    Rule("native-parallel", "refuse",
-         lambda f: _impl_is("native")(f) and f.native is not None and not f.native_fits_world,
-         "model_impl='native': {f.native.__name__} does not support tensor_parallel_size={f.state.tp_size} / "
-         "pipeline_parallel_size={f.state.pp_size} (use model_impl='transformers')",
-         _not_native_parallel),
-    Rule("native", "native", _native_applies,
-         "native {f.native.__name__}: hand-written, same checkpoint (fused QKV / gate-up, packed GEMMs){f.ranks}",
-         _not_native),
-    Rule("encoder-decoder", "refuse", lambda f: f.is_encoder_decoder, "{f.hf_error}",
-         lambda f: "decoder-only"),
-    Rule("no-causal-lm", "refuse", lambda f: f.hf is None, "{f.hf_error}",
-         lambda f: f"{f.hf_name} ({'a *ForCausalLM' if f.hf.has_lm_head else 'a base model, plus the lm_head'})"),
-    Rule("transformers", "transformers", _compatible,
-         "Transformers backend: {f.hf_name} with anymodel's paged attention{f.ranks}",
-         lambda f: f.incompatibility or "no causal-LM class"),
-    Rule("compat-parallel", "refuse", lambda f: _incompatible(f) and f.state.world_size > 1,
-         "{f.hf_name} is not compatible with the Transformers backend, and its compat path runs in one "
-         "process only: use tensor_parallel_size=1 and pipeline_parallel_size=1",
-         lambda f: "one process" if f.state.world_size == 1 else f"{f.hf_name} is backend-compatible"),
-    Rule("compat", "compat", lambda f: _incompatible(f) and f.request.enable_compat_path and f.hf.has_lm_head,
-         "compat path: {f.hf_name} through its own attention, one request at a time ({f.incompatibility})",
-         _not_compat),
-    Rule("incompatible", "refuse", _incompatible, _INCOMPATIBLE,
-         lambda f: f"{f.hf_name} is backend-compatible" if f.hf else "no causal-LM class"),
+    Rule("pooling", impl="pooling",
+         applies=lambda f: f.request.task != "generate",
+         reason="task {f.request.task!r}: the checkpoint's HF class for the task under a pooler "
+                "(adapters/pooling_loader.py)",
+         why_not=lambda f: "task 'generate'"),
+    Rule("native-missing", impl="refuse",
+         applies=lambda f: _native_only(f) and f.native is None,
+         reason="model_impl='native': no native implementation for architecture {f.arch!r}; "
+                "native implementations: {f.native_names} (use model_impl='transformers')",
+         why_not=_not_native_missing),
+    Rule("native-parallel", impl="refuse",
+         applies=lambda f: _native_only(f) and f.native is not None and not f.native_fits_world,
+         reason="model_impl='native': {f.native.__name__} does not support tensor_parallel_size={f.state.tp_size} "
+                "/ pipeline_parallel_size={f.state.pp_size} (use model_impl='transformers')",
+         why_not=_not_native_parallel),
+    Rule("native", impl="native",
+         applies=_native_applies,
+         reason="native {f.native.__name__}: hand-written, same checkpoint (fused QKV / gate-up, packed GEMMs)"
+                "{f.ranks}",
+         why_not=_not_native),
+    Rule("encoder-decoder", impl="refuse",
+         applies=lambda f: f.is_encoder_decoder,
+         reason="{f.hf_error}",  # resolve_causal_lm_class's message
+         why_not=lambda f: "decoder-only"),
+    Rule("no-causal-lm", impl="refuse",
+         applies=lambda f: f.hf is None,
+         reason="{f.hf_error}",
+         why_not=lambda f: f"{f.hf_name} ({'a *ForCausalLM' if f.hf.has_lm_head else 'a base model + lm_head'})"),
+    Rule("transformers", impl="transformers",
+         applies=_compatible,
+         reason="Transformers backend: {f.hf_name} with anymodel's paged attention{f.ranks}",
+         why_not=_no_class_or("{f.incompatibility}")),
+    Rule("compat-parallel", impl="refuse",
+         applies=lambda f: _incompatible(f) and f.state.world_size > 1,
+         reason="{f.hf_name} is not compatible with the Transformers backend, and its compat path runs in one "
+                "process only: use tensor_parallel_size=1 and pipeline_parallel_size=1",
+         why_not=lambda f: "one process" if f.state.world_size == 1 else f"{f.hf_name} is backend-compatible"),
+    Rule("compat", impl="compat",
+         applies=lambda f: _incompatible(f) and f.request.enable_compat_path and f.hf.has_lm_head,
+         reason="compat path: {f.hf_name} through its own attention, one request at a time ({f.incompatibility})",
+         why_not=_not_compat),
+    Rule("incompatible", impl="refuse",
+         applies=_incompatible,
+         reason="{f.hf_name} is not compatible with the Transformers backend; a compatible model meets all of:\n"
+                "{f.requirements}\n(enable_compat_path=True runs it, slowly, through its own attention)",
+         why_not=_no_class_or("{f.hf_name} is backend-compatible")),
 )
 
 

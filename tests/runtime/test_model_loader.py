@@ -3,11 +3,13 @@ config and the class registries alone (no weights), and the load-time transform 
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from transformers import BertConfig
 
-from anymodel import native_overrides
+from anymodel import LLM, native_overrides
 from anymodel.config import EngineArgs
 from anymodel.distributed import ParallelState
 from anymodel.model_loader import RULES, decide, evaluate, transforms
@@ -154,3 +156,9 @@ def test_transform_registry_refuses_unknown_stages_and_duplicates(registry):
 
 def test_nothing_is_registered_yet():
     assert transforms.TRANSFORMS == []
+
+
+def test_the_worker_logs_the_decision(tiny_model_dir, caplog):
+    with caplog.at_level(logging.INFO, logger="anymodel"):
+        LLM(str(tiny_model_dir), dtype="float32", model_impl="transformers")
+    assert "anymodel: transformers for LlamaForCausalLM: Transformers backend: LlamaForCausalLM" in caplog.text
