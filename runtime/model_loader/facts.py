@@ -89,6 +89,24 @@ class LoadFacts:
     def hf_error(self) -> str | None:
         return self._hf[1]
 
+    @cached_property
+    def pooling_class(self) -> type | str:
+        """The HF class the pooling task loads (the reward head's for reward), or why there is none."""
+        from anymodel.adapters.pooling_loader import task_class
+
+        task = self.request.task
+        if task == "reward" and not self.arch.endswith("ForTokenClassification"):
+            task = "embed"  # a base model (or causal LM) whose every token is a reward
+        try:
+            return task_class(task, self.config, self.model_dir, self.request.trust_remote_code)
+        except ValueError as e:
+            return str(e)
+
+    @property
+    def pooling_class_name(self) -> str:
+        cls = self.pooling_class
+        return cls.__name__ if isinstance(cls, type) else f"no class: {cls}"
+
     @property
     def hf_name(self) -> str:
         return self.hf.cls.__name__ if self.hf is not None else self.arch

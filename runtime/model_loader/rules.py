@@ -70,6 +70,8 @@ class Decision:
     def cls(self) -> type | None:
         if self.impl == "native":
             return self.facts.native
+        if self.impl == "pooling":
+            return self.facts.pooling_class if isinstance(self.facts.pooling_class, type) else None
         return self.facts.hf.cls if self.impl in ("transformers", "compat") else None
 
     @property
@@ -135,8 +137,7 @@ def _no_class_or(text: str) -> Callable[[LoadFacts], str]:
 RULES: tuple[Rule, ...] = (
     Rule("pooling", impl="pooling",
          applies=lambda f: f.request.task != "generate",
-         reason="task {f.request.task!r}: the checkpoint's HF class for the task under a pooler "
-                "(adapters/pooling_loader.py)",
+         reason="task {f.request.task!r}: {f.pooling_class_name} under a pooler (adapters/pooling_loader.py)",
          why_not=lambda f: "task 'generate'"),
     Rule("native-missing", impl="refuse",
          applies=lambda f: _native_only(f) and f.native is None,

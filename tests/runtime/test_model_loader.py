@@ -75,7 +75,8 @@ def test_pooling_conversion(tmp_path):
     config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=64, architectures=["BertModel"])
     d = decided(config, tmp_path)  # task="auto": a base encoder embeds
-    assert (d.impl, d.rule, d.cls) == ("pooling", "pooling", None) and "'embed'" in d.reason
+    assert (d.impl, d.rule, d.cls.__name__) == ("pooling", "pooling", "BertModel")
+    assert d.reason.startswith("task 'embed': BertModel under a pooler")
     assert decided(config_of("llama", "LlamaForCausalLM"), tmp_path, task="reward").impl == "pooling"
 
 
