@@ -10,7 +10,7 @@ from transformers import PretrainedConfig
 
 from anymodel import LLM
 from anymodel.adapters.sliding_windows import kernel_windows, layer_windows
-from tests.models.zoo import COMPAT_ARCHS, WINDOW_SUFFIX, build_tiny_model, tiny_config, windowed_zoo
+from tests.models.zoo import COMPAT_ARCHS, WINDOW_SUFFIX, build_tiny_model, save_random_model, tiny_config, windowed_zoo
 from tests.reference import hf_greedy, llm_greedy
 
 WINDOW = 5
@@ -70,17 +70,12 @@ def test_bidirectional_gemma3_window_is_its_own_overlay(tmp_path):
     import torch
     import transformers
 
-    from tests.models.tokenizer import save_tokenizer
-
     config = transformers.Gemma3TextConfig(
         vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, head_dim=16, sliding_window=8, use_bidirectional_attention=True,
         layer_types=["sliding_attention", "full_attention"], pad_token_id=0, bos_token_id=1, eos_token_id=2)
     config.architectures = ["Gemma3TextModel"]
-    torch.manual_seed(0)
-    model = transformers.Gemma3TextModel(config).eval()
-    model.save_pretrained(tmp_path)
-    save_tokenizer(tmp_path)
+    model = save_random_model(transformers.Gemma3TextModel, config, tmp_path)
     llm = LLM(str(tmp_path), task="embed", dtype="float32", override_pooler_config={"pooling_type": "MEAN"})
     outs = llm.embed([{"prompt_token_ids": p} for p in PROMPTS], use_tqdm=False)
     with torch.no_grad():

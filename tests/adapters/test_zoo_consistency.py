@@ -9,11 +9,11 @@ loading one must fail with a clear ValueError naming it, never run and give wron
 
 import pytest
 
-from anymodel import LLM, SamplingParams
+from anymodel import LLM
 from tests.models.zoo import (
-    COMPAT_ARCHS, CUSTOM_ARCH, RECURRENT_ARCHS, UNSUPPORTED_ZOO, ZOO, build_tiny_model, cached_model, hf_greedy,
-    mixed_prompts,
+    COMPAT_ARCHS, CUSTOM_ARCH, RECURRENT_ARCHS, UNSUPPORTED_ZOO, ZOO, build_tiny_model, cached_model,
 )
+from tests.reference import greedy_case, llm_greedy
 
 MAX_TOKENS = 8
 ARCHS = [*ZOO, CUSTOM_ARCH]
@@ -39,9 +39,7 @@ def _first_mismatch(got: list[list[int]], want: list[list[int]]) -> str:
 @pytest.fixture(scope="module", params=ARCHS)
 def arch_case(request, tmp_path_factory):
     arch = request.param
-    path = build_tiny_model(arch, tmp_path_factory.mktemp(arch))
-    prompts = mixed_prompts(path)
-    return arch, path, prompts, hf_greedy(path, prompts, MAX_TOKENS)
+    return (arch, *greedy_case(arch, tmp_path_factory.mktemp(arch), MAX_TOKENS))
 
 
 def test_greedy_matches_transformers(arch_case):
@@ -51,9 +49,7 @@ def test_greedy_matches_transformers(arch_case):
     path_kind = "compat" if arch in COMPAT_ARCHS else "attention interface"
     expected_class = "CompatCausalLM" if arch in COMPAT_ARCHS else "TransformersForCausalLM"
     assert llm.apply_model(lambda m: type(m).__name__) == [expected_class], f"{arch} should take the {path_kind} path"
-    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
-    outs = llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False)
-    got = [list(o.outputs[0].token_ids) for o in outs]
+    got = llm_greedy(llm, prompts, MAX_TOKENS)
     assert got == reference, f"{arch} ({path_kind}): {_first_mismatch(got, reference)}"
 
 

@@ -436,6 +436,17 @@ def build_custom_model(out_dir: Path, *, seed: int = 0, dtype: torch.dtype = tor
     return build_tiny_model(CUSTOM_ARCH, out_dir, seed=seed, dtype=dtype)
 
 
+def save_random_model(model_cls: type, config: PretrainedConfig, out_dir: str | Path, *, seed: int = 0):
+    """A one-off checkpoint a test configures itself: `model_cls(config)` with Transformers' own
+    random init (seeded, no `_rescale_`), saved to `out_dir` with the zoo tokenizer. Returns the
+    model (eval mode), the in-memory reference."""
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    model.save_pretrained(str(out_dir))
+    save_tokenizer(out_dir)
+    return model
+
+
 @functools.lru_cache(maxsize=1)
 def _cache_root() -> Path:
     root = Path(tempfile.mkdtemp(prefix="anymodel-zoo-"))

@@ -8,8 +8,7 @@ import torch
 import transformers
 
 from anymodel import LLM, PoolingParams
-from tests.models.tokenizer import save_tokenizer
-from tests.models.zoo import cached_model, mixed_prompts
+from tests.models.zoo import cached_model, mixed_prompts, save_random_model
 from tests.pooling.conftest import KV
 from tests.pooling.encoders import cached_encoder
 
@@ -80,9 +79,7 @@ def _modernbert(local_attention: int):
         max_position_embeddings=512, pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1,
         sep_token_id=2, global_attn_every_n_layers=2, local_attention=local_attention)
     config.architectures = ["ModernBertModel"]
-    torch.manual_seed(0)
-    transformers.ModernBertModel(config).eval().save_pretrained(out)
-    save_tokenizer(out)
+    save_random_model(transformers.ModernBertModel, config, out)
     return out
 
 
@@ -121,10 +118,7 @@ def test_jamba_classification_runs_on_the_compat_path():
         expert_layer_offset=1, num_experts=2, mamba_d_state=8, mamba_d_conv=4, mamba_expand=2, num_labels=1,
         pad_token_id=0, max_position_embeddings=512)
     config.architectures = ["JambaForSequenceClassification"]
-    torch.manual_seed(0)
-    model = transformers.JambaForSequenceClassification(config).eval()
-    model.save_pretrained(out)
-    save_tokenizer(out)
+    model = save_random_model(transformers.JambaForSequenceClassification, config, out)
     llm = LLM(out, **KV)
     assert llm.engine.task == "classify" and not llm.engine.paged
     with torch.no_grad():
