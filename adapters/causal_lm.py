@@ -13,6 +13,7 @@ from torch import nn
 
 from anymodel.adapters.sliding_windows import kernel_windows
 from anymodel.attention_backend.interface import sliding_windows
+from anymodel.model_facts import text_config_of
 from anymodel.model_protocol import ModelTraits
 
 
@@ -24,7 +25,7 @@ class TransformersForCausalLM(nn.Module):
         self.model = base_model
         self.lm_head = lm_head
         self.config = config
-        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        text = text_config_of(config)
         # Output-side knobs that live in the *ForCausalLM class, not in the base model.
         self.final_logit_softcapping = getattr(text, "final_logit_softcapping", None)
         self.logit_scale = getattr(text, "logit_scale", None)  # Cohere: logits * scale
@@ -96,7 +97,7 @@ def _load_lm_head(base: nn.Module, model_dir, dtype: torch.dtype) -> nn.Module:
     from pathlib import Path
 
     embed = base.get_input_embeddings()
-    text = base.config.get_text_config()
+    text = text_config_of(base.config)
     head = nn.Linear(embed.weight.shape[1], embed.weight.shape[0], bias=False, dtype=dtype)
     for file in sorted(Path(model_dir).glob("*.safetensors")):
         with safe_open(file, framework="pt") as f:

@@ -49,7 +49,7 @@ class CompatCausalLM(TransformersForCausalLM):
         # or MiniMax would silently restart from zeros. A prefill chunk that continues a request
         # (chunked prefill) is therefore run again from the request's first token, exactly the
         # one-shot prefill Transformers does; `history` keeps each such request's token ids.
-        from anymodel.adapters.model_facts import recurrent_state
+        from anymodel.model_facts import recurrent_state
 
         self.replay_prefill = recurrent_state(type(base_model), config) is not None
         self.history: dict[str, list[torch.Tensor]] = {}  # request id -> its token ids so far, [1, q] each
@@ -210,7 +210,7 @@ def _cache_of(layers: list[DynamicLayer]) -> DynamicCache:
 
 def load_compat_causal_lm(cls: type, model_dir, config, dtype: torch.dtype, why: str | None = None) -> CompatCausalLM:
     """`why`: the caller's reason (the start-up self-check's); else the loader's."""
-    from anymodel.adapters.model_facts import recurrent_state, unsupported_attention
+    from anymodel.model_facts import recurrent_state, unsupported_attention
 
     why = (why or recurrent_state(cls, config) or unsupported_attention(config)
            or f"{cls.__name__} does not support the Transformers attention backend")

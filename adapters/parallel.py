@@ -26,7 +26,7 @@ from torch import nn
 from anymodel import distributed as dist
 from anymodel.adapters.attention_heads import heads_of, localize_heads
 from anymodel.adapters.causal_lm import TransformersForCausalLM, decoder_of
-from anymodel.adapters.model_facts import text_config_of
+from anymodel.model_facts import text_config_of
 from anymodel.adapters.pipeline_parallel import StagePlaceholder, apply_stage_plan, resolve_stage_plan
 from anymodel.adapters.sharded_loader import load_sharded
 from anymodel.adapters.tensor_parallel import (

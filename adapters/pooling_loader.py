@@ -20,7 +20,7 @@ import logging
 import torch
 from torch import nn
 
-from anymodel.adapters.model_facts import architecture_of, recurrent_state
+from anymodel.model_facts import architecture_of, recurrent_state
 from anymodel.adapters.pooler import PoolerConfig, PoolingType
 from anymodel.adapters.st_dense import load_dense_stack
 from anymodel.adapters.pooling import (

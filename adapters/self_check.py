@@ -31,6 +31,7 @@ import torch
 
 from anymodel.attention_backend.forward_context import ForwardContext
 from anymodel.attention_backend.metadata import AttentionMetadata
+from anymodel.model_facts import text_config_of
 from anymodel.model_protocol import traits_of
 
 logger = logging.getLogger("anymodel")
@@ -67,7 +68,7 @@ def check_model(model: torch.nn.Module, backend, block_size: int) -> CheckFailur
 def probe_ids(model: torch.nn.Module) -> torch.Tensor:
     """[1, P] deterministic token ids within the embedding table, P past the longest window and
     within the model's context."""
-    from anymodel.adapters.model_facts import derive_max_model_len
+    from anymodel.model_facts import derive_max_model_len
 
     length = min(max(PROBE_MIN, _longest_window(model) + PROBE_PAST_WINDOW), PROBE_MAX)
     length = min(length, derive_max_model_len(model.model.config, None))
@@ -80,7 +81,7 @@ def _vocab_size(base: torch.nn.Module) -> int:
     try:
         return base.get_input_embeddings().weight.shape[0]
     except (AttributeError, NotImplementedError):  # remote code without the accessor
-        text = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+        text = text_config_of(base.config)
         return getattr(text, "vocab_size", None) or 2
 
 

@@ -28,7 +28,7 @@ self-check (adapters/self_check.py), which compares against the model's own atte
 
 from __future__ import annotations
 
-from anymodel.adapters.model_facts import text_config_of
+from anymodel.model_facts import text_config_of
 
 SLIDING_LAYER_TYPE = "sliding_attention"
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from anymodel.model_facts import text_config_of
 from anymodel.model_protocol import ModelTraits
 from anymodel.native_overrides.layers import ParallelLMHead, unsupported_rope
 from anymodel.native_overrides.weights import iter_checkpoint, load_weights
@@ -41,7 +42,7 @@ class NativeForCausalLM(nn.Module):
     @classmethod
     def unsupported(cls, config) -> str | None:
         """Why this class cannot reproduce `config` exactly (the Transformers backend runs it then)."""
-        text = config.get_text_config()
+        text = text_config_of(config)
         if getattr(config, "quantization_config", None) or getattr(text, "quantization_config", None):
             return "quantized checkpoints"
         return unsupported_rope(text, cls.rope_layer_types(text))
@@ -55,7 +56,7 @@ class NativeForCausalLM(nn.Module):
         reason = cls.unsupported(config)
         if reason is not None:
             raise ValueError(f"{cls.__name__} does not support {reason}; use model_impl='transformers'")
-        model = cls(config.get_text_config(), dtype)
+        model = cls(text_config_of(config), dtype)
         load_weights(model, iter_checkpoint(model_dir), skip=model.skipped_checkpoint_names())
         return model.eval()
 

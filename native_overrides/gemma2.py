@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from anymodel.model_facts import text_config_of
 from anymodel.native_overrides.base import NativeForCausalLM, head_dim_of
 from anymodel.native_overrides.layers import (
     GatedMLP,
@@ -113,6 +114,6 @@ class Gemma2ForCausalLM(NativeForCausalLM):
 
     @classmethod
     def unsupported(cls, config) -> str | None:
-        if getattr(config.get_text_config(), "use_bidirectional_attention", False):
+        if getattr(text_config_of(config), "use_bidirectional_attention", False):
             return "bidirectional attention"
         return super().unsupported(config)

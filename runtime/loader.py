@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from anymodel.adapters.model_facts import (  # noqa: F401  (the loader's callers import them from here too)
+from anymodel.model_facts import (  # noqa: F401  (the loader's callers import them from here too)
     architecture_of, derive_max_model_len, recurrent_state, text_config_of, unsupported_attention)
 
 logger = logging.getLogger("anymodel")

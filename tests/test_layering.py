@@ -21,8 +21,9 @@ PACKAGES = {
     "server": ("anymodel.server", 4),
 }
 # Leaf modules of runtime/ that every layer may use (shared vocabulary: parallel state, errors, the
-# model protocol that adapters and native classes implement): they import nothing from anymodel.
-LEAVES = {"anymodel.distributed", "anymodel.errors", "anymodel.model_protocol"}
+# model protocol that adapters and native classes implement, what a config says about its model):
+# they import nothing from anymodel.
+LEAVES = {"anymodel.distributed", "anymodel.errors", "anymodel.model_facts", "anymodel.model_protocol"}
 
 
 def layer_of(module: str) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from anymodel.adapters.model_facts import text_config_of
+from anymodel.model_facts import text_config_of
 
 PAD_ID = 0
 

@@ -19,6 +19,7 @@ from anymodel.engine.scheduler import Scheduler
 from anymodel.errors import RequestFailedError
 from anymodel.executor import make_executor
 from anymodel.kv_cache import KVCacheManager
+from anymodel.model_facts import text_config_of
 from anymodel.model_protocol import ModelTraits, traits_of
 from anymodel.outputs import EngineStats, PoolingOutput, PoolingRequestOutput, RequestOutput
 from anymodel.params import PoolingParams, SamplingParams
@@ -48,7 +49,7 @@ class Engine:
         self.embedding_size = pooling.embedding_size(self.hf_config, model_dir) if self.task == "embed" else None
         self.model_name = args.served_model_name or args.model or "anymodel-demo"
         self.eos_token_ids = loader.eos_token_ids(model_dir, self.tokenizer)
-        self.vocab_size = self.hf_config.get_text_config().vocab_size
+        self.vocab_size = text_config_of(self.hf_config).vocab_size
         self.executor = make_executor(args, model_dir, self.hf_config)
         self.traits: ModelTraits = self.executor.apply_model(traits_of)[0]  # every rank builds the same class
         self.token_budget = args.max_num_batched_tokens or max(2048, self.max_model_len)  # tokens per step
@@ -100,7 +101,7 @@ class Engine:
 
     def _estimated_bytes_per_block(self) -> int:
         """For models that keep their own cache (compat path): K and V of every layer, full width."""
-        text = self.hf_config.get_text_config()
+        text = text_config_of(self.hf_config)
         return 2 * self.args.block_size * text.num_hidden_layers * text.hidden_size * 4
 
     # ---- public API -----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from functools import cached_property
 from pathlib import Path
 
 from anymodel import loader
-from anymodel.adapters.model_facts import architecture_of
+from anymodel.model_facts import architecture_of
 from anymodel.distributed import ParallelState
 
 

@@ -16,7 +16,7 @@ import json
 import logging
 from pathlib import Path
 
-from anymodel.adapters.model_facts import architecture_of, text_config_of
+from anymodel.model_facts import architecture_of, text_config_of
 from anymodel.adapters.st_dense import modules_of_kind, sentence_transformers_modules
 from anymodel.params import PoolingParams, SamplingParams
 
