@@ -133,7 +133,8 @@ def test_dense_modules_match_sentence_transformers(minilm_dir, tmp_path):
     assert llm.engine.embedding_size == 32  # Matryoshka `dimensions` are checked against the Dense output
     with pytest.raises(ValueError, match="Matryoshka"):
         llm.embed("x", PoolingParams(dimensions=16), use_tqdm=False)
-    llm.engine.hf_config.is_matryoshka = True
+    # the documented switch, as the error message says (not a poke at the engine's config)
+    llm = LLM(str(folder), task="embed", num_kv_blocks=64, dtype="float32", hf_overrides={"is_matryoshka": True})
     assert len(llm.embed("x", PoolingParams(dimensions=16), use_tqdm=False)[0].outputs.embedding) == 16
     with pytest.raises(ValueError, match=r"dimensions must be <= 32 \(the embedding size\)"):
         llm.embed("x", PoolingParams(dimensions=100), use_tqdm=False)
