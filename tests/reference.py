@@ -8,8 +8,10 @@ tokens equal plain Transformers' greedy tokens on the same checkpoint, float32).
     argmax_greedy(model, ids, 6)   # an in-memory model (remote code as built): full recompute per token
     dense_logits(model, ids)       # our model class, one request, no KV cache (the attention discovery pass)
 
-Tiny checkpoints come from tests/models (zoo.py: `build_tiny_model`, `cached_model`, `mixed_prompts`;
-oldstyle.py and tinyold.py: remote code whose constants are computed outside the checkpoint).
+Tiny checkpoints come from tests/models: zoo.py builds every one that is saved from a config
+(`build_tiny_model(arch)` for the zoo archs, TinyCustom and TinyPlan; `save_random_model` for a
+one-off config), oldstyle.py and tinyold.py build remote code whose constants only its own
+`__init__` computes (their in-memory model is the reference for `argmax_greedy`).
 """
 
 from __future__ import annotations
