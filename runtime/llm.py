@@ -72,6 +72,15 @@ class LLM(PoolingMixin):
         """fn(model) on every worker; the model is the adapter or native class."""
         return self.engine.apply_model(fn)
 
+    def collective_rpc(self, method: str | Callable, timeout: float | None = None, args: tuple = (),
+                       kwargs: dict | None = None) -> list:
+        """vLLM's `collective_rpc`: `method` on every worker, results in rank order. A string names a
+        Worker method (`worker.runner`, `worker.model`, `worker.device` are its state); a callable is
+        called as fn(worker, *args, **kwargs) (with several ranks it travels cloudpickled)."""
+        if timeout is not None:
+            raise ValueError("collective_rpc(timeout=...) is not supported yet; pass timeout=None")
+        return self.engine.collective_rpc(method, tuple(args), kwargs)
+
     def _run(self, prompts: list, params: list, use_tqdm: bool) -> list:
         engine = self.engine
         ids = []

@@ -191,6 +191,9 @@ class Engine:
     def apply_model(self, fn) -> list:
         return self.executor.apply_model(fn)
 
+    def collective_rpc(self, method, args: tuple = (), kwargs: dict | None = None) -> list:
+        return self.executor.collective_rpc(method, args, kwargs)
+
     def check_health(self) -> None:
         """Raise EngineFatalError (WorkerDiedError: a tensor/pipeline-parallel rank died) when the
         engine can run no further step; cheap (no round trip to the workers), for the server's /health."""

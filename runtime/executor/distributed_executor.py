@@ -111,6 +111,10 @@ class DistributedExecutor:
         """fn(model) on every rank, in rank order (rank = pp_rank * tensor_parallel_size + tp_rank)."""
         return self._call("apply_model", fn, fatal=False)
 
+    def collective_rpc(self, method, args: tuple = (), kwargs: dict | None = None) -> list:
+        """`method` (a Worker method's name, or fn(worker, *args, **kwargs)) on every rank, in rank order."""
+        return self._call("collective_rpc", method, args, kwargs, fatal=False)
+
 
 @dataclass(frozen=True)
 class RankReply:

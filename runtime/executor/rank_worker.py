@@ -18,7 +18,7 @@ import torch
 
 from anymodel import distributed, loader
 from anymodel.executor.distributed_executor import RankReply, dumps, loads
-from anymodel.worker.worker import Worker, resolve_device
+from anymodel.worker.worker import Worker, resolve_device, run_on_worker
 from anymodel.native_overrides.weights import refusing_unsafe_pickles
 
 
@@ -67,6 +67,9 @@ class RankWorker:
 
     def apply_model(self, fn):
         return fn(self.worker.model)
+
+    def collective_rpc(self, method, args: tuple, kwargs: dict | None):
+        return run_on_worker(self.worker, method, args, kwargs)
 
     def shutdown(self) -> None:
         distributed.destroy_distributed()

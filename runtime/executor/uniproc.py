@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from anymodel.worker.worker import Worker
+from anymodel.worker.worker import Worker, run_on_worker
 from anymodel.native_overrides.weights import refusing_unsafe_pickles
 
 
@@ -32,6 +32,9 @@ class UniProcExecutor:
 
     def apply_model(self, fn) -> list:
         return [fn(self.worker.model)]
+
+    def collective_rpc(self, method, args: tuple = (), kwargs: dict | None = None) -> list:
+        return [run_on_worker(self.worker, method, args, kwargs)]
 
     def check_health(self) -> None:
         """Nothing to watch: the worker is this process, and it is alive to answer."""

@@ -57,3 +57,17 @@ def decode_graph_spec(args, config, device: torch.device, model, backend, state:
         return None
     max_seq_len = loader.derive_max_model_len(config, args.max_model_len)
     return GraphSpec(capture_sizes(args.max_num_seqs), max_seq_len)
+
+
+def run_on_worker(worker: Worker, method, args: tuple = (), kwargs: dict | None = None):
+    """collective_rpc on one worker: a Worker method by name, or fn(worker, *args, **kwargs)."""
+    kwargs = kwargs or {}
+    if isinstance(method, str):
+        target = getattr(worker, method, None)
+        if not callable(target):
+            raise ValueError(f"collective_rpc: Worker has no method {method!r}; pass a method name or a callable "
+                             "fn(worker, *args, **kwargs)")
+        return target(*args, **kwargs)
+    if not callable(method):
+        raise ValueError(f"collective_rpc: method must be a str or a callable, got {type(method).__name__}")
+    return method(worker, *args, **kwargs)

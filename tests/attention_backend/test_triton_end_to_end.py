@@ -8,6 +8,11 @@ from anymodel.worker.cuda_graph import GraphSpec, capture_sizes, eager_capture
 from tests.models.zoo import build_tiny_model, mixed_prompts
 
 
+def _runner(worker):
+    """The worker's ModelRunner (collective_rpc hands each worker to the function)."""
+    return worker.runner
+
+
 @pytest.mark.parametrize("arch", ["llama", "mistral", "gpt_oss"])  # window; gpt_oss: sinks + window
 def test_triton_backend_matches_torch_backend(arch, tmp_path, monkeypatch, device):
     monkeypatch.setenv("ANYMODEL_TRITON_ON_CPU", "1")
@@ -18,7 +23,7 @@ def test_triton_backend_matches_torch_backend(arch, tmp_path, monkeypatch, devic
     for backend in ("torch", "triton"):
         llm = LLM(str(path), dtype="float32", attention_backend=backend, block_size=4, device=device.type,
                   model_impl="transformers")
-        assert llm.engine.executor.worker.runner.backend.__name__.endswith(backend if backend == "triton" else "torch_ref")
+        assert llm.collective_rpc(_runner)[0].backend.__name__.endswith(backend if backend == "triton" else "torch_ref")
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         runs[backend] = [o.outputs[0].token_ids for o in outs]
     assert runs["triton"] == runs["torch"]
@@ -36,7 +41,7 @@ def test_decode_graph_path_through_triton(tmp_path, monkeypatch, device):
                   device=device.type)
     expected = [o.outputs[0].token_ids for o in LLM(str(path), **kwargs).generate(prompts, params, use_tqdm=False)]
     llm = LLM(str(path), **kwargs)
-    runner = llm.engine.executor.worker.runner
+    runner = llm.collective_rpc(_runner)[0]
     runner.capture_decode_graphs(GraphSpec(capture_sizes(4), llm.engine.max_model_len, eager_capture))
     assert [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)] == expected
     assert runner.graphs.num_replays == 3  # steps of 3 (padded to 4), 2 and 1 requests

@@ -21,3 +21,8 @@ def die_on_rank_1_in_a_collective(model) -> None:
     if dist.get_rank() == 1:
         os.kill(os.getpid(), signal.SIGKILL)
     dist.all_reduce(torch.ones(1))
+
+
+def worker_rank(worker) -> int:
+    """collective_rpc probe: the worker's global rank."""
+    return worker.state.rank

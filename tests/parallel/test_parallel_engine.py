@@ -94,9 +94,11 @@ def test_parallel_greedy_equals_single_process(references, arch, layout):
         assert sampled(llm) == expected_sampled
         shapes = llm.apply_model(probes.param_shapes)
         pids = llm.apply_model(probes.pid)
+        ranks = llm.collective_rpc(probes.worker_rank)
     finally:
         llm.engine.shutdown()
     assert len(shapes) == tp * pp and os.getpid() not in pids
+    assert ranks == list(range(tp * pp))  # collective_rpc: every worker, in rank order
     for rank, rank_shapes in enumerate(shapes):
         check_rank(arch, rank_shapes, full_shapes, tp, pp, rank)
     assert not [p for p in pids if _alive(p)], "rank processes outlived shutdown()"

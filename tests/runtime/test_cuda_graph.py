@@ -17,6 +17,11 @@ from anymodel.worker.cuda_graph import DecodeBuffers, GraphSpec, capture_sizes, 
 from tests.models.zoo import build_tiny_model, mixed_prompts
 
 
+def _runner(worker):
+    """The worker's ModelRunner (collective_rpc hands each worker to the function)."""
+    return worker.runner
+
+
 def test_capture_sizes():
     assert capture_sizes(256) == (1, 2, 4, *range(8, 257, 8))
     assert capture_sizes(5) == (1, 2, 4, 5)
@@ -75,7 +80,7 @@ def _generate(llm, prompts, max_tokens):
 
 
 def _with_eager_graphs(llm, max_num_seqs: int):
-    runner = llm.engine.executor.worker.runner
+    runner = llm.collective_rpc(_runner)[0]
     runner.capture_decode_graphs(GraphSpec(capture_sizes(max_num_seqs), llm.engine.max_model_len, eager_capture))
     return runner
 
@@ -102,7 +107,7 @@ def test_enforce_eager_false_on_cpu_stays_eager(tmp_path, caplog):
     path = build_tiny_model("llama", tmp_path / "llama")
     with caplog.at_level(logging.INFO, logger="anymodel"):
         llm = LLM(str(path), dtype="float32", enforce_eager=False, device="cpu")
-    assert llm.engine.executor.worker.runner.graphs is None
+    assert llm.collective_rpc(_runner)[0].graphs is None
     assert "decode runs eagerly: device 'cpu'" in caplog.text
 
 
@@ -115,7 +120,7 @@ def test_cuda_graphs_match_eager_on_gpu(model_impl, tmp_path):
     kwargs = dict(dtype="float32", model_impl=model_impl, attention_backend="triton", device="cuda", max_num_seqs=8)
     expected = _generate(LLM(str(path), enforce_eager=True, **kwargs), prompts, max_tokens)
     llm = LLM(str(path), enforce_eager=False, **kwargs)
-    runner = llm.engine.executor.worker.runner
+    runner = llm.collective_rpc(_runner)[0]
     assert runner.graphs is not None, "capture failed: see the warning in the log"
     assert _generate(llm, prompts, max_tokens) == expected
     assert runner.graphs.num_replays == max(max_tokens) - 1
