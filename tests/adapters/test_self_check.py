@@ -8,7 +8,8 @@ import pytest
 
 from anymodel import LLM, SamplingParams
 from tests.adapters.test_sliding_windows import MAX_TOKENS, PROMPTS, WINDOW
-from tests.models.zoo import WINDOW_SUFFIX, build_tiny_model, hf_greedy, windowed_zoo
+from tests.models.zoo import WINDOW_SUFFIX, build_tiny_model, windowed_zoo
+from tests.reference import argmax_greedy, hf_greedy
 
 ARCH = "phimoe" + WINDOW_SUFFIX  # PhiMoE passes no sliding_window kwarg at all
 assert ARCH in windowed_zoo(WINDOW)
@@ -82,7 +83,7 @@ def test_a_window_only_the_mask_knows_goes_to_the_compat_path(tmp_path, caplog):
     """No monkeypatching: remote code whose window lives in its mask function alone (a config
     field no loader knows, no kwarg). The paged path cannot see it; the probe does, and the model
     runs on the compat path with the tokens of the model as built."""
-    from tests.models.oldstyle import build_oldstyle, greedy
+    from tests.models.oldstyle import build_oldstyle
 
     path, model = build_oldstyle(tmp_path, own_attention=False, mask_window=5)
     with caplog.at_level(logging.WARNING, logger="anymodel"):
@@ -91,4 +92,4 @@ def test_a_window_only_the_mask_knows_goes_to_the_compat_path(tmp_path, caplog):
     assert "start-up self-check" in caplog.text
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
     outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
-    assert [list(o.outputs[0].token_ids) for o in outs] == [greedy(model, p, MAX_TOKENS) for p in PROMPTS]
+    assert [list(o.outputs[0].token_ids) for o in outs] == [argmax_greedy(model, p, MAX_TOKENS) for p in PROMPTS]

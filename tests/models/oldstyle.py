@@ -53,7 +53,3 @@ def _drop_from_checkpoint(file: Path, suffix: str) -> None:
 
     tensors = {k: v for k, v in load_file(str(file)).items() if not k.endswith(suffix)}
     save_file(tensors, str(file), metadata={"format": "pt"})
-
-
-# The old name of tests/reference.py:argmax_greedy, for tests/adapters/test_self_check.py until it imports from there.
-greedy = argmax_greedy

@@ -516,13 +516,3 @@ def _vocab_size(source) -> int:
         config = json.loads((Path(source) / "config.json").read_text())
         return config.get("text_config", config)["vocab_size"]
     return len(source)  # a tokenizer
-
-
-def __getattr__(name: str):
-    """The greedy reference moved to tests/reference.py; the old import path still answers for
-    tests/adapters/test_self_check.py until it imports from there."""
-    if name in ("hf_greedy", "hf_greedy_with_gaps"):
-        import tests.reference
-
-        return getattr(tests.reference, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
