@@ -14,6 +14,7 @@ from torch import nn
 from anymodel.adapters.sliding_windows import kernel_windows
 from anymodel.attention_backend.interface import sliding_windows
 from anymodel.model_facts import text_config_of
+from anymodel.native_overrides.layers import softcapped
 from anymodel.model_protocol import ModelTraits
 
 
@@ -46,16 +47,7 @@ class TransformersForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn_metadata) -> torch.Tensor:
         if not self._fused:
             self._fuse_once()
-        # the per-layer windows, read by every attention call of this forward
-        with sliding_windows(self.layer_windows):
-            out = self.model(
-                input_ids=input_ids,
-                position_ids=positions,
-                attn_metadata=attn_metadata,
-                use_cache=False,
-                return_dict=True,
-            )
-        return out.last_hidden_state[0]
+        return run_base_model(self.model, self.layer_windows, input_ids, positions, attn_metadata)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head(hidden)
@@ -63,10 +55,17 @@ class TransformersForCausalLM(nn.Module):
             logits = logits * self.logit_scale
         if self.logits_scaling is not None:
             logits = logits / self.logits_scaling
-        if self.final_logit_softcapping:
-            cap = self.final_logit_softcapping
-            logits = torch.tanh(logits / cap) * cap
-        return logits
+        return softcapped(logits, self.final_logit_softcapping)
+
+
+def run_base_model(base: nn.Module, layer_windows, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                   attn_metadata, **kwargs) -> torch.Tensor:
+    """An HF base model over one flat row of tokens ([1, T] in) -> hidden [T, H]: the metadata rides
+    in its kwargs to our attention; the per-layer windows are read by every attention call."""
+    with sliding_windows(layer_windows):
+        out = base(input_ids=input_ids, position_ids=position_ids, attn_metadata=attn_metadata, use_cache=False,
+                   return_dict=True, **kwargs)
+    return out.last_hidden_state[0]
 
 
 def load_causal_lm(cls: type, has_lm_head: bool, model_dir, config, dtype: torch.dtype) -> TransformersForCausalLM:

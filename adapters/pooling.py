@@ -20,9 +20,9 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from anymodel.adapters.causal_lm import run_base_model
 from anymodel.adapters.pooler import Head, Pooler, PoolerConfig, PoolingInput, PoolingType
 from anymodel.adapters.sliding_windows import kernel_windows
-from anymodel.attention_backend.interface import sliding_windows
 from anymodel.model_protocol import ModelTraits
 
 
@@ -44,16 +44,8 @@ class TransformersPoolingModel(nn.Module):
         kwargs = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         if not self.traits.paged_kv_cache:
             return self._forward_per_request(input_ids, attn_metadata, kwargs)
-        with sliding_windows(self.layer_windows):
-            out = self.model(
-                input_ids=input_ids,
-                position_ids=hf_position_ids(self.model, input_ids, positions, attn_metadata),
-                attn_metadata=attn_metadata,
-                use_cache=False,
-                return_dict=True,
-                **kwargs,
-            )
-        return out.last_hidden_state[0]
+        position_ids = hf_position_ids(self.model, input_ids, positions, attn_metadata)
+        return run_base_model(self.model, self.layer_windows, input_ids, position_ids, attn_metadata, **kwargs)
 
     def _forward_per_request(self, input_ids, attn_metadata, kwargs) -> torch.Tensor:
         """Compat path (attention not reachable by ours, or recurrent layers such as Jamba's Mamba):

@@ -15,7 +15,7 @@ from torch import nn
 
 from anymodel.model_facts import text_config_of
 from anymodel.model_protocol import ModelTraits
-from anymodel.native_overrides.layers import ParallelLMHead, unsupported_rope
+from anymodel.native_overrides.layers import ParallelLMHead, softcapped, unsupported_rope
 from anymodel.native_overrides.weights import iter_checkpoint, load_weights
 
 
@@ -24,19 +24,23 @@ def head_dim_of(config) -> int:
 
 
 class NativeForCausalLM(nn.Module):
-    """Subclasses build `self.model` (embed_tokens, ..., norm; forward(ids [T], pos [T], meta) -> [T, H])
-    and call `_init_lm_head`. Parameter names equal the Hugging Face checkpoint names, except the
+    """Subclasses name `model_cls` (embed_tokens, ..., norm; forward(ids [T], pos [T], meta) -> [T, H]);
+    the LM head comes from here. Parameter names equal the Hugging Face checkpoint names, except the
     fused `qkv_proj` / `gate_up_proj` (see weights.STACKED)."""
+
+    model_cls: type[nn.Module]
 
     supports_tensor_parallel = True  # linears shard themselves through anymodel.distributed
     supports_pipeline_parallel = False
     traits = ModelTraits(paged_kv_cache=True, prefix_caching=True)
 
-    def __init__(self, config) -> None:
+    def __init__(self, config, dtype: torch.dtype) -> None:
         super().__init__()
         self.config = config
         self.final_logit_softcapping = getattr(config, "final_logit_softcapping", None)
         self._prepared = False
+        self.model = self.model_cls(config, dtype)
+        self._init_lm_head(config, dtype)
 
     # ---- construction ---------------------------------------------------------------------------
     @classmethod
@@ -76,11 +80,7 @@ class NativeForCausalLM(nn.Module):
         return self.model(input_ids[0], positions[0], attn_metadata)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.lm_head(hidden)
-        if self.final_logit_softcapping:
-            cap = self.final_logit_softcapping
-            logits = torch.tanh(logits / cap) * cap
-        return logits
+        return softcapped(self.lm_head(hidden), self.final_logit_softcapping)
 
     # ---- device preparation ---------------------------------------------------------------------
     @torch.no_grad()

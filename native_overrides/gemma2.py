@@ -107,10 +107,6 @@ class Gemma2Model(nn.Module):
 class Gemma2ForCausalLM(NativeForCausalLM):
     model_cls = Gemma2Model
 
-    def __init__(self, config, dtype: torch.dtype) -> None:
-        super().__init__(config)
-        self.model = self.model_cls(config, dtype)
-        self._init_lm_head(config, dtype)
 
     @classmethod
     def unsupported(cls, config) -> str | None:

@@ -177,3 +177,8 @@ class GatedMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
         return self.down_proj(self.act(gate) * up)
+
+
+def softcapped(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """Gemma-style final logit soft-capping, cap * tanh(logits / cap); unchanged when cap is unset."""
+    return torch.tanh(logits / cap) * cap if cap else logits

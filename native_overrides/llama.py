@@ -109,10 +109,6 @@ class LlamaModel(nn.Module):
 class LlamaForCausalLM(NativeForCausalLM):
     model_cls = LlamaModel
 
-    def __init__(self, config, dtype: torch.dtype) -> None:
-        super().__init__(config)
-        self.model = self.model_cls(config, dtype)
-        self._init_lm_head(config, dtype)
 
 
 # ---- Mistral: Llama with one sliding window for every layer -------------------------------------
