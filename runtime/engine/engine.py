@@ -19,6 +19,7 @@ from anymodel.engine.scheduler import Scheduler
 from anymodel.errors import RequestFailedError
 from anymodel.executor import make_executor
 from anymodel.kv_cache import KVCacheManager
+from anymodel.kv_cache.sizing import KVCacheSizing
 from anymodel.model_facts import text_config_of
 from anymodel.model_protocol import ModelTraits, traits_of
 from anymodel.outputs import EngineStats, PoolingOutput, PoolingRequestOutput, RequestOutput
@@ -27,8 +28,6 @@ from anymodel.pooling import tasks as pooling
 from anymodel.pooling.outputs import PoolingOutputs
 
 logger = logging.getLogger("anymodel")
-
-_DEFAULT_CPU_KV_BYTES = 1 << 30
 
 
 class Engine:
@@ -54,7 +53,12 @@ class Engine:
         self.traits: ModelTraits = self.executor.apply_model(traits_of)[0]  # every rank builds the same class
         self.token_budget = args.max_num_batched_tokens or max(2048, self.max_model_len)  # tokens per step
         prefix_caching = args.enable_prefix_caching and self.traits.prefix_caching
-        self.kv = KVCacheManager(self._init_kv_cache(), args.block_size, prefix_caching)
+        layers = self.executor.discover_layers() if self.paged else []
+        if self.paged and not layers:
+            raise ValueError("the model made no attention call through the registered attention function")
+        num_blocks = KVCacheSizing(args, self.max_model_len, self.token_budget).num_blocks(self.executor, layers,
+                                                                                        self.hf_config)
+        self.kv = KVCacheManager(num_blocks, args.block_size, prefix_caching)
         self.scheduler = Scheduler(self.kv, args.max_num_seqs, self.token_budget, args.enable_chunked_prefill)
         self.outputs = OutputProcessor(self.tokenizer)
         self.pooling = PoolingOutputs()
@@ -65,44 +69,6 @@ class Engine:
     def paged(self) -> bool:
         """The model reads our paged KV cache (False: the compat path keeps its own)."""
         return self.traits.paged_kv_cache
-
-    def _init_kv_cache(self) -> int:
-        layers = self.executor.discover_layers() if self.paged else []
-        if self.paged and not layers:
-            raise ValueError("the model made no attention call through the registered attention function")
-        per_block = self.executor.bytes_per_block(layers) if layers else self._estimated_bytes_per_block()
-        if self.args.num_kv_blocks is not None:
-            num_blocks = self.args.num_kv_blocks
-        else:
-            memory = self.args.kv_cache_memory or self._default_kv_memory(layers, per_block)
-            cap = self.args.max_num_seqs * -(-self.max_model_len // self.args.block_size)
-            num_blocks = min(memory // per_block, cap)
-        if num_blocks < 1:
-            raise ValueError(f"kv_cache_memory ({self.args.kv_cache_memory} bytes) holds no KV block ({per_block} bytes each)")
-        if layers:
-            self.executor.allocate_kv_cache(layers, num_blocks)
-        logger.info("anymodel: %d KV blocks of %d tokens (%d layers)", num_blocks, self.args.block_size, len(layers))
-        return num_blocks
-
-    def _default_kv_memory(self, layers, per_block: int) -> int:
-        """GPU: what `gpu_memory_utilization` leaves after a profiling step (kv_budget.py); CPU: 1 GiB."""
-        util = self.args.gpu_memory_utilization
-        budget = self.executor.kv_memory_budget(layers, util, self.token_budget, self.args.max_num_seqs) if layers else None
-        if budget is None:
-            return _DEFAULT_CPU_KV_BYTES
-        if budget < per_block:
-            raise ValueError(
-                f"gpu_memory_utilization={util} leaves {budget / 2**30:.2f} GiB for the KV cache after the weights and a "
-                f"{self.token_budget}-token step, less than one block ({per_block} bytes): raise gpu_memory_utilization, "
-                "lower max_num_batched_tokens / max_model_len, or pass kv_cache_memory"
-            )
-        logger.info("anymodel: gpu_memory_utilization=%s leaves %.2f GiB for the KV cache", util, budget / 2**30)
-        return budget
-
-    def _estimated_bytes_per_block(self) -> int:
-        """For models that keep their own cache (compat path): K and V of every layer, full width."""
-        text = text_config_of(self.hf_config)
-        return 2 * self.args.block_size * text.num_hidden_layers * text.hidden_size * 4
 
     # ---- public API -----------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt, params: SamplingParams | PoolingParams | None = None) -> None:
