@@ -36,6 +36,12 @@ def render_chat(tokenizer: Any, messages: list[ChatMessage], chat_template: str 
     return {"prompt": text, "prompt_token_ids": tokenizer.encode(text, add_special_tokens=False)}
 
 
+
+def render_chat_request(tokenizer: Any, req, chat_template: str | None) -> dict:
+    """render_chat with a request's messages and template fields (chat completions and /tokenize share them)."""
+    return render_chat(tokenizer, req.messages, chat_template, add_generation_prompt=req.add_generation_prompt,
+                       continue_final_message=req.continue_final_message, template_kwargs=req.chat_template_kwargs)
+
 class ChatHandler(GenerationHandler):
     def __init__(self, *args, chat_template: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -46,10 +52,7 @@ class ChatHandler(GenerationHandler):
         req.check_prompt_logprobs()
         top_k = req.num_logprobs()
         params = self.make_params(req, req.max_new_tokens(), top_k, req.prompt_logprobs)
-        prompt = render_chat(self.tokenizer, req.messages, self.chat_template,
-                             add_generation_prompt=req.add_generation_prompt,
-                             continue_final_message=req.continue_final_message,
-                             template_kwargs=req.chat_template_kwargs)
+        prompt = render_chat_request(self.tokenizer, req, self.chat_template)
         request_id = random_id("chatcmpl")
         merged = await self.start(request_id, [prompt], params)
         if not req.stream:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .chat import render_chat
+from .chat import render_chat_request
 from .protocol import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 
 
@@ -21,10 +21,7 @@ class TokenizationHandler:
             special = True if req.add_special_tokens is None else req.add_special_tokens
             ids = self.tokenizer.encode(req.prompt, add_special_tokens=special)
         else:
-            rendered = render_chat(self.tokenizer, req.messages, self.chat_template,
-                                   add_generation_prompt=req.add_generation_prompt,
-                                   continue_final_message=req.continue_final_message,
-                                   template_kwargs=req.chat_template_kwargs)
+            rendered = render_chat_request(self.tokenizer, req, self.chat_template)
             ids = rendered["prompt_token_ids"]
             if req.add_special_tokens:  # vLLM's meaning: special tokens on top of what the template wrote
                 ids = self.tokenizer.encode(rendered["prompt"], add_special_tokens=True)
