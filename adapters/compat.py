@@ -8,6 +8,12 @@ request's HF cache lives here, keyed by request id, and is dropped when the requ
 preempted. Prefix caching is off for these models, since their K/V never enter our blocks. A
 recurrent model's later prefill chunks rerun the request from its first token (`replay_prefill`).
 
+Each forward gets what Transformers' `generate` gives it, where its signature takes it: an
+`attention_mask` of ones over past + new tokens (zeros on left padding), `position_ids` and
+`cache_position`; old remote code builds its 4-D mask from that 2-D mask. A model that returns
+legacy tuple caches ((k, v) per layer) gets tuples back, while ours stay DynamicCaches, so its
+decode steps batch too.
+
 Within one step, prefill chunks run one request at a time. The decode rows (one new token on an
 existing cache) run as ONE batched forward, as HF `generate` does with left padding: each
 request's per-layer K/V [1, H, L_i, D] is left-padded with zeros to [B, H, max L, D], the
@@ -55,6 +61,13 @@ class CompatCausalLM(TransformersForCausalLM):
         self.history: dict[str, list[torch.Tensor]] = {}  # request id -> its token ids so far, [1, q] each
         params = inspect.signature(base_model.forward).parameters
         self._takes_positions = "position_ids" in params
+        # What Transformers' `generate` passes besides the ids, where the forward takes it: old
+        # remote code builds its 4-D mask from a 2-D `attention_mask` over past + new tokens.
+        self._takes_mask = "attention_mask" in params
+        self._takes_cache_position = "cache_position" in params
+        # Legacy remote code returns (and may only accept) a tuple of (k, v) per layer; ours stay
+        # DynamicCaches (batchable), converted at the call. Learnt from the first cache returned.
+        self._tuple_cache = False
         # Transformers >= 5.2x renamed `past_key_values` to `cache` (in and out); accept either.
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         blocker = _batching_blocker(params, config)
@@ -97,11 +110,36 @@ class CompatCausalLM(TransformersForCausalLM):
                 ids = torch.cat(self.history[rid], dim=1)
                 pos = torch.arange(ids.shape[1], device=ids.device)[None]
                 cache = None
-        kwargs = {"position_ids": pos} if self._takes_positions else {}
-        kwargs[self._cache_arg] = cache
-        out = self.model(input_ids=ids, use_cache=True, return_dict=True, **kwargs)
-        self.caches[rid] = _returned_cache(out)
+        past = 0 if cache is None else context
+        # Recurrent layers read a mask over the new tokens only (Mamba multiplies its states by it),
+        # and `generate` drops it after the prompt: none for them.
+        mask = None if self.replay_prefill else torch.ones(1, past + ids.shape[1], dtype=torch.long, device=ids.device)
+        out = self._call(ids, pos, cache, mask, torch.arange(past, past + ids.shape[1], device=ids.device))
+        self.caches[rid] = self._keep(_returned_cache(out))
         return out.last_hidden_state[0, -q:]
+
+    def _call(self, ids, pos, cache, mask, cache_position):
+        """The base model's forward with what `generate` gives it (each where the forward takes it):
+        ids/pos [B, q], mask [B, past + q] (0 on left padding) or None, cache_position [q]."""
+        kwargs = {"position_ids": pos} if self._takes_positions else {}
+        if self._takes_mask and mask is not None:
+            kwargs["attention_mask"] = mask
+        if self._takes_cache_position:
+            kwargs["cache_position"] = cache_position
+        if self._tuple_cache and isinstance(cache, DynamicCache):
+            cache = tuple((layer.keys, layer.values) for layer in cache.layers)
+        kwargs[self._cache_arg] = cache
+        return self.model(input_ids=ids, use_cache=True, return_dict=True, **kwargs)
+
+    def _keep(self, cache):
+        """A returned legacy tuple cache -> a DynamicCache (views of the same tensors)."""
+        legacy = isinstance(cache, (tuple, list)) and len(cache) > 0
+        if legacy and all(isinstance(kv, (tuple, list)) and len(kv) == 2 for kv in cache):
+            if not self._tuple_cache:
+                logger.info("anymodel: compat path: the model returns tuple caches; converted at each call")
+            self._tuple_cache = True
+            return _cache_of([_layer(k, v) for k, v in cache])
+        return cache
 
     def _decode_batch(self, rids: list[str], ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """One token for each of B requests, ids/pos [B], in one forward -> hidden [B, H]."""
@@ -114,10 +152,10 @@ class CompatCausalLM(TransformersForCausalLM):
         # [B, width + 1]: 0 on the padding, 1 on the cached tokens and on the new one
         pad = torch.tensor(pads, device=ids.device)[:, None]
         mask = (torch.arange(width + 1, device=ids.device)[None] >= pad).long()
-        kwargs = {"position_ids": pos[:, None]} if self._takes_positions else {}
-        kwargs[self._cache_arg] = _left_padded(caches, width)
-        out = self.model(input_ids=ids[:, None], attention_mask=mask, use_cache=True, return_dict=True, **kwargs)
-        grown = _returned_cache(out)
+        # cache_position: the new token's slot in the padded cache, as `generate` counts it
+        step = torch.tensor([width], device=ids.device)
+        out = self._call(ids[:, None], pos[:, None], _left_padded(caches, width), mask, step)
+        grown = self._keep(_returned_cache(out))
         for b, rid in enumerate(rids):
             self.caches[rid] = _unpadded(grown, b, pads[b])
         return out.last_hidden_state[:, 0]

@@ -173,7 +173,8 @@ RULES: tuple[Rule, ...] = (
          why_not=lambda f: "one process" if f.state.world_size == 1 else f"{f.hf_name} is backend-compatible"),
     Rule("compat", impl="compat",
          applies=lambda f: _incompatible(f) and f.request.enable_compat_path and f.hf.has_lm_head,
-         reason="compat path: {f.hf_name} through its own attention, one request at a time ({f.incompatibility})",
+         reason="compat path: {f.hf_name} through its own attention and its own HF cache (decode steps "
+                "batched where it allows; no paged KV pool), because {f.incompatibility}",
          why_not=_not_compat),
     Rule("incompatible", impl="refuse",
          applies=_incompatible,

@@ -47,3 +47,49 @@ def test_in_library_model_type_is_offered(tmp_path, tinyold):
     code.write_text(code.read_text().replace("import math\n", "import math\nfrom transformers import NoSuchThing\n"))
     with pytest.raises(ValueError, match="trust_remote_code=False"):
         LLM(str(model_dir), trust_remote_code=True)
+
+
+def _count_decode_batches(model) -> list[int]:
+    """Wrap the compat adapter's HF base forward: the batch size of every call on a one-token input."""
+    sizes: list[int] = []
+    base_forward = model.model.forward
+
+    def counted(*args, **kwargs):
+        ids = kwargs["input_ids"]
+        if ids.shape[1] == 1:
+            sizes.append(ids.shape[0])
+        return base_forward(*args, **kwargs)
+
+    model.model.forward = counted
+    return sizes
+
+
+# several prompts of different lengths, run together: their decode rows share forwards
+BATCH_PROMPTS = [[1, 17, 90, 41, 7], [1, 200, 5, 5, 64, 33, 12, 9, 100], [3, 4], [1] + list(range(20, 45))]
+
+
+@pytest.mark.parametrize("variant", ["tinyold", "tinyepoch", "tinytuple"])
+def test_old_remote_code_decode_steps_batched(tmp_path, variant, caplog):
+    """StableLM-epoch style code (needs the 2-D attention_mask over past + new tokens) and code with
+    legacy tuple caches give their own tokens, with every step's decode rows in one forward."""
+    path = build_tinyold(tmp_path, variant)
+    with caplog.at_level("INFO", logger="anymodel"):
+        llm = LLM(str(path), trust_remote_code=True, dtype="float32", num_kv_blocks=64)
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("anymodel: compat for"))
+    assert "no paged KV pool" in line and "_supports_attention_backend" in line, line
+    assert llm.apply_model(lambda m: (type(m).__name__, m.batch_decode)) == [("CompatCausalLM", True)]
+    sizes = llm.apply_model(_count_decode_batches)[0]
+    model = tinyold_as_built(path)
+    n = 6
+    assert llm_greedy(llm, BATCH_PROMPTS, n) == [argmax_greedy(model, p, n) for p in BATCH_PROMPTS]
+    assert sizes.count(len(BATCH_PROMPTS)) >= n - 1, sizes  # all four decode rows in one forward
+    assert llm.apply_model(lambda m: m.batch_decode) == [True]  # no fallback to one request at a time
+    assert llm.apply_model(lambda m: len(m.caches)) == [0]
+
+
+def test_compat_model_holds_no_paged_kv(tinyold):
+    """A compat-path model keeps its own HF caches: the workers allocate no paged KV tensors."""
+    llm = LLM(str(tinyold), trust_remote_code=True, dtype="float32")
+    assert llm.collective_rpc(lambda w: len(w.runner.kv_caches)) == [0]
+    llm_greedy(llm, BATCH_PROMPTS[:2], 2)
+    assert llm.collective_rpc(lambda w: len(w.runner.kv_caches)) == [0]
