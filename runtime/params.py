@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Callable
 
 LOGIT_BIAS_LIMIT = 100.0  # OpenAI's range for logit_bias values: [-100, 100]
 
@@ -53,6 +55,37 @@ def _normalize_logit_bias(bias) -> dict[int, float] | None:
     return {int(k): float(v) for k, v in bias.items()}
 
 
+def logits_processor_arity(fn) -> int:
+    """vLLM's request logits processors: fn(output_ids, logits) or fn(prompt_ids, output_ids, logits)
+    -> logits, told apart by their number of positional parameters (2 or 3)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature
+        return 0
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(1 for p in params if p.kind in kinds and p.default is inspect.Parameter.empty)
+
+
+def _normalize_processors(fns) -> list | None:
+    if fns is None:
+        return None
+    _check(isinstance(fns, (list, tuple)), "logits_processors", "None or a list of callables", fns)
+    bad = [fn for fn in fns if not callable(fn) or logits_processor_arity(fn) not in (2, 3)]
+    _check(not bad, "logits_processors",
+           "a list of callables fn(output_token_ids, logits) or fn(prompt_token_ids, output_token_ids, logits)", bad[:3])
+    return list(fns) or None
+
+
+def _normalize_bad_words(words) -> list[str] | None:
+    if words is None:
+        return None
+    if isinstance(words, str):
+        words = [words]
+    ok = isinstance(words, (list, tuple)) and all(isinstance(w, str) and w.strip() for w in words)
+    _check(ok, "bad_words", "None or a list of non-blank strings", words)
+    return list(words) or None
+
+
 def _normalize_allowed(ids) -> list[int] | None:
     if ids is None:
         return None
@@ -88,6 +121,18 @@ class SamplingParams:
     allowed_token_ids: list[int] | None = None
     # Keep only the last k prompt tokens (-1: as many as the model takes).
     truncate_prompt_tokens: int | None = None
+    # Words never generated: each word's token sequence (with and without a leading space) has its
+    # last token masked whenever the tokens before it were just generated (vLLM's bad_words).
+    bad_words: list[str] | None = None
+    # Per-request callables fn(output_ids, logits[V]) or fn(prompt_ids, output_ids, logits[V]) ->
+    # logits[V], run after every built-in processor (offline only: a server takes no code).
+    logits_processors: list[Callable] | None = None
+    detokenize: bool = True  # False: token ids (and logprobs) only, text "" and decoded_token None
+    spaces_between_special_tokens: bool = True  # passed to the tokenizer's decode (slow tokenizers use it)
+    # best_of > n: generate best_of samples, return the n with the highest cumulative logprob (vLLM v0)
+    best_of: int | None = None
+    # bad_words as token sequences: filled by the engine, which has the tokenizer (request_checks)
+    bad_words_token_ids: list[list[int]] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -98,6 +143,8 @@ class SamplingParams:
             self.top_k = 0
         self.logit_bias = _normalize_logit_bias(self.logit_bias)
         self.allowed_token_ids = _normalize_allowed(self.allowed_token_ids)
+        self.bad_words = _normalize_bad_words(self.bad_words)
+        self.logits_processors = _normalize_processors(self.logits_processors)
         self._validate()
 
     def _validate(self) -> None:
@@ -128,6 +175,26 @@ class SamplingParams:
         _check(self.seed is None or (_is_int(self.seed) and lo <= self.seed <= hi), "seed",
                f"None or an integer in [{lo}, 2**64 - 1]", self.seed)
         _check_truncate(self.truncate_prompt_tokens)
+        self._validate_extras()
+
+    def _validate_extras(self) -> None:
+        _check(self.best_of is None or (_is_int(self.best_of) and self.best_of >= self.n), "best_of",
+               f"None or an integer >= n ({self.n})", self.best_of)
+        if self.best_of is not None and self.best_of > self.n:
+            _check(not self.greedy, "best_of", "at most n with greedy sampling (temperature=0: every sample is the "
+                   "same); raise temperature", self.best_of)
+        _check(self.detokenize or not self.stop, "stop", "empty when detokenize=False (stop strings match text)",
+               self.stop)
+
+    @property
+    def num_sequences(self) -> int:
+        """How many samples run: best_of (vLLM v0) or n."""
+        return self.best_of or self.n
+
+    @property
+    def picks_best(self) -> bool:
+        """best_of > n: the n best of best_of samples, by cumulative logprob, once all are done."""
+        return self.num_sequences > self.n
 
     @property
     def greedy(self) -> bool:

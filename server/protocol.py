@@ -93,6 +93,8 @@ class SamplingRequest(APIRequest):
     allowed_token_ids: Optional[list[int]] = None  # vLLM extra
     truncate_prompt_tokens: Optional[int] = Field(None, ge=-1)  # vLLM extra: keep the last k prompt tokens (-1: the most)
     prompt_logprobs: Optional[int] = Field(None, ge=-1)  # vLLM extra: every prompt token's logprobs (not with stream)
+    bad_words: Optional[list[str]] = None  # vLLM extra: words never generated
+    spaces_between_special_tokens: bool = True  # vLLM extra, passed to the tokenizer's decode
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     user: Optional[str] = None  # OpenAI's end-user id: accepted, nothing to do with it
@@ -114,6 +116,7 @@ class SamplingRequest(APIRequest):
             presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
             repetition_penalty=self.repetition_penalty, ignore_eos=self.ignore_eos, min_tokens=self.min_tokens,
             skip_special_tokens=self.skip_special_tokens, include_stop_str_in_output=self.include_stop_str_in_output,
+            bad_words=self.bad_words, spaces_between_special_tokens=self.spaces_between_special_tokens,
         )
 
     @property
@@ -149,6 +152,16 @@ class CompletionRequest(SamplingRequest):
     max_tokens: Optional[int] = Field(16, ge=0)  # OpenAI's default for legacy completions; 0 only with echo
     logprobs: Optional[int] = Field(None, ge=-1)
     echo: bool = False
+    best_of: Optional[int] = Field(None, ge=1)  # > n: the n best of best_of samples (by cumulative logprob)
+
+    @model_validator(mode="after")
+    def _check_best_of(self) -> "CompletionRequest":
+        if self.best_of is not None and self.best_of > self.n and self.stream:
+            raise ValueError("best_of > n is not available with stream=true (the best samples are known at the end)")
+        return self
+
+    def sampling_kwargs(self) -> dict[str, Any]:
+        return {**super().sampling_kwargs(), "best_of": self.best_of}
 
     def prompts(self) -> list[str | dict]:
         """Every prompt as the engine takes it: a string or {"prompt_token_ids": [...]}."""

@@ -38,7 +38,7 @@ class FieldError(Exception):
 class Unsupported:
     reason: str
     allows: tuple = (None,)  # values that ask for nothing: a client sending them gets no 400
-    # for the rare rule that reads other fields (best_of == n): True when the body asks for nothing
+    # for the rare rule that reads other fields: True when the body asks for nothing
     harmless: Optional[Callable[[dict], bool]] = None
 
     def accepts(self, name: str, body: dict) -> bool:
@@ -65,10 +65,8 @@ GENERATION: dict[str, Unsupported] = {
     "structural_tag": Unsupported(_GUIDED),
     "use_beam_search": Unsupported("beam search is not implemented yet", (None, False)),
     "length_penalty": Unsupported("length_penalty applies to beam search, which is not implemented yet", (None, 1.0, 1)),
-    "bad_words": Unsupported("bad_words is not implemented yet", (None, [])),
-    "logits_processors": Unsupported("request logits processors are not implemented yet", (None, [])),
-    "spaces_between_special_tokens": Unsupported("detokenization always puts spaces between special tokens",
-                                                 (None, True)),
+    "logits_processors": Unsupported("request logits processors are code: they are offline-only "
+                                     "(SamplingParams.logits_processors)", (None, [])),
     "return_tokens_as_token_ids": Unsupported("token ids in place of token strings are not implemented yet",
                                               (None, False)),
     "return_token_ids": Unsupported("returning token ids is not implemented yet", (None, False)),
@@ -86,8 +84,6 @@ GENERATION: dict[str, Unsupported] = {
 COMPLETION: dict[str, Unsupported] = {
     **GENERATION,
     "suffix": Unsupported("suffix (fill-in-the-middle) is not implemented yet", (None, "")),
-    "best_of": Unsupported("best_of > n is not implemented yet (only best_of == n)",
-                           harmless=lambda body: body["best_of"] in (None, body.get("n", 1))),
     "prompt_embeds": Unsupported("prompt embeddings are not implemented yet"),
     "add_special_tokens": Unsupported("completions always add the tokenizer's special tokens", (None, True)),
 }

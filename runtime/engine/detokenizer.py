@@ -23,6 +23,7 @@ class Detokenizer:
     stop: list[str] = field(default_factory=list)
     include_stop_str_in_output: bool = False
     prompt_ids: list[int] = field(default_factory=list)  # context only: never part of `text`
+    spaces_between_special_tokens: bool = True  # False goes to the tokenizer's decode (slow tokenizers read it)
     token_ids: list[int] = field(init=False)  # the prompt's tail, then every generated token
     text: str = field(init=False, default="")
     prefix_offset: int = field(init=False)
@@ -30,7 +31,8 @@ class Detokenizer:
     _decode_ids: Callable[[list[int], bool], str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._decode_ids = _fast_decode(self.tokenizer) or self.tokenizer.decode
+        fast = _fast_decode(self.tokenizer) if self.spaces_between_special_tokens else None
+        self._decode_ids = fast or self._full_decode
         self.token_ids = list(self.prompt_ids[-_WINDOW:])
         self.read_offset = len(self.token_ids)
         self.prefix_offset = max(self.read_offset - _WINDOW, 0)
@@ -55,6 +57,11 @@ class Detokenizer:
             self.text += rest[len(done) :]
             self.read_offset = len(self.token_ids)
 
+    def _full_decode(self, ids: list[int], skip_special_tokens: bool) -> str:
+        if self.spaces_between_special_tokens:
+            return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens, spaces_between_special_tokens=False)
+
     def _decode(self, ids: list[int]) -> str:
         return self._decode_ids(ids, skip_special_tokens=self.skip_special_tokens) if ids else ""
 
@@ -70,6 +77,18 @@ class Detokenizer:
         i, s = min(hits)
         self.text = self.text[: i + len(s)] if self.include_stop_str_in_output else self.text[:i]
         return s
+
+
+class NoDetokenizer:
+    """detokenize=False: the Detokenizer's interface with no text (and so no stop strings)."""
+
+    text = ""
+
+    def add_tokens(self, new_ids: list[int]) -> None:
+        return None
+
+    def flush(self) -> None:
+        pass
 
 
 def _fast_decode(tokenizer) -> Callable[[list[int], bool], str] | None:

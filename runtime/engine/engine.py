@@ -14,7 +14,7 @@ from anymodel.config import EngineArgs
 from anymodel.engine.inputs import PromptProcessor, PromptTokens
 from anymodel.engine.output_processor import OutputProcessor, RequestGroup
 from anymodel.engine.request import Request, RequestStatus
-from anymodel.engine.request_checks import check_sampling, resolve_logprobs
+from anymodel.engine.request_checks import check_sampling, resolve_bad_words, resolve_logprobs
 from anymodel.engine.scheduler import Scheduler
 from anymodel.errors import RequestFailedError
 from anymodel.executor import make_executor
@@ -76,6 +76,7 @@ class Engine:
         pooling.check_request(self.task, params, self.hf_config, self.embedding_size)
         if isinstance(params, SamplingParams):
             params = resolve_logprobs(params, self.vocab_size, self.args.max_logprobs)
+            params = resolve_bad_words(params, self.tokenizer)
         tokens = self.inputs.tokenize(prompt)
         k = getattr(params, "truncate_prompt_tokens", None)
         tokens = self.inputs.truncate(tokens, k, self.max_prompt_len(params), self.max_model_len)
@@ -83,7 +84,7 @@ class Engine:
         if isinstance(params, PoolingParams):
             return self._add_pooling_request(request_id, tokens, params)
         token_ids = tokens.token_ids
-        children = [self._make_request(f"{request_id}#{i}", token_ids, params, i) for i in range(getattr(params, "n", 1))]
+        children = [self._make_request(f"{request_id}#{i}", token_ids, params, i) for i in range(params.num_sequences)]
         self.outputs.add(RequestGroup(request_id, tokens.text, token_ids, params, children, self.tokenizer))
         for child in children:
             self.scheduler.add(child)

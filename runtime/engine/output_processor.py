@@ -1,7 +1,8 @@
 """Turns sampled tokens into finished-or-not requests and vLLM-shaped outputs.
 
-A user request is a RequestGroup of n child Requests (one per sample); each child has its own
-detokenizer and stop checks. Stop order per new token: stop_token_ids, EOS, stop strings, length.
+A user request is a RequestGroup of n child Requests (one per sample; best_of of them when best_of
+> n, and then only its n best by cumulative logprob come out, once all are done); each child has its
+own detokenizer (none with detokenize=False) and stop checks. Stop order per new token: stop_token_ids, EOS, stop strings, length.
 
 Each request's work here (logprob dicts, detokenizing, stop checks, building its output) runs under
 its own guard: an exception fails that request's group alone (status FINISHED_ERROR, and one final
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import logging
 
-from anymodel.engine.detokenizer import Detokenizer
+from anymodel.engine.detokenizer import Detokenizer, NoDetokenizer
 from anymodel.errors import RequestFailedError
 from anymodel.outputs import CompletionOutput, Logprob, RequestOutput
 from anymodel.params import RequestOutputKind, SamplingParams
@@ -27,7 +28,7 @@ logger = logging.getLogger("anymodel")
 @dataclass
 class ChildState:
     request: Request
-    detok: Detokenizer
+    detok: Detokenizer | NoDetokenizer
     logprobs: list[dict[int, Logprob]] | None
     cumulative_logprob: float = 0.0
     sent_tokens: int = 0  # for DELTA outputs
@@ -49,8 +50,10 @@ class RequestGroup:
     def __post_init__(self) -> None:
         p = self.params
         for child in self.children:
-            detok = Detokenizer(self.tokenizer, p.skip_special_tokens, list(p.stop), p.include_stop_str_in_output,
-                                prompt_ids=self.prompt_token_ids)
+            detok = (Detokenizer(self.tokenizer, p.skip_special_tokens, list(p.stop), p.include_stop_str_in_output,
+                                 prompt_ids=self.prompt_token_ids,
+                                 spaces_between_special_tokens=p.spaces_between_special_tokens)
+                     if p.detokenize and self.tokenizer is not None else NoDetokenizer())
             self.states.append(ChildState(child, detok, [] if p.logprobs is not None else None))
         if p.prompt_logprobs is not None:
             self.prompt_logprobs = [None] * len(self.prompt_token_ids)
@@ -105,7 +108,7 @@ class OutputProcessor:
     def _record_prompt_logprobs(self, rid: str, start: int, entries) -> list:
         group, _ = self._child[rid]
         for j, entry in enumerate(entries):
-            group.prompt_logprobs[start + j] = self._logprob_dict(entry)
+            group.prompt_logprobs[start + j] = self._logprob_dict(entry, group.params.detokenize)
         return []
 
     def _record_token(self, rid: str, token: int, logprobs) -> list:
@@ -127,8 +130,9 @@ class OutputProcessor:
     def _append(self, state: ChildState, token: int, logprobs) -> RequestStatus | None:
         r, p = state.request, state.request.params
         r.append_token(token)
-        if logprobs is not None:
-            state.logprobs.append(self._logprob_dict(logprobs))
+        if logprobs is not None:  # also without `logprobs` when best_of > n (the sampled token's alone)
+            if state.logprobs is not None:
+                state.logprobs.append(self._logprob_dict(logprobs, p.detokenize))
             state.cumulative_logprob += logprobs[token][0]
         stop_str = state.detok.add_tokens([token])
         can_stop = r.num_output_tokens >= p.min_tokens
@@ -147,8 +151,9 @@ class OutputProcessor:
         state.detok.flush()
         return RequestStatus.FINISHED_STOPPED
 
-    def _logprob_dict(self, entry: dict[int, tuple[float, int]]) -> dict[int, Logprob]:
-        return {t: Logprob(lp, rank, self.tokenizer.decode([t])) for t, (lp, rank) in entry.items()}
+    def _logprob_dict(self, entry: dict[int, tuple[float, int]], decode: bool) -> dict[int, Logprob]:
+        decode = decode and self.tokenizer is not None  # none: no decoded_token (skip_tokenizer_init)
+        return {t: Logprob(lp, rank, self.tokenizer.decode([t]) if decode else None) for t, (lp, rank) in entry.items()}
 
     def collect(self, sched) -> tuple[list[RequestOutput], list[tuple[Request, RequestStatus]]]:
         """Outputs for the groups that progressed this step; finished groups are dropped. Also
@@ -188,10 +193,13 @@ class OutputProcessor:
                              outputs=completions, finished=True, error=group.error)
 
     def _make_output(self, group: RequestGroup) -> RequestOutput | None:
-        kind = group.params.output_kind
-        if kind is RequestOutputKind.FINAL_ONLY and not group.finished:
+        kind, p = group.params.output_kind, group.params
+        if (kind is RequestOutputKind.FINAL_ONLY or p.picks_best) and not group.finished:
             return None
-        completions = [self._completion(i, st, kind is RequestOutputKind.DELTA) for i, st in enumerate(group.states)]
+        states = group.states
+        if p.picks_best:  # vLLM v0: the n samples with the highest cumulative logprob, best first
+            states = sorted(states, key=lambda st: st.cumulative_logprob, reverse=True)[: p.n]
+        completions = [self._completion(i, st, kind is RequestOutputKind.DELTA) for i, st in enumerate(states)]
         return RequestOutput(
             request_id=group.request_id,
             prompt=group.prompt,
@@ -214,7 +222,7 @@ class OutputProcessor:
             index=index,
             text=text,
             token_ids=list(tokens),
-            cumulative_logprob=st.cumulative_logprob if st.logprobs is not None else None,
+            cumulative_logprob=st.cumulative_logprob if st.logprobs is not None or r.params.picks_best else None,
             logprobs=logprobs,
             finish_reason=finish,
             stop_reason=r.stop_reason,

@@ -24,18 +24,37 @@ def resolve_logprobs(params: SamplingParams, vocab_size: int, max_logprobs: int)
     return params
 
 
+def resolve_bad_words(params: SamplingParams, tokenizer) -> SamplingParams:
+    """bad_words -> bad_words_token_ids as vLLM builds them: each word's tokens without and with a
+    leading space (the second only when the space makes a different word of as many tokens: a word
+    at the start of the text and inside it)."""
+    if not params.bad_words:
+        return params
+    if tokenizer is None:
+        raise ValueError("bad_words needs a tokenizer (this engine was started without one)")
+    sequences: list[list[int]] = []
+    for word in params.bad_words:
+        plain = list(tokenizer.encode(word.lstrip(), add_special_tokens=False))
+        spaced = list(tokenizer.encode(" " + word.lstrip(), add_special_tokens=False))
+        sequences += [plain] if plain else []
+        if spaced and (not plain or (spaced[0] != plain[0] and len(spaced) == len(plain))):
+            sequences.append(spaced)
+    return params.clone(bad_words_token_ids=sequences)
+
+
 def check_sampling(params: SamplingParams, vocab_size: int, max_num_seqs: int) -> None:
     check_token_lists(params, vocab_size)
-    check_n(params.n, max_num_seqs)
+    check_n(params.n, max_num_seqs, params.best_of)
 
 
-def check_n(n: int, max_num_seqs: int) -> None:
-    """Each of the n samples is one sequence with its own state and KV blocks: a request may ask
-    for at most as many as the engine runs at once (n=10**7 would otherwise fill memory)."""
-    if n > max_num_seqs:
-        raise ValueError(f"n={n} is more than this engine's max_num_seqs ({max_num_seqs}), the most sequences it "
-                         f"runs at once (each of the n samples is one); ask for n <= {max_num_seqs}, or start the "
-                         "engine with a larger max_num_seqs")
+def check_n(n: int, max_num_seqs: int, best_of: int | None = None) -> None:
+    """Each of the n (or best_of) samples is one sequence with its own state and KV blocks: a request
+    may ask for at most as many as the engine runs at once (n=10**7 would otherwise fill memory)."""
+    name, count = ("best_of", best_of) if best_of else ("n", n)
+    if count > max_num_seqs:
+        raise ValueError(f"{name}={count} is more than this engine's max_num_seqs ({max_num_seqs}), the most sequences "
+                         f"it runs at once (each of the {name} samples is one); ask for {name} <= {max_num_seqs}, or "
+                         "start the engine with a larger max_num_seqs")
 
 
 def check_token_lists(params: SamplingParams, vocab_size: int) -> None:
@@ -43,7 +62,8 @@ def check_token_lists(params: SamplingParams, vocab_size: int) -> None:
     ids are masked while min_tokens is not reached): they must be in the vocabulary."""
     for name, ids in (("logit_bias", params.logit_bias or {}),
                       ("allowed_token_ids", params.allowed_token_ids or []),
-                      ("stop_token_ids", params.stop_token_ids or [])):
+                      ("stop_token_ids", params.stop_token_ids or []),
+                      ("bad_words", [t for seq in params.bad_words_token_ids or [] for t in seq])):
         bad = [t for t in ids if not 0 <= t < vocab_size]
         if bad:
             raise ValueError(f"{name} token ids must be in [0, {vocab_size}) (the model's vocabulary); got {bad[:5]}")

@@ -1,10 +1,14 @@
 """Logits -> tokens (+ logprobs): a pure function of (logits, per-row parameters, token history).
 
 Rows are the positions that sample this step, one per request. Order of processing (vLLM's):
-allowed_token_ids masking -> logit_bias -> penalties -> min_tokens masking -> greedy argmax, or
-temperature -> top-k -> top-p -> min-p -> sample (per-request torch.Generator when the request has a
-seed). Logprobs are reported from the model's raw distribution (log_softmax of the logits before
-any processing, so before logit_bias too), as vLLM does by default.
+allowed_token_ids masking -> logit_bias -> penalties -> min_tokens masking -> bad_words masking ->
+the request's own logits_processors (per row, in list order) -> greedy argmax, or temperature ->
+top-k -> top-p -> min-p -> sample (per-request torch.Generator when the request has a seed).
+Logprobs are reported from the model's raw distribution (log_softmax of the logits before any
+processing, so before logit_bias too), as vLLM does by default.
+
+A user processor that raises (or returns something that is not a [V] tensor) makes `sample` raise;
+the model runner then samples row by row, so that only its request fails.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from anymodel.params import SamplingParams
+from anymodel.params import SamplingParams, logits_processor_arity
 
 
 @dataclass
@@ -37,14 +41,16 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow], default_generator: tor
     given, logits = logits, logits.float()
     if all(_plain_greedy(r) for r in rows):  # the common case: skip every mask and index list
         return SamplerOutput(logits.argmax(dim=-1).tolist(), [None] * len(rows))
-    if logits is given and any(r.params.has_penalties or r.blocked_token_ids for r in rows):
-        logits = logits.clone()  # penalties and blocked tokens write in place
-    raw_logprobs = torch.log_softmax(logits, dim=-1) if any(r.params.logprobs is not None for r in rows) else None
+    if logits is given and any(_writes_in_place(r) for r in rows):
+        logits = logits.clone()  # penalties, masks and user processors write in place
+    raw_logprobs = torch.log_softmax(logits, dim=-1) if any(_logprobs_k(r) is not None for r in rows) else None
     logits = _apply_token_constraints(logits, rows)
     logits = _apply_penalties(logits, rows)
     for i, row in enumerate(rows):
         if row.blocked_token_ids:
             logits[i, row.blocked_token_ids] = float("-inf")
+    _apply_bad_words(logits, rows)
+    _apply_logits_processors(logits, rows)
     tokens = torch.empty(len(rows), dtype=torch.long, device=logits.device)
     greedy = [i for i, r in enumerate(rows) if r.params.greedy]
     random = [i for i, r in enumerate(rows) if not r.params.greedy]
@@ -59,8 +65,51 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow], default_generator: tor
 def _plain_greedy(row: SamplingRow) -> bool:
     """Greedy with nothing that changes the logits or the output: the result is a bare argmax."""
     p = row.params
-    return (p.greedy and p.logprobs is None and not row.blocked_token_ids and not p.allowed_token_ids
-            and not p.logit_bias and not p.has_penalties)
+    return (p.greedy and _logprobs_k(row) is None and not row.blocked_token_ids and not p.allowed_token_ids
+            and not p.logit_bias and not p.has_penalties and not p.bad_words_token_ids and not p.logits_processors)
+
+
+def _writes_in_place(row: SamplingRow) -> bool:
+    p = row.params
+    return bool(p.has_penalties or row.blocked_token_ids or p.bad_words_token_ids or p.logits_processors)
+
+
+def _logprobs_k(row: SamplingRow) -> int | None:
+    """How many top logprobs the row reports: its own `logprobs`, or 0 (the sampled token's alone)
+    when best_of > n, whose pick needs each sample's cumulative logprob."""
+    p = row.params
+    return 0 if p.logprobs is None and p.picks_best else p.logprobs
+
+
+def _apply_bad_words(logits: torch.Tensor, rows: list[SamplingRow]) -> None:
+    """vLLM's bad_words: a word's last token is masked when its other tokens end the output so far
+    (a one-token word is always masked). logits [S, V], in place."""
+    for i, row in enumerate(rows):
+        out = row.output_token_ids
+        for word in row.params.bad_words_token_ids or ():
+            prefix = len(word) - 1
+            if prefix > len(out):
+                continue
+            if prefix == 0 or list(out[-prefix:]) == list(word[:prefix]):
+                logits[i, word[-1]] = float("-inf")
+
+
+def _apply_logits_processors(logits: torch.Tensor, rows: list[SamplingRow]) -> None:
+    """The request's callables, one row at a time: fn(output_ids, logits[V]) or fn(prompt_ids,
+    output_ids, logits[V]) -> logits[V] (token ids as tuples, as vLLM passes them). logits [S, V], in place."""
+    for i, row in enumerate(rows):
+        fns = row.params.logits_processors
+        if not fns:
+            continue
+        prompt, output = tuple(row.prompt_token_ids), tuple(row.output_token_ids)
+        for fn in fns:
+            args = (prompt, output) if logits_processor_arity(fn) == 3 else (output,)
+            result = fn(*args, logits[i])
+            if not isinstance(result, torch.Tensor) or result.shape != logits[i].shape:
+                got = type(result).__name__ if not isinstance(result, torch.Tensor) else f"shape {tuple(result.shape)}"
+                raise TypeError(f"logits processor {getattr(fn, '__name__', fn)!r} must return a tensor of shape "
+                                f"{tuple(logits[i].shape)} (the row's logits), got {got}")
+            logits[i] = result.to(device=logits.device, dtype=logits.dtype)
 
 
 def _apply_token_constraints(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
@@ -160,7 +209,7 @@ def _top_p(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
 def _gather_logprobs(raw: torch.Tensor | None, rows: list[SamplingRow], tokens: list[int]):
     out: list[dict[int, tuple[float, int]] | None] = []
     for i, row in enumerate(rows):
-        k = row.params.logprobs
+        k = _logprobs_k(row)
         out.append(None if k is None or raw is None else top_logprobs(raw[i], tokens[i], k))
     return out
 

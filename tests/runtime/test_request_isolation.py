@@ -241,8 +241,8 @@ def test_the_largest_seed_runs_with_n_samples(demo):
 
 # ---- nothing silently ignored --------------------------------------------------------------------
 def test_unknown_sampling_params_keyword_is_a_type_error():
-    with pytest.raises(TypeError, match="best_of"):
-        SamplingParams(best_of=2)
+    with pytest.raises(TypeError, match="use_beam_search"):
+        SamplingParams(use_beam_search=True)
 
 
 @pytest.mark.parametrize("seed", [None, 2**64, -1, 1.5])

@@ -36,6 +36,25 @@ def offline():
     return LLM()  # the same demo model, in this process
 
 
+# ---- bad_words / best_of (issue 18) -------------------------------------------------------------------
+def test_bad_words_ban_the_greedy_answer(openai_client):
+    assert complete(openai_client, "12+34=", temperature=0, max_tokens=2).choices[0].text == "46"
+    r = complete(openai_client, "12+34=", temperature=0, max_tokens=2, extra_body={"bad_words": ["46"]})
+    assert not r.choices[0].text.startswith("46")
+    c = chat(openai_client, temperature=0, max_tokens=2, extra_body={"bad_words": ["4"]})
+    assert "4" not in c.choices[0].message.content
+
+
+def test_best_of_returns_n_choices_like_offline(openai_client, offline):
+    kw = dict(temperature=1.5, seed=3, max_tokens=3)
+    r = complete(openai_client, "12+34=", n=2, best_of=4, extra_body={"ignore_eos": True}, **kw)
+    want = offline.generate(["12+34="], SamplingParams(n=2, best_of=4, ignore_eos=True, **kw), use_tqdm=False)[0]
+    assert [c.index for c in r.choices] == [0, 1]
+    assert [c.text for c in r.choices] == [c.text for c in want.outputs]
+    with pytest.raises(openai.BadRequestError, match="best_of"):
+        complete(openai_client, "12+34=", n=1, best_of=2, stream=True, **kw)
+
+
 # ---- logit_bias / allowed_token_ids -----------------------------------------------------------------
 def test_logit_bias_makes_greedy_pick_the_token(openai_client, demo_server):
     nine = str(token_id(demo_server, "9"))

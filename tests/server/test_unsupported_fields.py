@@ -66,7 +66,7 @@ def test_openai_client_suffix_is_refused(openai_client):
     ("/v1/chat/completions", "return_token_ids", True),
     ("/v1/chat/completions", "echo", True),
     ("/v1/completions", "suffix", "!"),
-    ("/v1/completions", "best_of", 3),
+    ("/v1/completions", "logits_processors", ["my_module.MyProcessor"]),
     ("/v1/completions", "prompt_embeds", "AAAA"),
     ("/v1/completions", "guided_json", {"type": "object"}),
     ("/v1/completions", "response_format", {"type": "json_object"}),
