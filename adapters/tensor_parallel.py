@@ -297,6 +297,7 @@ HEAD_SPLITTING = ("colwise", "packed_colwise")  # styles whose output holds this
 
 def apply_style(t: Target) -> dict[str, ShardSpec]:
     """Shard one module by its plan style; returns {parameter name (local to the module): ShardSpec}."""
+    t.module.anymodel_tp_style = t.style  # what LLM.describe() reports
     if t.style in _REPLICA_STYLES:
         return {}
     return STYLES[t.style](t)

@@ -1,9 +1,12 @@
 """anymodel: serve any Hugging Face Transformers model over a paged KV cache."""
 
 from anymodel.llm import LLM
+from anymodel.logging_config import configure_logging
 from anymodel.outputs import (ClassificationRequestOutput, CompletionOutput, EmbeddingRequestOutput,
                               PoolingRequestOutput, RequestOutput, ScoringRequestOutput)
 from anymodel.params import PoolingParams, SamplingParams
+
+configure_logging()  # INFO to stderr in vLLM's format, unless the application logs them itself
 
 __all__ = ["LLM", "SamplingParams", "PoolingParams", "RequestOutput", "CompletionOutput", "PoolingRequestOutput",
            "EmbeddingRequestOutput", "ClassificationRequestOutput", "ScoringRequestOutput"]

@@ -72,6 +72,13 @@ class LLM(PoolingMixin):
         """fn(model) on every worker; the model is the adapter or native class."""
         return self.engine.apply_model(fn)
 
+    def describe(self) -> str:
+        """What runs and why: the model loader's decision, each worker's layers (native or Transformers
+        code, pipeline stage, tensor-parallel styles), attention and the KV cache. `print(llm.describe())`."""
+        from anymodel.describe import describe
+
+        return describe(self)
+
     def collective_rpc(self, method: str | Callable, timeout: float | None = None, args: tuple = (),
                        kwargs: dict | None = None) -> list:
         """vLLM's `collective_rpc`: `method` on every worker, results in rank order. A string names a

@@ -20,6 +20,7 @@ from anymodel.errors import RequestFailedError
 from anymodel.executor import make_executor
 from anymodel.kv_cache import KVCacheManager
 from anymodel.kv_cache.sizing import KVCacheSizing
+from anymodel.logging_config import log_engine_summary
 from anymodel.model_facts import text_config_of
 from anymodel.model_protocol import ModelTraits, traits_of
 from anymodel.outputs import EngineStats, PoolingOutput, PoolingRequestOutput, RequestOutput
@@ -64,6 +65,7 @@ class Engine:
         self.pooling = PoolingOutputs()
         self._ids = itertools.count()
         self._counters = {"prompt": 0, "generation": 0, "prefix_hits": 0}
+        log_engine_summary(self, model_dir)
 
     @property
     def paged(self) -> bool:

@@ -40,7 +40,8 @@ class KVCacheSizing:
             raise ValueError(f"kv_cache_memory ({args.kv_cache_memory} bytes) holds no KV block ({per_block} bytes each)")
         if layers:
             executor.allocate_kv_cache(layers, num_blocks)
-        logger.info("anymodel: %d KV blocks of %d tokens (%d layers)", num_blocks, args.block_size, len(layers))
+        logger.info("anymodel: %d KV blocks of %d tokens (%d layers), %d bytes per block, %.3f GiB in all", num_blocks,
+                    args.block_size, len(layers), per_block, num_blocks * per_block / 2**30)
         return num_blocks
 
     def _default_memory(self, executor, layers, per_block: int) -> int:

@@ -27,6 +27,7 @@ class Worker:
     def __init__(self, args, model_dir, config, state: ParallelState | None = None) -> None:
         self.state = state or get_parallel_state()
         self.device = resolve_device(args.device)
+        self.model_dir = model_dir  # for LLM.describe()
         from anymodel.attention_backend.selector import get_backend
 
         backend = get_backend(args.attention_backend, self.device, args.block_size)
