@@ -8,8 +8,13 @@ from typing import Any, Callable
 from anymodel.params import SEED_RANGE
 
 TASKS = ("auto", "generate", "embed", "classify", "score", "reward")
+RUNNERS = ("auto", "generate", "pooling")  # vLLM's current spelling of `task`: runner + convert
+CONVERTS = ("auto", "embed", "classify", "reward")
 MODEL_IMPLS = ("auto", "transformers", "native")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+DTYPE_ALIASES = {"half": "float16", "float": "float32"}  # vLLM's other names (torch dtypes are accepted too)
+LOAD_FORMATS = ("auto", "safetensors", "pt", "dummy")
+TOKENIZER_MODES = ("auto", "slow")
 ATTENTION_BACKENDS = ("auto", "triton", "torch", "flash_attn")
 EXECUTOR_BACKENDS = (None, "uni", "mp", "ray")
 
@@ -40,6 +45,10 @@ class EngineArgs:
     max_model_len: int | None = None
     hf_overrides: dict | Callable | None = None
     override_pooler_config: dict | None = None
+    pooler_config: dict | None = None  # vLLM's new name of override_pooler_config (moved there on validation)
+    runner: str = "auto"  # with convert: vLLM's current names for `task` (see _task_from_runner)
+    convert: str = "auto"
+    generation_config: str = "auto"  # "auto": the model's generation_config.json gives request defaults; "vllm": none; a dir
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     distributed_executor_backend: str | None = None
@@ -60,11 +69,27 @@ class EngineArgs:
     served_model_name: str | None = None
     chat_template: str | None = None
     device: str = "auto"
+    disable_log_stats: bool = False
+    download_dir: str | None = None  # the Hub cache directory for snapshot downloads
+    load_format: str = "auto"  # "pt": only a checkpoint without safetensors; "dummy": refused (see _check_load_format)
+    tokenizer_mode: str = "auto"  # "slow": the Python tokenizer (use_fast=False)
+    skip_tokenizer_init: bool = False  # True is refused: detokenization, stop strings and EOS need the tokenizer
+    max_seq_len_to_capture: int = 8192  # accepted: CUDA graphs capture decode steps only, whatever their length
+    swap_space: float = 4  # GiB; accepted for any value: preemption recomputes, nothing is swapped (as vLLM V1)
+    cpu_offload_gb: float = 0  # > 0 is refused: weights stay on the device
+    compilation_config: int | dict | None = None  # only "no compilation" (None, 0, {}, {"level": 0}) is accepted
 
     def __post_init__(self) -> None:
+        self.dtype = _dtype_name(self.dtype)
         _choice("task", self.task, TASKS)
+        _choice("runner", self.runner, RUNNERS)
+        _choice("convert", self.convert, CONVERTS)
+        self.task = _task_from_runner(self.task, self.runner, self.convert)
         _choice("model_impl", self.model_impl, MODEL_IMPLS)
         _choice("dtype", self.dtype, DTYPES)
+        _choice("load_format", self.load_format, LOAD_FORMATS)
+        _choice("tokenizer_mode", self.tokenizer_mode, TOKENIZER_MODES)
+        self._check_unsupported_options()
         _choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
         _choice("distributed_executor_backend", self.distributed_executor_backend, EXECUTOR_BACKENDS)
         for name in ("tensor_parallel_size", "pipeline_parallel_size", "block_size", "max_num_seqs"):
@@ -80,17 +105,68 @@ class EngineArgs:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}")
         if self.hf_overrides is not None and not (isinstance(self.hf_overrides, dict) or callable(self.hf_overrides)):
             raise ValueError(f"hf_overrides must be a dict or a callable(config) -> config, got {type(self.hf_overrides).__name__}")
+        if self.pooler_config is not None:
+            if self.override_pooler_config is not None:
+                raise ValueError("pass pooler_config or override_pooler_config (its old name), not both")
+            self.override_pooler_config, self.pooler_config = self.pooler_config, None
         if self.override_pooler_config is not None and not isinstance(self.override_pooler_config, dict):
-            raise ValueError("override_pooler_config must be a dict, e.g. {'pooling_type': 'MEAN', 'normalize': true}")
+            raise ValueError("pooler_config must be a dict, e.g. {'pooling_type': 'MEAN', 'normalize': true}")
+        if not isinstance(self.generation_config, str) or not self.generation_config:
+            raise ValueError(f"generation_config must be 'auto', 'vllm' or a directory, got {self.generation_config!r}")
+
+    def _check_unsupported_options(self) -> None:
+        """vLLM options accepted for its scripts' sake: a value we cannot honour is an error, never dropped."""
+        if self.skip_tokenizer_init:
+            raise ValueError("skip_tokenizer_init=True is not supported: anymodel detokenizes, checks stop strings "
+                             "and EOS with the tokenizer; pass skip_tokenizer_init=False")
+        if self.load_format == "dummy":
+            raise ValueError("load_format='dummy' (random weights) is not supported; use load_format='auto'")
+        _positive("max_seq_len_to_capture", self.max_seq_len_to_capture, optional=False)
+        if not (isinstance(self.swap_space, (int, float)) and self.swap_space >= 0):
+            raise ValueError(f"swap_space must be a number of GiB >= 0, got {self.swap_space!r}")
+        if self.cpu_offload_gb != 0:
+            raise ValueError(f"cpu_offload_gb={self.cpu_offload_gb!r} is not supported (weights stay on the device); "
+                             "pass cpu_offload_gb=0")
+        if self.compilation_config not in (None, 0, {}, {"level": 0}, {"mode": 0}):
+            raise ValueError(f"compilation_config={self.compilation_config!r} is not supported: anymodel does not "
+                             "compile the model (CUDA graphs: enforce_eager=False); pass compilation_config=None")
 
     @classmethod
     def from_kwargs(cls, model: str | None, kwargs: dict[str, Any]) -> "EngineArgs":
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(kwargs) - known)
         if unknown:
-            raise ValueError(f"unknown engine argument(s) {unknown}; supported: {sorted(known)}")
+            # vLLM's EngineArgs dataclass raises TypeError for an unexpected keyword: so do we
+            raise TypeError(f"unknown engine argument(s) {unknown}; supported: {sorted(known)}")
         return cls(model=model, **kwargs)
 
     @property
     def world_size(self) -> int:
         return self.tensor_parallel_size * self.pipeline_parallel_size
+
+
+def _dtype_name(dtype) -> str:
+    """vLLM's dtype spellings -> ours: "half" / "float" and torch dtypes (torch.float16) included."""
+    name = str(dtype).removeprefix("torch.") if type(dtype).__name__ == "dtype" else dtype
+    return DTYPE_ALIASES.get(name, name)
+
+
+# runner + convert -> the task they name ("auto" with runner="pooling": the Engine picks a pooling task)
+_CONVERT_TASKS = {"embed": "embed", "classify": "classify", "reward": "reward"}
+
+
+def _task_from_runner(task: str, runner: str, convert: str) -> str:
+    """One task from `task` and vLLM's `runner` / `convert`; a pair that disagrees is a ValueError naming both."""
+    if convert != "auto" and runner == "generate":
+        raise ValueError(f"runner='generate' conflicts with convert={convert!r} (a converted model is a pooling "
+                         "model: runner='pooling' or 'auto')")
+    implied = _CONVERT_TASKS.get(convert) or ("generate" if runner == "generate" else "auto")
+    if task == "auto":
+        return implied
+    pooling_task = task in ("embed", "classify", "score", "reward")
+    agrees = (implied in ("auto", task) or (task == "score" and convert == "classify"))
+    agrees = agrees and not (runner == "pooling" and not pooling_task) and not (runner == "generate" and pooling_task)
+    if not agrees:
+        given = ", ".join(f"{k}={v!r}" for k, v in (("runner", runner), ("convert", convert)) if v != "auto")
+        raise ValueError(f"task={task!r} conflicts with {given}; pass one of them (task is the older name)")
+    return task

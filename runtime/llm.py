@@ -24,6 +24,12 @@ class LLM(PoolingMixin):
     def get_tokenizer(self):
         return self.engine.tokenizer
 
+    def get_default_sampling_params(self) -> SamplingParams:
+        """vLLM's: SamplingParams with the model's generation_config.json defaults (temperature, top_p,
+        top_k, min_p, repetition_penalty, max_new_tokens as max_tokens); plain SamplingParams() with
+        generation_config="vllm" or none in the file. `generate` uses them when given no params."""
+        return SamplingParams(**self.engine.default_sampling_params)
+
     def generate(
         self,
         prompts,
@@ -36,7 +42,8 @@ class LLM(PoolingMixin):
         the others: once they all completed, a RequestFailedError naming the first failed prompt is
         raised, with every result on its `.outputs` (None for the failed ones)."""
         prompts = _as_list(prompts)
-        params = _broadcast(sampling_params or SamplingParams(), len(prompts))
+        params = _broadcast(self.get_default_sampling_params() if sampling_params is None else sampling_params,
+                            len(prompts))
         return self._run(prompts, params, use_tqdm)
 
     def chat(

@@ -30,8 +30,9 @@ BACKEND_REQUIREMENTS = (
 )
 
 
-def resolve_model_dir(model: str | None, revision: str | None = None) -> Path:
-    """A local directory as given, or a Hub snapshot (honours HF_HOME and HF_HUB_OFFLINE)."""
+def resolve_model_dir(model: str | None, revision: str | None = None, download_dir: str | None = None) -> Path:
+    """A local directory as given, or a Hub snapshot (honours HF_HOME and HF_HUB_OFFLINE; `download_dir`:
+    the cache directory instead of HF_HOME's)."""
     if model is None:
         from anymodel.demo import DEMO_MODEL_DIR
 
@@ -44,7 +45,8 @@ def resolve_model_dir(model: str | None, revision: str | None = None) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id=model, revision=revision, allow_patterns=_HUB_PATTERNS))
+        return Path(snapshot_download(repo_id=model, revision=revision, allow_patterns=_HUB_PATTERNS,
+                                      cache_dir=download_dir))
     except Exception as exc:  # offline, unknown repo, gated...
         raise ValueError(f"model {model!r} is neither a local directory nor an available Hub repository: {exc}") from exc
 
@@ -94,13 +96,56 @@ def resolve_dtype(dtype: str, config) -> torch.dtype:
     return found if isinstance(found, torch.dtype) and found.is_floating_point else torch.float32
 
 
-def load_tokenizer(name_or_dir, trust_remote_code: bool, revision: str | None = None):
+def load_tokenizer(name_or_dir, trust_remote_code: bool, revision: str | None = None, mode: str = "auto"):
+    """`mode`: vLLM's tokenizer_mode, "auto" (the fast tokenizer where there is one) or "slow"."""
     from transformers import AutoTokenizer
 
     from anymodel.adapters.legacy_api import remote_code_scope
 
     with remote_code_scope(trust_remote_code):
-        return AutoTokenizer.from_pretrained(name_or_dir, trust_remote_code=trust_remote_code, revision=revision)
+        return AutoTokenizer.from_pretrained(name_or_dir, trust_remote_code=trust_remote_code, revision=revision,
+                                             use_fast=mode != "slow")
+
+
+# generation_config.json key -> the SamplingParams field it gives a default to (vLLM's list)
+_GENERATION_DEFAULTS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+                        "repetition_penalty": "repetition_penalty", "max_new_tokens": "max_tokens"}
+
+
+def generation_defaults(model_dir: Path, generation_config: str = "auto") -> dict:
+    """The request defaults a model's generation_config.json sets, as SamplingParams keywords (vLLM's
+    `get_diff_sampling_param`): "auto" reads the model's file, "vllm" none, else the file in that directory.
+    Only what the file sets: a request (or SamplingParams) that sets a field keeps its own value."""
+    if generation_config == "vllm":
+        return {}
+    directory = model_dir if generation_config == "auto" else Path(generation_config).expanduser()
+    gen_file = directory / "generation_config.json"
+    if not gen_file.exists():
+        if generation_config != "auto":
+            raise ValueError(f"generation_config {generation_config!r}: no generation_config.json in that directory")
+        return {}
+    raw = json.loads(gen_file.read_text())
+    defaults = {field: raw[key] for key, field in _GENERATION_DEFAULTS.items() if raw.get(key) is not None}
+    from anymodel.params import SamplingParams
+
+    try:  # checked once here, not failing every request that takes them
+        SamplingParams(**defaults)
+    except ValueError as e:
+        raise ValueError(f"{gen_file}: {e} (generation_config='vllm' ignores the file)") from e
+    if defaults:
+        logger.info("anymodel: default sampling parameters from %s: %s (generation_config='vllm' ignores them)",
+                    gen_file, defaults)
+    return defaults
+
+
+def check_load_format(load_format: str, model_dir: Path) -> None:
+    """"safetensors" needs safetensors files; "pt" is what "auto" does only where there are none (a .bin checkpoint)."""
+    has_safetensors = any(Path(model_dir).glob("*.safetensors"))
+    if load_format == "safetensors" and not has_safetensors:
+        raise ValueError(f"load_format='safetensors': model {str(model_dir)!r} has no *.safetensors files")
+    if load_format == "pt" and has_safetensors:
+        raise ValueError(f"load_format='pt': model {str(model_dir)!r} has safetensors weights, which anymodel "
+                         "loads instead; pass load_format='auto' (or 'safetensors')")
 
 
 def eos_token_ids(model_dir: Path, tokenizer) -> frozenset[int]:

@@ -14,7 +14,8 @@ import re
 import sys
 from dataclasses import fields
 
-from anymodel.config import ATTENTION_BACKENDS, DTYPES, EXECUTOR_BACKENDS, MODEL_IMPLS, TASKS, EngineArgs
+from anymodel.config import (ATTENTION_BACKENDS, CONVERTS, DTYPE_ALIASES, DTYPES, EXECUTOR_BACKENDS, LOAD_FORMATS,
+                              MODEL_IMPLS, RUNNERS, TASKS, TOKENIZER_MODES, EngineArgs)
 
 from .request_fields import MAX_PROMPTS_PER_REQUEST
 
@@ -73,6 +74,11 @@ def _positive(text: str) -> int:
     return value
 
 
+def _compilation_config(text: str):
+    """vLLM's -O / --compilation-config: a level (int) or a JSON object."""
+    return int(text) if text.strip().lstrip("-").isdigit() else _json_dict(text)
+
+
 def _chat_template(value: str) -> str:
     """A file path (read here) or an inline Jinja template."""
     if os.path.isfile(value):
@@ -90,13 +96,23 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model-impl", choices=MODEL_IMPLS, help="native: hand-written fast model; transformers: HF modeling code (default: auto)")
     g.add_argument("--trust-remote-code", action="store_true", default=None, help="allow the model's own code (auto_map)")
     g.add_argument("--task", choices=TASKS, help="default: auto (from the architecture)")
-    g.add_argument("--dtype", choices=DTYPES, help="default: auto")
+    g.add_argument("--runner", choices=RUNNERS, help="vLLM's newer name for the task: generate | pooling (default: auto)")
+    g.add_argument("--convert", choices=CONVERTS, help="with --runner pooling: the pooling task (default: auto)")
+    g.add_argument("--dtype", choices=[*DTYPES, *DTYPE_ALIASES], help="default: auto (half = float16, float = float32)")
     g.add_argument("--max-model-len", type=_tokens, metavar="N", help="context length, e.g. 4096 or 4k (default: the model's)")
     g.add_argument("--hf-overrides", type=_json_dict, metavar="JSON", help="config.json entries to override")
-    g.add_argument("--override-pooler-config", type=_json_dict, metavar="JSON", help='e.g. \'{"pooling_type": "MEAN"}\'')
+    g.add_argument("--override-pooler-config", type=_json_dict, metavar="JSON", help="old name of --pooler-config")
+    g.add_argument("--pooler-config", type=_json_dict, metavar="JSON", help='e.g. \'{"pooling_type": "MEAN"}\'')
+    g.add_argument("--generation-config", metavar="auto|vllm|DIR",
+                   help="request defaults: the model's generation_config.json (auto), none (vllm) or DIR's")
     g.add_argument("--revision", help="Hub revision of the model")
     g.add_argument("--tokenizer", help="tokenizer directory or Hub id (default: the model's)")
     g.add_argument("--tokenizer-revision", help="Hub revision of the tokenizer")
+    g.add_argument("--tokenizer-mode", choices=TOKENIZER_MODES, help="slow: the Python tokenizer (default: auto)")
+    g.add_argument("--skip-tokenizer-init", action="store_true", default=None, help="not supported (an error)")
+    g.add_argument("--download-dir", metavar="DIR", help="Hub cache directory for downloads (default: HF_HOME's)")
+    g.add_argument("--load-format", choices=LOAD_FORMATS,
+                   help="auto | safetensors | pt (a .bin-only checkpoint); dummy is not supported (default: auto)")
     g.add_argument("--seed", type=int, help="default: 0")
     g.add_argument("--device", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
 
@@ -125,6 +141,12 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
                         "not yet run on a GPU, so off by default)")
     g.add_argument("--enable-compat-path", action=argparse.BooleanOptionalAction, default=None,
                    help="run models our attention cannot reach through their own forward (default: on)")
+    g.add_argument("--max-seq-len-to-capture", type=int, metavar="N", help="accepted: CUDA graphs capture decode only")
+    g.add_argument("--swap-space", type=float, metavar="GiB", help="accepted: preemption recomputes, nothing is swapped")
+    g.add_argument("--cpu-offload-gb", type=float, metavar="GiB", help="only 0 (weights stay on the device)")
+    g.add_argument("--compilation-config", "-O", type=_compilation_config, metavar="LEVEL|JSON",
+                   help="only 0 / {} (anymodel does not compile the model)")
+    g.add_argument("--disable-log-stats", action="store_true", default=None, help="no periodic engine stats")
     g.add_argument("--served-model-name", metavar="NAME", help="the name clients send as `model` (default: MODEL)")
     g.add_argument("--chat-template", type=_chat_template, metavar="FILE|TEMPLATE",
                    help="Jinja chat template, a file or inline (default: the tokenizer's)")

@@ -51,11 +51,19 @@ class GenerationHandler:
     def check_model(self, name: str | None) -> None:
         check_model(name, self.model_name)
 
-    @staticmethod
-    def make_params(req: SamplingRequest, max_tokens: int | None, logprobs: int | None,
+    def make_params(self, req: SamplingRequest, max_tokens: int | None, logprobs: int | None,
                     prompt_logprobs: int | None = None) -> SamplingParams:
-        return SamplingParams(max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
-                              **req.sampling_kwargs())
+        """The request's SamplingParams; a field the request did not send takes the model's default
+        (generation_config.json, as `LLM.get_default_sampling_params()`; vLLM's rule), else ours."""
+        kwargs = dict(max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs, **req.sampling_kwargs())
+        sent = req.model_fields_set | ({"max_tokens"} if "max_completion_tokens" in req.model_fields_set else set())
+        kwargs.update({name: value for name, value in self.default_sampling_params.items() if name not in sent})
+        return SamplingParams(**kwargs)
+
+    @property
+    def default_sampling_params(self) -> dict:
+        """The engine's request defaults from generation_config.json (set at construction: safe to read here)."""
+        return getattr(getattr(self.engine, "engine", None), "default_sampling_params", None) or {}
 
     async def start(self, request_id: str, prompts: list, params: SamplingParams) -> MergedStreams:
         check_prompt_count(len(prompts), self.max_prompts, "prompt")
@@ -75,11 +83,13 @@ class GenerationHandler:
 
     def _check_context(self, num_prompt_tokens: int, params: SamplingParams) -> None:
         """An explicit max_tokens that cannot fit beside the prompt is a 400 (vLLM's server rule);
-        the offline API instead stops such a request at the context length."""
+        the offline API instead stops such a request at the context length, as the server does with
+        the model's default max_tokens (generation_config.json's max_new_tokens)."""
         limit = self.engine.max_model_len
         # the engine's rule; a generation's longest prompt leaves room for one token (Engine.max_prompt_len)
         n = truncated_prompt_len(num_prompt_tokens, params.truncate_prompt_tokens, limit - 1)
-        if params.max_tokens is not None and n < limit and n + params.max_tokens > limit:
+        default = self.default_sampling_params.get("max_tokens")
+        if params.max_tokens not in (None, default) and n < limit and n + params.max_tokens > limit:
             raise APIError(400, f"'max_tokens' or 'max_completion_tokens' is too large: {params.max_tokens}. This "
                                 f"model's maximum context length is {limit} tokens and your request has {n} input "
                                 f"tokens ({params.max_tokens} > {limit} - {n})", param="max_tokens")

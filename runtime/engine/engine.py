@@ -34,10 +34,17 @@ logger = logging.getLogger("anymodel")
 class Engine:
     def __init__(self, args: EngineArgs) -> None:
         self.args = args
-        model_dir = loader.resolve_model_dir(args.model, args.revision)
+        model_dir = loader.resolve_model_dir(args.model, args.revision, args.download_dir)
+        loader.check_load_format(args.load_format, model_dir)
         self.hf_config = loader.load_config(model_dir, args.trust_remote_code, args.hf_overrides)
-        self.tokenizer = loader.load_tokenizer(args.tokenizer or model_dir, args.trust_remote_code, args.tokenizer_revision)
+        self.tokenizer = loader.load_tokenizer(args.tokenizer or model_dir, args.trust_remote_code, args.tokenizer_revision,
+                                               args.tokenizer_mode)
         self.task = pooling.resolve_task(args.task, self.hf_config, model_dir)
+        if args.runner == "pooling" and self.task == "generate":
+            self.task = "embed"  # vLLM's runner="pooling", convert="auto" on a generative model: embeddings
+        # request defaults from generation_config.json (LLM.generate without params, the server's unset fields)
+        self.default_sampling_params = (loader.generation_defaults(model_dir, args.generation_config)
+                                        if self.task == "generate" else {})
         self.args = args = dataclasses.replace(args, task=self.task)  # workers build the model for it
         self.max_model_len = loader.derive_max_model_len(self.hf_config, args.max_model_len)
         st_len = pooling.sentence_transformers_max_len(model_dir) if self.task == "embed" else None

@@ -36,12 +36,16 @@ def test_sampling_params_reject_invalid(kwargs, names):
         ({"attention_backend": "magic"}, "attention_backend"),
         ({"block_size": 0}, "block_size"),
         ({"max_logprobs": -3}, r"max_logprobs must be -1 \(no cap\) or an integer >= 0"),
-        ({"no_such_flag": 1}, "no_such_flag"),
     ],
 )
 def test_engine_args_reject_invalid(kwargs, match, tiny_model_dir):
     with pytest.raises(ValueError, match=match):
         LLM(str(tiny_model_dir), **kwargs)
+
+
+def test_unknown_engine_argument_is_a_type_error(tiny_model_dir):
+    with pytest.raises(TypeError, match=r"no_such_flag.*supported: \["):  # as vLLM's EngineArgs dataclass
+        LLM(str(tiny_model_dir), no_such_flag=1)
 
 
 def test_missing_model_path():
