@@ -69,7 +69,7 @@ class EngineArgs:
     served_model_name: str | None = None
     chat_template: str | None = None
     device: str = "auto"
-    disable_log_stats: bool = False
+    disable_log_stats: bool = False  # accepted: anymodel logs no periodic stats (the server's /metrics has them)
     download_dir: str | None = None  # the Hub cache directory for snapshot downloads
     load_format: str = "auto"  # "pt": only a checkpoint without safetensors; "dummy": refused (see _check_load_format)
     tokenizer_mode: str = "auto"  # "slow": the Python tokenizer (use_fast=False)

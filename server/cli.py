@@ -146,7 +146,7 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cpu-offload-gb", type=float, metavar="GiB", help="only 0 (weights stay on the device)")
     g.add_argument("--compilation-config", "-O", type=_compilation_config, metavar="LEVEL|JSON",
                    help="only 0 / {} (anymodel does not compile the model)")
-    g.add_argument("--disable-log-stats", action="store_true", default=None, help="no periodic engine stats")
+    g.add_argument("--disable-log-stats", action="store_true", default=None, help="accepted: no periodic stats are logged anyway")
     g.add_argument("--served-model-name", metavar="NAME", help="the name clients send as `model` (default: MODEL)")
     g.add_argument("--chat-template", type=_chat_template, metavar="FILE|TEMPLATE",
                    help="Jinja chat template, a file or inline (default: the tokenizer's)")

@@ -220,3 +220,23 @@ def test_an_invalid_generation_config_fails_at_start_naming_the_file(tmp_path):
     with pytest.raises(ValueError, match="generation_config.json: .*top_p"):
         LLM(str(path))
     assert LLM(str(path), generation_config="vllm").get_default_sampling_params() == SamplingParams()
+
+
+def test_the_server_uses_the_generation_config_for_fields_not_sent(gen_model_dir):
+    import httpx
+
+    from anymodel.server.app import build_app
+    from tests.server.servers import ThreadedServer
+
+    app = build_app(EngineArgs(model=str(gen_model_dir), seed=0))
+    with ThreadedServer(app) as server:
+        def tokens(path: str, body: dict) -> int:
+            r = httpx.post(f"{server.url}/v1/{path}", json=body, timeout=60)
+            assert r.status_code == 200, r.text
+            return r.json()["usage"]["completion_tokens"]
+
+        chat = {"messages": [{"role": "user", "content": "12+34"}]}
+        assert tokens("completions", {"prompt": "12+34="}) == 2  # max_new_tokens, not the API's 16
+        assert tokens("chat/completions", chat) == 2
+        assert tokens("completions", {"prompt": "1+1=", "max_tokens": 3, "temperature": 0, "ignore_eos": True}) == 3
+        assert tokens("chat/completions", {**chat, "max_completion_tokens": 3, "ignore_eos": True}) == 3
