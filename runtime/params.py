@@ -125,7 +125,8 @@ class SamplingParams:
     # last token masked whenever the tokens before it were just generated (vLLM's bad_words).
     bad_words: list[str] | None = None
     # Per-request callables fn(output_ids, logits[V]) or fn(prompt_ids, output_ids, logits[V]) ->
-    # logits[V], run after every built-in processor (offline only: a server takes no code).
+    # logits[V], run after every built-in processor (offline only: a server takes no code). Under
+    # tensor parallelism they travel cloudpickled and run on every rank of the last stage.
     logits_processors: list[Callable] | None = None
     detokenize: bool = True  # False: token ids (and logprobs) only, text "" and decoded_token None
     spaces_between_special_tokens: bool = True  # passed to the tokenizer's decode (slow tokenizers use it)

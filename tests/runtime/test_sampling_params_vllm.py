@@ -141,6 +141,27 @@ def test_processors_travel_cloudpickled_to_rank_workers():
     assert sample(torch.zeros(1, 4), [row(copy)]).token_ids == [2]
 
 
+def test_processors_and_bad_words_run_under_tensor_parallelism(tiny_model_dir):
+    """Two rank processes: the step's params reach them cloudpickled, closures included."""
+    pytest.importorskip("cloudpickle")
+    forced = 42
+
+    def only(output_ids, logits):  # a closure: pickled by value
+        out = torch.full_like(logits, -math.inf)
+        out[forced] = 0.0
+        return out
+
+    llm = LLM(str(tiny_model_dir), tensor_parallel_size=2, dtype="float32", num_kv_blocks=64)
+    try:
+        kw = dict(max_tokens=4, ignore_eos=True)
+        assert text_of(llm, "hello", logits_processors=[only], **kw).token_ids == [forced] * 4
+        base = text_of(llm, "hello", **kw).token_ids
+        banned = text_of(llm, "hello", bad_words_token_ids=[[base[0]]], **kw).token_ids
+        assert banned[0] != base[0]
+    finally:
+        llm.engine.shutdown()
+
+
 # ---- bad_words -------------------------------------------------------------------------------------------
 def test_bad_words_mask_like_transformers_no_bad_words_processor():
     from transformers import NoBadWordsLogitsProcessor
