@@ -19,7 +19,7 @@ from anymodel import LLM, SamplingParams
 from anymodel.engine.detokenizer import Detokenizer
 from anymodel.engine.request_checks import resolve_bad_words
 from anymodel.errors import RequestFailedError
-from anymodel.worker.sampler import SamplingRow, _apply_bad_words, sample
+from anymodel.worker.sampler import SamplingRow, _apply_bad_words, _apply_penalties, sample
 
 GREEDY = dict(temperature=0, max_tokens=6)
 
@@ -212,6 +212,34 @@ def test_bad_words_outside_the_vocabulary_or_blank_are_refused():
 
     with pytest.raises(ValueError, match="bad_words"):
         check_token_lists(SamplingParams(bad_words_token_ids=[[99]]), 16)
+
+
+# ---- the built-in processors against Transformers' on the same logits ---------------------------------
+def test_repetition_penalty_equals_transformers():
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    torch.manual_seed(1)
+    logits = torch.randn(1, 32) * 3
+    prompt, output = [1, 5, 5, 9], [9, 30, 2]
+    ours = _apply_penalties(logits.clone(), [row(SamplingParams(repetition_penalty=1.7), prompt=prompt, output=output)])
+    theirs = RepetitionPenaltyLogitsProcessor(1.7)(torch.tensor([prompt + output]), logits.clone())
+    torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("name, value", [("top_k", 5), ("top_p", 0.7), ("min_p", 0.2)])
+def test_truncation_keeps_the_tokens_transformers_keeps(name, value):
+    """The tokens random sampling can draw (top-k / top-p / min-p) are exactly those Transformers'
+    warpers leave finite; 200 seeded draws never leave that set and cover it."""
+    from transformers import MinPLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    warper = {"top_k": TopKLogitsWarper, "top_p": TopPLogitsWarper, "min_p": MinPLogitsWarper}[name](value)
+    torch.manual_seed(2)
+    logits = torch.randn(1, 12) * 2
+    kept = set(torch.isfinite(warper(torch.zeros(1, 1, dtype=torch.long), logits.clone()))[0].nonzero()[:, 0].tolist())
+    p = SamplingParams(temperature=1.0, **{name: value})
+    drawn = {sample(logits, [row(p, seed=s)]).token_ids[0] for s in range(200)}
+    assert 1 < len(kept) < 12  # the warper does cut, and leaves a choice
+    assert drawn <= kept and len(drawn) >= min(len(kept), 3)
 
 
 # ---- detokenize / spaces_between_special_tokens ---------------------------------------------------------
