@@ -76,6 +76,14 @@ def configure_logging() -> None:
         logger.warning("anymodel: %s", problem)
 
 
+def label_process(label: str) -> None:
+    """Prefix this process's default lines, as vLLM does for its workers: `(Worker rank=1 pid=4242) INFO ...`."""
+    prefix = f"({label} pid={os.getpid()}) ".replace("%", "%%")
+    for handler in logging.getLogger(LOGGER_NAME).handlers:
+        if isinstance(handler, DefaultHandler):
+            handler.setFormatter(logging.Formatter(prefix + FORMAT, DATE_FORMAT))
+
+
 def log_engine_summary(engine, model_dir) -> None:
     """The engine's start-up facts in one INFO line, at the end of Engine.__init__. What runs the model
     and why, the attention backend and the KV cache are logged where they are decided (the model

@@ -18,6 +18,7 @@ import torch
 
 from anymodel import distributed, loader
 from anymodel.executor.distributed_executor import RankReply, dumps, loads
+from anymodel.logging_config import label_process
 from anymodel.worker.worker import Worker, resolve_device, run_on_worker
 from anymodel.native_overrides.weights import refusing_unsafe_pickles
 
@@ -26,6 +27,7 @@ class RankWorker:
     """The Worker of one rank, plus what a remote rank keeps between steps."""
 
     def __init__(self, args, model_dir, rank: int, init_method: str) -> None:
+        label_process(f"Worker rank={rank}")  # its log lines say which rank wrote them
         on_gpu = resolve_device(args.device).type == "cuda"
         if on_gpu:  # one GPU per rank (Ray: each actor sees only its own)
             torch.cuda.set_device(rank % torch.cuda.device_count())

@@ -111,3 +111,10 @@ def test_start_up_facts_are_logged_once_at_info(caplog):
     assert f"model {DEMO_MODEL_DIR} (revision default)" in line and "dtype float32" in line
     assert "tensor_parallel_size=1 pipeline_parallel_size=1" in line
     assert f"max_model_len {llm.engine.max_model_len}" in line and f"{llm.engine.kv.pool.num_blocks} KV blocks" in line
+
+
+def test_a_rank_process_labels_its_lines():
+    lines = _run("import anymodel, logging; from anymodel.logging_config import label_process; "
+                 "label_process('Worker rank=1'); logging.getLogger('anymodel').info('rank-line')")
+    line = next(line for line in lines if line.endswith("rank-line"))
+    assert re.match(r"^\(Worker rank=1 pid=\d+\) INFO \d\d-\d\d ", line)
