@@ -69,7 +69,22 @@ def load_config(model_dir: Path, trust_remote_code: bool, hf_overrides=None):
     with remote_code_scope(trust_remote_code, raw.get("model_type")):
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     patch_if_remote(type(config))
+    _fill_head_dim(text_config_of(config))
     return apply_hf_overrides(config, hf_overrides)
+
+
+def _fill_head_dim(text) -> None:
+    """A config that stores `head_dim: null` (Ministral's, in Transformers 5.24) breaks modeling code
+    that reads `getattr(config, "head_dim", hidden_size // heads)`: the attribute exists, so the
+    default never applies. Fill in the default that code means."""
+    try:
+        declared = "head_dim" in vars(text) and text.head_dim is None
+    except Exception:  # heterogeneous (per-layer) configs refuse global reads of per-layer attributes
+        return
+    hidden, heads = getattr(text, "hidden_size", None), getattr(text, "num_attention_heads", None)
+    if declared and isinstance(hidden, int) and isinstance(heads, int):
+        text.head_dim = hidden // heads
+        logger.info("anymodel: config has head_dim null; using hidden_size // num_attention_heads = %d", text.head_dim)
 
 
 def apply_hf_overrides(config, hf_overrides):
