@@ -14,12 +14,13 @@ import re
 import sys
 from dataclasses import fields
 
+from anymodel.bench import KINDS, run_bench
 from anymodel.config import (ATTENTION_BACKENDS, CONVERTS, DTYPE_ALIASES, DTYPES, EXECUTOR_BACKENDS, LOAD_FORMATS,
                               MODEL_IMPLS, RUNNERS, TASKS, TOKENIZER_MODES, EngineArgs)
 
 from .request_fields import MAX_PROMPTS_PER_REQUEST
 
-BENCHES = ("attention", "throughput", "latency")
+BENCHES = tuple(KINDS)
 EXAMPLES = """examples:
   anymodel serve                                      # the embedded demo model on :8000
   anymodel serve ./my-model --model-impl transformers --trust-remote-code
@@ -182,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--temperature", type=float, default=0.0, metavar="T", help="default: 0 (greedy)")
     s.add_argument("--top-p", type=float, default=1.0, metavar="P", help="default: 1")
     _add_inspect_parser(sub)
-    bench = sub.add_parser("bench", help="benchmarks: attention | throughput | latency",
+    bench = sub.add_parser("bench", help=f"benchmarks: {' | '.join(BENCHES)}",
                            description="Run a benchmark; arguments after KIND go to it (try `anymodel bench KIND --help`).")
     bench.add_argument("kind", choices=BENCHES)
     bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own arguments")
@@ -292,15 +293,9 @@ def _inspect(ns: argparse.Namespace) -> int:
 
 def _bench(kind: str, rest: list[str]) -> int:
     try:
-        if kind == "attention":
-            from anymodel.bench.attention import main as bench_main
-        else:
-            from anymodel.bench.generation import main as bench_main
-
-            rest = [kind, *rest]  # one module runs both throughput and latency
+        return run_bench(kind, rest)
     except ImportError as e:
         raise CLIError(f"`anymodel bench {kind}` is not available yet ({e})")
-    return int(bench_main(rest) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
