@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable
 
+from anymodel.errors import ArgumentTypeError
+
 LOGIT_BIAS_LIMIT = 100.0  # OpenAI's range for logit_bias values: [-100, 100]
 
 
@@ -26,7 +28,7 @@ def _check(ok: bool, name: str, allowed: str, value) -> None:
 def _check_type(ok: bool, name: str, allowed: str, value) -> None:
     """A value of the wrong type is a TypeError (vLLM's, e.g. stop=123), a wrong value a ValueError."""
     if not ok:
-        raise TypeError(f"{name} must be {allowed}, got {type(value).__name__} {value!r}")
+        raise ArgumentTypeError(f"{name} must be {allowed}, got {type(value).__name__} {value!r}")
 
 
 def _is_int(value) -> bool:

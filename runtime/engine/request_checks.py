@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numbers
 
+from anymodel.errors import ArgumentTypeError
 from anymodel.params import SamplingParams
 
 
@@ -53,7 +54,7 @@ def check_prompt(token_ids: list[int], vocab_size: int, max_model_len: int, gene
         raise ValueError("The decoder prompt cannot be empty")
     wrong = [t for t in token_ids if not _is_integer(t)]
     if wrong:
-        raise TypeError(f"prompt_token_ids must contain only integers, got {wrong[:5]}")
+        raise ArgumentTypeError(f"prompt_token_ids must contain only integers, got {wrong[:5]}")
     bad = [t for t in token_ids if not 0 <= t < vocab_size]
     if bad:
         raise ValueError(f"Token id {bad[0]} is out of vocabulary (prompt_token_ids must be in [0, {vocab_size}); "
@@ -73,7 +74,7 @@ def _is_integer(value) -> bool:
 def check_priority(priority, policy: str) -> None:
     """vLLM: an integer; anything but 0 needs scheduling_policy="priority"."""
     if not _is_integer(priority):
-        raise TypeError(f"priority must be an integer, got {type(priority).__name__} {priority!r}")
+        raise ArgumentTypeError(f"priority must be an integer, got {type(priority).__name__} {priority!r}")
     if priority != 0 and policy != "priority":
         raise ValueError(f"Got priority {priority} but Priority scheduling is not enabled. (start the engine with "
                          "scheduling_policy='priority')")

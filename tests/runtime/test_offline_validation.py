@@ -24,8 +24,9 @@ RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
     ({"top_p": None}, "top_p must be a number"),
 ])
 def test_wrong_types_are_type_errors(kwargs, match):
-    with pytest.raises(TypeError, match=match):
+    with pytest.raises(TypeError, match=match) as e:
         SamplingParams(**kwargs)
+    assert isinstance(e.value, ValueError)  # bad input all the same: every `except ValueError` (HTTP 400) catches it
 
 
 @pytest.mark.parametrize("name", ["temperature", "top_p", "repetition_penalty", "presence_penalty",
