@@ -59,6 +59,7 @@ class EngineArgs:
     max_num_seqs: int = 256
     max_num_batched_tokens: int | None = None  # None: max(2048, max_model_len) on CPU
     max_logprobs: int = 20  # the most logprobs / prompt_logprobs a request may ask for; -1: no cap
+    scheduling_policy: str = "fcfs"  # or "priority": LLM.generate(..., priority=[...]), lower first
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     attention_backend: str = "auto"
@@ -89,6 +90,7 @@ class EngineArgs:
         _choice("dtype", self.dtype, DTYPES)
         _choice("load_format", self.load_format, LOAD_FORMATS)
         _choice("tokenizer_mode", self.tokenizer_mode, TOKENIZER_MODES)
+        _choice("scheduling_policy", self.scheduling_policy, ("fcfs", "priority"))
         self._check_unsupported_options()
         _choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
         _choice("distributed_executor_backend", self.distributed_executor_backend, EXECUTOR_BACKENDS)

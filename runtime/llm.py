@@ -6,13 +6,14 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from anymodel.config import EngineArgs
+from anymodel.engine_control import EngineControlMixin
 from anymodel.errors import RequestFailedError
 from anymodel.pooling.offline import PoolingMixin
 from anymodel.outputs import RequestOutput
 from anymodel.params import SamplingParams
 
 
-class LLM(PoolingMixin):
+class LLM(PoolingMixin, EngineControlMixin):
     """An engine in this process. `LLM()` with no model runs the embedded demo model."""
 
     def __init__(self, model: str | None = None, **kwargs: Any) -> None:
@@ -35,8 +36,10 @@ class LLM(PoolingMixin):
         prompts,
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
+        priority: list[int] | None = None,
     ) -> list[RequestOutput]:
-        """Generate for one prompt or a list; results come back in input order.
+        """Generate for one prompt or a list; results come back in input order. `priority`: one
+        integer per prompt (lower runs first) for an engine with scheduling_policy="priority".
 
         A request that fails while it runs (its sampling or output processing raised) does not stop
         the others: once they all completed, a RequestFailedError naming the first failed prompt is
@@ -44,7 +47,7 @@ class LLM(PoolingMixin):
         prompts = _as_list(prompts)
         params = _broadcast(self.get_default_sampling_params() if sampling_params is None else sampling_params,
                             len(prompts))
-        return self._run(prompts, params, use_tqdm)
+        return self._run(prompts, params, use_tqdm, _priorities(priority, len(prompts)))
 
     def chat(
         self,
@@ -95,13 +98,14 @@ class LLM(PoolingMixin):
             raise ValueError("collective_rpc(timeout=...) is not supported yet; pass timeout=None")
         return self.engine.collective_rpc(method, tuple(args), kwargs)
 
-    def _run(self, prompts: list, params: list, use_tqdm: bool) -> list:
+    def _run(self, prompts: list, params: list, use_tqdm: bool, priorities: list[int] | None = None) -> list:
         engine = self.engine
+        self._check_awake()
         ids = []
         try:
-            for prompt, p in zip(prompts, params):
+            for prompt, p, priority in zip(prompts, params, priorities or [0] * len(prompts)):
                 rid = engine.new_request_id()
-                engine.add_request(rid, prompt, p)
+                engine.add_request(rid, prompt, p, priority=priority)
                 ids.append(rid)
         except Exception:
             engine.abort(ids)
@@ -184,6 +188,12 @@ def _as_list(prompts) -> list:
     if isinstance(prompts, (list, tuple)) and prompts and all(isinstance(t, int) for t in prompts):
         return [list(prompts)]  # a single prompt of token ids
     return list(prompts)
+
+
+def _priorities(priority, n: int) -> list | None:
+    if priority is not None and (not isinstance(priority, (list, tuple)) or len(priority) != n):
+        raise ValueError(f"priority must be None or a list with one integer per prompt ({n}), got {priority!r}")
+    return priority
 
 
 def _broadcast(params, n: int) -> list:

@@ -14,7 +14,8 @@ from anymodel.config import EngineArgs
 from anymodel.engine.inputs import PromptProcessor, PromptTokens
 from anymodel.engine.output_processor import OutputProcessor, RequestGroup
 from anymodel.engine.request import Request, RequestStatus
-from anymodel.engine.request_checks import check_sampling, resolve_bad_words, resolve_logprobs
+from anymodel.engine.request_checks import (check_priority, check_prompt, check_sampling, resolve_bad_words,
+                                            resolve_logprobs)
 from anymodel.engine.scheduler import Scheduler
 from anymodel.errors import RequestFailedError
 from anymodel.executor import make_executor
@@ -67,7 +68,8 @@ class Engine:
         num_blocks = KVCacheSizing(args, self.max_model_len, self.token_budget).num_blocks(self.executor, layers,
                                                                                         self.hf_config)
         self.kv = KVCacheManager(num_blocks, args.block_size, prefix_caching)
-        self.scheduler = Scheduler(self.kv, args.max_num_seqs, self.token_budget, args.enable_chunked_prefill)
+        self.scheduler = Scheduler(self.kv, args.max_num_seqs, self.token_budget, args.enable_chunked_prefill,
+                                   args.scheduling_policy)
         self.outputs = OutputProcessor(self.tokenizer)
         self.pooling = PoolingOutputs()
         self._ids = itertools.count()
@@ -80,7 +82,9 @@ class Engine:
         return self.traits.paged_kv_cache
 
     # ---- public API -----------------------------------------------------------------------------
-    def add_request(self, request_id: str, prompt, params: SamplingParams | PoolingParams | None = None) -> None:
+    def add_request(self, request_id: str, prompt, params: SamplingParams | PoolingParams | None = None,
+                    priority: int = 0) -> None:
+        check_priority(priority, self.args.scheduling_policy)
         params = params or (SamplingParams() if self.task == "generate" else PoolingParams())
         pooling.check_request(self.task, params, self.hf_config, self.embedding_size)
         if isinstance(params, SamplingParams):
@@ -91,16 +95,17 @@ class Engine:
         tokens = self.inputs.truncate(tokens, k, self.max_prompt_len(params), self.max_model_len)
         self._validate(tokens.token_ids, params)
         if isinstance(params, PoolingParams):
-            return self._add_pooling_request(request_id, tokens, params)
+            return self._add_pooling_request(request_id, tokens, params, priority)
         token_ids = tokens.token_ids
-        children = [self._make_request(f"{request_id}#{i}", token_ids, params, i) for i in range(params.num_sequences)]
+        children = [self._make_request(f"{request_id}#{i}", token_ids, params, i, priority)
+                    for i in range(params.num_sequences)]
         self.outputs.add(RequestGroup(request_id, tokens.text, token_ids, params, children, self.tokenizer))
         for child in children:
             self.scheduler.add(child)
         self._counters["prompt"] += len(token_ids)
 
-    def _add_pooling_request(self, request_id: str, tokens: PromptTokens, params) -> None:
-        request = self._make_request(request_id, tokens.token_ids, params, 0)
+    def _add_pooling_request(self, request_id: str, tokens: PromptTokens, params, priority: int = 0) -> None:
+        request = self._make_request(request_id, tokens.token_ids, params, 0, priority)
         request.token_type_ids = tokens.token_type_ids
         self.pooling.add(request, tokens.text)
         self.scheduler.add(request)
@@ -112,6 +117,7 @@ class Engine:
         sched = self.scheduler.schedule()
         if sched.is_empty and not sched.released_req_ids:
             return []
+        self.outputs.mark_scheduled(sched)
         result = self.executor.execute_model(sched)
         self.scheduler.update(sched)
         finished = self.outputs.apply(sched, result)
@@ -161,6 +167,13 @@ class Engine:
                     if not child.is_finished:
                         self.scheduler.finish(child, RequestStatus.FINISHED_ABORTED)
 
+    def set_tokenizer(self, tokenizer) -> None:
+        """vLLM's LLM.set_tokenizer: later requests are tokenized, detokenized and have their
+        bad_words and logprob tokens decoded with `tokenizer`."""
+        self.tokenizer = tokenizer
+        self.inputs = PromptProcessor(tokenizer, self.inputs.lower_case)
+        self.outputs.tokenizer = tokenizer
+
     def has_unfinished(self) -> bool:
         return self.scheduler.num_unfinished > 0
 
@@ -203,18 +216,10 @@ class Engine:
         return self.max_model_len - 1
 
     def _validate(self, token_ids: list[int], params) -> None:
-        if not token_ids:
-            raise ValueError("prompt must not be empty")
-        bad = [t for t in token_ids if not 0 <= t < self.vocab_size]
-        if bad:
-            raise ValueError(f"prompt_token_ids must be in [0, {self.vocab_size}); got {bad[:5]}")
+        check_prompt(token_ids, self.vocab_size, self.max_model_len, generates=isinstance(params, SamplingParams))
         if isinstance(params, SamplingParams):
             check_sampling(params, self.vocab_size, self.args.max_num_seqs)
         n = len(token_ids)
-        if n > self.max_model_len - (0 if isinstance(params, PoolingParams) else 1):
-            raise ValueError(
-                f"prompt has {n} tokens but the model's context length (max_model_len) is {self.max_model_len}"
-            )
         if isinstance(params, PoolingParams) and n > self.scheduler.max_num_batched_tokens:
             raise ValueError(f"prompt has {n} tokens but a pooling prompt runs whole in one step of at most "
                              f"max_num_batched_tokens ({self.scheduler.max_num_batched_tokens}) tokens")
@@ -231,7 +236,7 @@ class Engine:
         room = self.max_model_len - prompt_len
         return room if params.max_tokens is None else min(params.max_tokens, room)
 
-    def _make_request(self, rid: str, token_ids: list[int], params, index: int) -> Request:
+    def _make_request(self, rid: str, token_ids: list[int], params, index: int, priority: int = 0) -> Request:
         if isinstance(params, SamplingParams) and params.seed is not None and index:
             params = params.clone(seed=(params.seed + index) % 2**64)  # n samples must differ yet reproduce
         return Request(
@@ -241,4 +246,5 @@ class Engine:
             max_tokens=self._max_tokens(len(token_ids), params),
             eos_token_ids=self.eos_token_ids,
             arrival_time=time.monotonic(),
+            priority=priority,
         )

@@ -2,18 +2,19 @@
 
 Each step every running request asks for `num_tokens - num_computed_tokens` tokens (a decode asks
 for one, a prompt for its remainder, capped by the budget: chunked prefill), oldest first. When the
-KV cache cannot hold them, the newest running request is preempted: its blocks are freed and it is
-recomputed later from its prompt and the tokens it already produced. Waiting requests are admitted
-FCFS, after a prefix-cache lookup, only while no preemption happened this step.
+KV cache cannot hold them, the newest running request is preempted (scheduling_policy="priority":
+the least important one): its blocks are freed and it is recomputed later from its prompt and the
+tokens it already produced. Waiting requests are admitted in the policy's order (request_queue.py),
+after a prefix-cache lookup, only while no preemption happened this step.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 
 from anymodel.kv_cache import KVCacheManager
 from anymodel.engine.request import Request, RequestStatus
+from anymodel.engine.request_queue import victim_index, waiting_queue
 
 
 @dataclass
@@ -57,12 +58,14 @@ class Scheduler:
         max_num_seqs: int,
         max_num_batched_tokens: int,
         enable_chunked_prefill: bool = True,
+        policy: str = "fcfs",  # or "priority" (runtime/engine/request_queue.py)
     ) -> None:
         self.kv = kv
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.enable_chunked_prefill = enable_chunked_prefill
-        self.waiting: deque[Request] = deque()
+        self.policy = policy
+        self.waiting = waiting_queue(policy)
         self.running: list[Request] = []
         self.num_preemptions = 0
         self.num_prefix_cache_hit_tokens = 0  # prompt tokens a first schedule found cached
@@ -94,7 +97,11 @@ class Scheduler:
                 i += 1
                 continue
             while not self.kv.allocate_slots(req, n):
-                victim = self.running.pop()  # newest
+                j = victim_index(self.running, self.policy)
+                victim = self.running.pop(j)
+                if j < i:  # scheduled earlier in this step (priority policy): its tokens return to the budget
+                    budget += sum(s.num_tokens for s in out.scheduled if s.request is victim)
+                    i -= 1
                 self._preempt(victim, out)
                 if victim is req:
                     break

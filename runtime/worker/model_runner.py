@@ -115,9 +115,10 @@ class ModelRunner:
             self.model.compute_logits(hidden[:num_logit_rows])
         return self.bytes_per_block(layers) * num_blocks
 
-    def allocate_kv_cache(self, layers, num_blocks: int) -> None:
+    def allocate_kv_cache(self, layers, num_blocks: int, capture: bool = True) -> None:
+        """`capture=False`: no decode graphs yet (sleep mode wakes the cache before the weights)."""
         self.kv_caches = self._new_kv_cache(layers, num_blocks)
-        if self.graph_spec is not None:
+        if capture and self.graph_spec is not None:
             self.capture_decode_graphs(self.graph_spec)
 
     @torch.inference_mode()
