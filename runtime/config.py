@@ -72,9 +72,9 @@ class EngineArgs:
     device: str = "auto"
     disable_log_stats: bool = False  # accepted: anymodel logs no periodic stats (the server's /metrics has them)
     download_dir: str | None = None  # the Hub cache directory for snapshot downloads
-    load_format: str = "auto"  # "pt": only a checkpoint without safetensors; "dummy": refused (see _check_load_format)
+    load_format: str = "auto"  # "pt": only a checkpoint without safetensors; "dummy": random weights (model_loader/build.py)
     tokenizer_mode: str = "auto"  # "slow": the Python tokenizer (use_fast=False)
-    skip_tokenizer_init: bool = False  # True is refused: detokenization, stop strings and EOS need the tokenizer
+    skip_tokenizer_init: bool = False  # True: no tokenizer; prompts are token ids, outputs have token ids and text ""
     max_seq_len_to_capture: int = 8192  # accepted: CUDA graphs capture decode steps only, whatever their length
     swap_space: float = 4  # GiB; accepted for any value: preemption recomputes, nothing is swapped (as vLLM V1)
     cpu_offload_gb: float = 0  # > 0 is refused: weights stay on the device
@@ -118,11 +118,6 @@ class EngineArgs:
 
     def _check_unsupported_options(self) -> None:
         """vLLM options accepted for its scripts' sake: a value we cannot honour is an error, never dropped."""
-        if self.skip_tokenizer_init:
-            raise ValueError("skip_tokenizer_init=True is not supported: anymodel detokenizes, checks stop strings "
-                             "and EOS with the tokenizer; pass skip_tokenizer_init=False")
-        if self.load_format == "dummy":
-            raise ValueError("load_format='dummy' (random weights) is not supported; use load_format='auto'")
         _positive("max_seq_len_to_capture", self.max_seq_len_to_capture, optional=False)
         if not (isinstance(self.swap_space, (int, float)) and self.swap_space >= 0):
             raise ValueError(f"swap_space must be a number of GiB >= 0, got {self.swap_space!r}")

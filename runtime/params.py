@@ -260,6 +260,16 @@ class SamplingParams:
             kwargs["logit_bias"] = {_token_key(k): _clipped_bias(v) for k, v in bias.items()}
         return SamplingParams(**kwargs)
 
+    def update_from_generation_config(self, generation_config: dict, model_eos_token_id: int | None = None) -> None:
+        """vLLM's: the generation config's EOS ids other than the model's own (the tokenizer's EOS,
+        handled as EOS) end the request as stop_token_ids (finish_reason "stop", stop_reason the id),
+        unless ignore_eos; in place. The engine applies it to every request's copy."""
+        eos = generation_config.get("eos_token_id")
+        ids = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
+        ids.discard(model_eos_token_id)
+        if ids and not self.ignore_eos:
+            self.stop_token_ids = sorted(ids | set(self.stop_token_ids))
+
     def clone(self, **changes) -> "SamplingParams":
         from dataclasses import replace
 

@@ -95,6 +95,9 @@ def build_app(engine_args: EngineArgs | None = None, *, api_key: str | None = No
     """`engine`: an already-built Engine (tests pass fakes); by default one is built from engine_args.
     `on_fatal(error)`: called once if the engine dies for good (`anymodel serve` exits then)."""
     engine_args = engine_args or EngineArgs()
+    if engine_args.skip_tokenizer_init:
+        raise ValueError("skip_tokenizer_init=True is offline-only (LLM(...)): the server tokenizes prompts, renders "
+                         "chat templates and returns text; serve without --skip-tokenizer-init")
     if engine is None:
         from anymodel.engine.engine import Engine
 

@@ -54,7 +54,10 @@ class ChatHandler(GenerationHandler):
         params = self.make_params(req, req.max_new_tokens(), top_k, req.prompt_logprobs)
         prompt = render_chat_request(self.tokenizer, req, self.chat_template)
         request_id = random_id("chatcmpl")
-        merged = await self.start(request_id, [prompt], params)
+        if req.use_beam_search:
+            merged = await self.start_beam(request_id, [prompt], req, req.max_new_tokens())
+        else:
+            merged = await self.start(request_id, [prompt], params)
         if not req.stream:
             finals = await self.collect(merged)
             return json_response(self._response(request_id, finals[0], top_k))

@@ -110,10 +110,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tokenizer", help="tokenizer directory or Hub id (default: the model's)")
     g.add_argument("--tokenizer-revision", help="Hub revision of the tokenizer")
     g.add_argument("--tokenizer-mode", choices=TOKENIZER_MODES, help="slow: the Python tokenizer (default: auto)")
-    g.add_argument("--skip-tokenizer-init", action="store_true", default=None, help="not supported (an error)")
+    g.add_argument("--skip-tokenizer-init", action="store_true", default=None, help="offline only (LLM): not with serve")
     g.add_argument("--download-dir", metavar="DIR", help="Hub cache directory for downloads (default: HF_HOME's)")
     g.add_argument("--load-format", choices=LOAD_FORMATS,
-                   help="auto | safetensors | pt (a .bin-only checkpoint); dummy is not supported (default: auto)")
+                   help="auto | safetensors | pt (a .bin-only checkpoint) | dummy (random weights) (default: auto)")
     g.add_argument("--seed", type=int, help="default: 0")
     g.add_argument("--device", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
 
@@ -179,9 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_args(gen)
     s = gen.add_argument_group("sampling")
     s.add_argument("--prompt", required=True, help="the prompt text")
-    s.add_argument("--max-tokens", type=int, default=16, metavar="N", help="default: 16")
-    s.add_argument("--temperature", type=float, default=0.0, metavar="T", help="default: 0 (greedy)")
-    s.add_argument("--top-p", type=float, default=1.0, metavar="P", help="default: 1")
+    s.add_argument("--max-tokens", type=int, metavar="N", help="default: generation_config.json's, else 16")
+    s.add_argument("--temperature", type=float, metavar="T", help="default: generation_config.json's, else 0 (greedy)")
+    s.add_argument("--top-p", type=float, metavar="P", help="default: generation_config.json's, else 1")
     _add_inspect_parser(sub)
     bench = sub.add_parser("bench", help=f"benchmarks: {' | '.join(BENCHES)}",
                            description="Run a benchmark; arguments after KIND go to it (try `anymodel bench KIND --help`).")
@@ -197,6 +197,8 @@ def _add_inspect_parser(sub) -> None:
     p.add_argument("model", help="local directory or Hub id")
     p.add_argument("--trust-remote-code", action="store_true", default=None, help="allow the model's own code (auto_map)")
     p.add_argument("--task", choices=TASKS, help="default: auto (from the architecture)")
+    p.add_argument("--runner", choices=RUNNERS, help="vLLM's newer name for the task: generate | pooling (default: auto)")
+    p.add_argument("--convert", choices=CONVERTS, help="with --runner pooling: the pooling task (default: auto)")
     p.add_argument("--model-impl", choices=MODEL_IMPLS, help="default: auto")
     p.add_argument("--tensor-parallel-size", "-tp", type=int, metavar="N")
     p.add_argument("--pipeline-parallel-size", "-pp", type=int, metavar="N")
@@ -248,14 +250,18 @@ def _serve(ns: argparse.Namespace) -> int:
     return exit_on_fatal.run(app, host=ns.host, port=ns.port, log_level=ns.log_level)
 
 
+_GENERATE_FALLBACKS = {"max_tokens": 16, "temperature": 0.0}  # where neither a flag nor the model says
+
+
 def _generate(ns: argparse.Namespace) -> int:
     engine_args = engine_args_from(ns)
     from anymodel.engine.engine import Engine
-    from anymodel.params import SamplingParams
 
     engine = Engine(engine_args)
-    params = SamplingParams(max_tokens=ns.max_tokens, temperature=ns.temperature, top_p=ns.top_p,
-                            seed=engine_args.seed)
+    # flags given win, then the model's generation_config.json defaults (Engine.default_params), then
+    # this command's own (16 tokens, greedy)
+    given = {k: getattr(ns, k) for k in ("max_tokens", "temperature", "top_p") if getattr(ns, k) is not None}
+    params = engine.default_params({**given, "seed": engine_args.seed}, _GENERATE_FALLBACKS)
     engine.add_request("generate-0", ns.prompt, params)
     final = None
     while engine.has_unfinished():
@@ -271,7 +277,7 @@ def _inspect(ns: argparse.Namespace) -> int:
     from anymodel.model_loader import evaluate
 
     args = engine_args_from(ns)
-    model_dir = loader.resolve_model_dir(args.model, args.revision)
+    model_dir = loader.resolve_model_dir(args.model, args.revision, args.download_dir, "dummy")  # no weights
     config = loader.load_config(model_dir, args.trust_remote_code, args.hf_overrides)
     state = ParallelState(tp_size=args.tensor_parallel_size, pp_size=args.pipeline_parallel_size)
     decision, verdicts = evaluate(args, config, model_dir, state)

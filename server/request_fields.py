@@ -63,8 +63,6 @@ GENERATION: dict[str, Unsupported] = {
     "guided_decoding_backend": Unsupported(_GUIDED),
     "guided_whitespace_pattern": Unsupported(_GUIDED),
     "structural_tag": Unsupported(_GUIDED),
-    "use_beam_search": Unsupported("beam search is not implemented yet", (None, False)),
-    "length_penalty": Unsupported("length_penalty applies to beam search, which is not implemented yet", (None, 1.0, 1)),
     "logits_processors": Unsupported("request logits processors are code: they are offline-only "
                                      "(SamplingParams.logits_processors)", (None, [])),
     "return_tokens_as_token_ids": Unsupported("token ids in place of token strings are not implemented yet",

@@ -35,14 +35,12 @@ logger = logging.getLogger("anymodel")
 class Engine:
     def __init__(self, args: EngineArgs) -> None:
         self.args = args
-        model_dir = loader.resolve_model_dir(args.model, args.revision, args.download_dir)
+        model_dir = loader.resolve_model_dir(args.model, args.revision, args.download_dir, args.load_format)
         loader.check_load_format(args.load_format, model_dir)
         self.hf_config = loader.load_config(model_dir, args.trust_remote_code, args.hf_overrides)
-        self.tokenizer = loader.load_tokenizer(args.tokenizer or model_dir, args.trust_remote_code, args.tokenizer_revision,
-                                               args.tokenizer_mode)
-        self.task = pooling.resolve_task(args.task, self.hf_config, model_dir)
-        if args.runner == "pooling" and self.task == "generate":
-            self.task = "embed"  # vLLM's runner="pooling", convert="auto" on a generative model: embeddings
+        self.tokenizer = None if args.skip_tokenizer_init else loader.load_tokenizer(
+            args.tokenizer or model_dir, args.trust_remote_code, args.tokenizer_revision, args.tokenizer_mode)
+        self.task = pooling.resolve_task(args.task, self.hf_config, model_dir, args.runner)
         # request defaults from generation_config.json (LLM.generate without params, the server's unset fields)
         self.default_sampling_params = (loader.generation_defaults(model_dir, args.generation_config)
                                         if self.task == "generate" else {})
@@ -56,7 +54,11 @@ class Engine:
         self.inputs = PromptProcessor(self.tokenizer, lower_case)
         self.embedding_size = pooling.embedding_size(self.hf_config, model_dir) if self.task == "embed" else None
         self.model_name = args.served_model_name or args.model or "anymodel-demo"
-        self.eos_token_ids = loader.eos_token_ids(model_dir, self.tokenizer)
+        self.eos_token_ids = loader.eos_token_ids(model_dir, self.tokenizer)  # all of them (beam search reads it)
+        # vLLM's split: the tokenizer's EOS is EOS; generation_config.json's other ids become each
+        # request's stop_token_ids (SamplingParams.update_from_generation_config)
+        self.generation_config_fields = loader.generation_config_fields(model_dir)
+        self.model_eos_token_id = getattr(self.tokenizer, "eos_token_id", None)
         self.vocab_size = text_config_of(self.hf_config).vocab_size
         self.executor = make_executor(args, model_dir, self.hf_config)
         self.traits: ModelTraits = self.executor.apply_model(traits_of)[0]  # every rank builds the same class
@@ -84,10 +86,16 @@ class Engine:
     # ---- public API -----------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt, params: SamplingParams | PoolingParams | None = None,
                     priority: int = 0) -> None:
+        """`params` None: the model's defaults (`default_params()`, generation_config.json's, as vLLM)."""
         check_priority(priority, self.args.scheduling_policy)
-        params = params or (SamplingParams() if self.task == "generate" else PoolingParams())
+        params = params or (self.default_params() if self.task == "generate" else PoolingParams())
         pooling.check_request(self.task, params, self.hf_config, self.embedding_size)
         if isinstance(params, SamplingParams):
+            params = params.clone()
+            params.update_from_generation_config(self.generation_config_fields, self.model_eos_token_id)
+            if self.tokenizer is None and params.stop:
+                raise ValueError("stop strings match text, and this engine has no tokenizer (skip_tokenizer_init="
+                                 "True); use stop_token_ids")
             params = resolve_logprobs(params, self.vocab_size, self.args.max_logprobs)
             params = resolve_bad_words(params, self.tokenizer)
         tokens = self.inputs.tokenize(prompt)
@@ -103,6 +111,13 @@ class Engine:
         for child in children:
             self.scheduler.add(child)
         self._counters["prompt"] += len(token_ids)
+
+    def default_params(self, given: dict | None = None, fallbacks: dict | None = None) -> SamplingParams:
+        """The one rule for request defaults (LLM.get_default_sampling_params, generate() without
+        params, `anymodel generate`): the fields `given`, else generation_config.json's (vLLM's
+        get_diff_sampling_param; none with generation_config="vllm"), else `fallbacks`, else
+        SamplingParams' own."""
+        return SamplingParams(**{**(fallbacks or {}), **self.default_sampling_params, **(given or {})})
 
     def _add_pooling_request(self, request_id: str, tokens: PromptTokens, params, priority: int = 0) -> None:
         request = self._make_request(request_id, tokens.token_ids, params, 0, priority)
@@ -204,6 +219,13 @@ class Engine:
             prefix_cache_hit_tokens_total=self.scheduler.num_prefix_cache_hit_tokens,
         )
 
+    @property
+    def _request_eos_ids(self) -> frozenset[int]:
+        """A request's EOS: the tokenizer's (the other generation_config ids are its stop_token_ids);
+        without a tokenizer, none: generation_config's ids all stop as stop_token_ids (vLLM)."""
+        eos = self.model_eos_token_id
+        return frozenset() if eos is None else frozenset({eos})
+
     def new_request_id(self) -> str:
         return str(next(self._ids))
 
@@ -244,7 +266,7 @@ class Engine:
             prompt_token_ids=token_ids,
             params=params,
             max_tokens=self._max_tokens(len(token_ids), params),
-            eos_token_ids=self.eos_token_ids,
+            eos_token_ids=self._request_eos_ids,
             arrival_time=time.monotonic(),
             priority=priority,
         )
