@@ -27,6 +27,7 @@ from anymodel.outputs import EngineStats, PoolingOutput, PoolingRequestOutput, R
 from anymodel.params import PoolingParams, SamplingParams
 from anymodel.pooling import tasks as pooling
 from anymodel.pooling.outputs import PoolingOutputs
+from anymodel.structured_output.manager import StructuredOutputManager
 
 logger = logging.getLogger("anymodel")
 
@@ -69,6 +70,8 @@ class Engine:
         self.kv = KVCacheManager(num_blocks, args.block_size, prefix_caching)
         self.scheduler = Scheduler(self.kv, args.max_num_seqs, self.token_budget, args.enable_chunked_prefill)
         self.outputs = OutputProcessor(self.tokenizer)
+        self.structured = StructuredOutputManager(self.tokenizer, self.vocab_size, self.eos_token_ids,
+                                                  args.structured_outputs_config)
         self.pooling = PoolingOutputs()
         self._ids = itertools.count()
         self._counters = {"prompt": 0, "generation": 0, "prefix_hits": 0}
@@ -86,6 +89,8 @@ class Engine:
         if isinstance(params, SamplingParams):
             params = resolve_logprobs(params, self.vocab_size, self.args.max_logprobs)
             params = resolve_bad_words(params, self.tokenizer)
+            if params.structured_outputs is not None:  # parsed now: an invalid one is this ValueError
+                params = params.clone(structured_outputs=self.structured.check(params.structured_outputs))
         tokens = self.inputs.tokenize(prompt)
         k = getattr(params, "truncate_prompt_tokens", None)
         tokens = self.inputs.truncate(tokens, k, self.max_prompt_len(params), self.max_model_len)
@@ -96,7 +101,8 @@ class Engine:
         children = [self._make_request(f"{request_id}#{i}", token_ids, params, i) for i in range(params.num_sequences)]
         self.outputs.add(RequestGroup(request_id, tokens.text, token_ids, params, children, self.tokenizer))
         for child in children:
-            self.scheduler.add(child)
+            if not self.structured.park(child):  # a constrained one waits there for its grammar
+                self.scheduler.add(child)
         self._counters["prompt"] += len(token_ids)
 
     def _add_pooling_request(self, request_id: str, tokens: PromptTokens, params) -> None:
@@ -109,10 +115,14 @@ class Engine:
     def step(self) -> list[RequestOutput | PoolingRequestOutput]:
         """One step. A request whose sampling, pooling or output processing raised ends alone: its
         blocks are freed and its final (Pooling)RequestOutput carries `error` (a RequestFailedError)."""
+        for req in self.structured.take_ready(idle=self.scheduler.num_unfinished == 0):
+            self.scheduler.add(req)
         sched = self.scheduler.schedule()
         if sched.is_empty and not sched.released_req_ids:
             return []
+        sched.grammar_bitmask = self.structured.bitmask(sched)
         result = self.executor.execute_model(sched)
+        result.failed.update(self.structured.accept(result.sampled))
         self.scheduler.update(sched)
         finished = self.outputs.apply(sched, result)
         # each pooling request ends in its one step: pooled, or failed (its pooler raised)
@@ -141,6 +151,7 @@ class Engine:
 
     def _finish(self, finished: list[tuple[Request, RequestStatus]]) -> None:
         for req, status in finished:
+            self.structured.remove(req)
             if not req.is_finished:  # a child can end twice in one step: stopped, then its group failed
                 self.scheduler.finish(req, status)
 
@@ -158,11 +169,12 @@ class Engine:
             group = self.outputs.pop(rid)
             if group is not None:
                 for child in group.children:
+                    self.structured.remove(child)
                     if not child.is_finished:
                         self.scheduler.finish(child, RequestStatus.FINISHED_ABORTED)
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.num_unfinished > 0
+        return self.scheduler.num_unfinished > 0 or self.structured.num_parked > 0
 
     def apply_model(self, fn) -> list:
         return self.executor.apply_model(fn)
