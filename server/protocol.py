@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from . import request_fields
 from .chat_messages import ChatMessage, TemplateFields
 from .request_fields import Unsupported
+from .structured import StructuredFields
 
 
 def random_id(prefix: str) -> str:
@@ -70,7 +71,7 @@ class StreamOptions(BaseModel):
     continuous_usage_stats: bool = False  # vLLM: usage in every chunk; not implemented (see _screen_stream)
 
 
-class SamplingRequest(APIRequest):
+class SamplingRequest(APIRequest, StructuredFields):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
     model: Optional[str] = None  # None: the served model (vLLM accepts this too)
@@ -117,6 +118,7 @@ class SamplingRequest(APIRequest):
             repetition_penalty=self.repetition_penalty, ignore_eos=self.ignore_eos, min_tokens=self.min_tokens,
             skip_special_tokens=self.skip_special_tokens, include_stop_str_in_output=self.include_stop_str_in_output,
             bad_words=self.bad_words, spaces_between_special_tokens=self.spaces_between_special_tokens,
+            structured_outputs=self.structured_outputs_params(),
         )
 
     @property

@@ -50,19 +50,12 @@ class Unsupported:
 
 
 _TOOLS = "tool calling is not implemented yet"
-_GUIDED = "structured output (guided decoding) is not implemented yet"
+_GUIDED = ("the xgrammar backend takes no whitespace pattern; pass structured_outputs "
+           '{"disable_any_whitespace": true} for compact JSON')
 _NO_TOOLS = ("none", "auto", None)  # with no tools, neither asks for anything
 
 GENERATION: dict[str, Unsupported] = {
-    "response_format": Unsupported(_GUIDED, (None, {"type": "text"})),
-    "structured_outputs": Unsupported(_GUIDED),
-    "guided_json": Unsupported(_GUIDED),
-    "guided_regex": Unsupported(_GUIDED),
-    "guided_choice": Unsupported(_GUIDED),
-    "guided_grammar": Unsupported(_GUIDED),
-    "guided_decoding_backend": Unsupported(_GUIDED),
     "guided_whitespace_pattern": Unsupported(_GUIDED),
-    "structural_tag": Unsupported(_GUIDED),
     "use_beam_search": Unsupported("beam search is not implemented yet", (None, False)),
     "length_penalty": Unsupported("length_penalty applies to beam search, which is not implemented yet", (None, 1.0, 1)),
     "logits_processors": Unsupported("request logits processors are code: they are offline-only "
