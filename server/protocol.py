@@ -20,6 +20,7 @@ from . import request_fields
 from .chat_messages import ChatMessage, TemplateFields
 from .request_fields import Unsupported
 from .structured import StructuredFields
+from .tool_protocol import DeltaToolCall, NamedToolChoice, ToolCallOut
 
 
 def random_id(prefix: str) -> str:
@@ -99,7 +100,7 @@ class SamplingRequest(APIRequest, StructuredFields):
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     user: Optional[str] = None  # OpenAI's end-user id: accepted, nothing to do with it
-    parallel_tool_calls: Optional[bool] = None  # only means something with `tools`, which are refused
+    parallel_tool_calls: Optional[bool] = None  # with tool_choice="required": False allows one call only
 
     @field_validator("stream_options")
     @classmethod
@@ -223,6 +224,7 @@ class ChatCompletionRequest(SamplingRequest, TemplateFields):
     max_completion_tokens: Optional[int] = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: Optional[int] = Field(None, ge=0)
+    tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
 
     def max_new_tokens(self) -> Optional[int]:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -250,6 +252,8 @@ class ChatChoiceLogprobs(BaseModel):
 class AssistantMessage(BaseModel):
     role: str = "assistant"
     content: Optional[str] = None
+    reasoning_content: Optional[str] = None  # vLLM's, with --reasoning-parser
+    tool_calls: list[ToolCallOut] = Field(default_factory=list)
 
 
 class ChatCompletionChoice(BaseModel):
@@ -273,6 +277,8 @@ class ChatCompletionResponse(BaseModel):
 class DeltaMessage(BaseModel):
     role: Optional[str] = None
     content: Optional[str] = None
+    reasoning_content: Optional[str] = None
+    tool_calls: Optional[list[DeltaToolCall]] = None
 
 
 class ChatCompletionStreamChoice(BaseModel):

@@ -49,7 +49,7 @@ class Unsupported:
         return any(value == ok and type(value) is type(ok) for ok in self.allows)
 
 
-_TOOLS = "tool calling is not implemented yet"
+_TOOLS = "the legacy function-calling fields are not implemented; send `tools` and `tool_choice`"
 _GUIDED = ("the xgrammar backend takes no whitespace pattern; pass structured_outputs "
            '{"disable_any_whitespace": true} for compact JSON')
 _NO_TOOLS = ("none", "auto", None)  # with no tools, neither asks for anything
@@ -82,7 +82,6 @@ COMPLETION: dict[str, Unsupported] = {
 }
 
 _CHAT_TEMPLATE_INPUTS: dict[str, Unsupported] = {
-    "tools": Unsupported(_TOOLS, (None, [])),
     "documents": Unsupported("documents for the chat template are not implemented yet", (None, [])),
     "chat_template": Unsupported("a per-request chat template is not allowed; start the server with "
                                  "--chat-template instead"),
@@ -92,7 +91,6 @@ _CHAT_TEMPLATE_INPUTS: dict[str, Unsupported] = {
 CHAT: dict[str, Unsupported] = {
     **GENERATION,
     **_CHAT_TEMPLATE_INPUTS,
-    "tool_choice": Unsupported(_TOOLS, _NO_TOOLS),
     "functions": Unsupported(_TOOLS, (None, [])),
     "function_call": Unsupported(_TOOLS, _NO_TOOLS),
     "reasoning_effort": Unsupported("reasoning effort is not implemented yet"),

@@ -19,10 +19,11 @@ CHAT = [{"role": "user", "content": "12+34"}]
 TOOL = {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}
 
 
-def test_openai_client_tools_is_a_bad_request_naming_tools(openai_client):
+def test_openai_client_auto_tools_need_a_tool_parser(openai_client):
+    """tools with tool_choice "auto" (their default) on a server without --enable-auto-tool-choice: 400."""
     with pytest.raises(openai.BadRequestError) as e:
         openai_client.chat.completions.create(model="anymodel-demo", messages=CHAT, tools=[TOOL])
-    assert e.value.body["param"] == "tools" and "`tools`" in e.value.body["message"]
+    assert e.value.body["param"] == "tool_choice" and "--enable-auto-tool-choice" in e.value.body["message"]
 
 
 def test_openai_client_suffix_is_refused(openai_client):
@@ -31,9 +32,6 @@ def test_openai_client_suffix_is_refused(openai_client):
 
 
 @pytest.mark.parametrize("path, field, value", [
-    ("/v1/chat/completions", "tools", [TOOL]),
-    ("/v1/chat/completions", "tool_choice", "required"),
-    ("/v1/chat/completions", "tool_choice", {"type": "function", "function": {"name": "add"}}),
     ("/v1/chat/completions", "functions", [{"name": "add"}]),
     ("/v1/chat/completions", "function_call", {"name": "add"}),
     ("/v1/chat/completions", "chat_template", "{{ 1 }}"),
@@ -64,7 +62,6 @@ def test_openai_client_suffix_is_refused(openai_client):
     ("/classify", "priority", 1),
     ("/score", "priority", 1),
     ("/rerank", "priority", 1),
-    ("/tokenize", "tools", [TOOL]),
     ("/tokenize", "chat_template", "{{ 1 }}"),
 ])
 def test_unimplemented_field_is_400_naming_it(demo_server, path, field, value):
