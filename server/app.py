@@ -98,10 +98,11 @@ def build_app(engine_args: EngineArgs | None = None, *, api_key: str | None = No
     `on_fatal(error)`: called once if the engine dies for good (`anymodel serve` exits then).
     `chat_options`: tool-call and reasoning parsers for chat completions (chat_output.ChatOptions)."""
     engine_args = engine_args or EngineArgs()
+    chat_options = chat_options or ChatOptions()
     if engine is None:
         from anymodel.engine.engine import Engine
 
-        engine = Engine(engine_args)
+        engine = Engine(chat_options.engine_args(engine_args))  # grammars start after the reasoning
     async_engine = AsyncEngine(engine)
     async_engine.metrics = ServerMetrics(lambda: async_engine.stats)
     async_engine.on_fatal = _fatal_hook(on_fatal)  # before start(): the engine thread may call it
@@ -124,7 +125,7 @@ def build_app(engine_args: EngineArgs | None = None, *, api_key: str | None = No
     template = engine_args.chat_template
     _add_openai_routes(app, CompletionHandler(async_engine, engine.model_name, tokenizer, max_prompts_per_request),
                        ChatHandler(async_engine, engine.model_name, tokenizer, chat_template=template,
-                                   options=chat_options))
+                                   options=chat_options.for_engine(engine)))
     _add_model_routes(app, engine.model_name, engine_args.model or engine.model_name, engine.max_model_len)
     _add_tokenizer_routes(app, TokenizationHandler(tokenizer, engine.max_model_len, template), engine.model_name)
     _add_ops_routes(app, async_engine)

@@ -8,7 +8,7 @@ calls found (tools / tool_choice), whole or streamed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from anymodel.params import SamplingParams
@@ -27,6 +27,8 @@ class ChatOptions:
     tool_call_parser: Optional[str] = None
     tool_parser_plugin: Optional[str] = None
     reasoning_parser: Optional[str] = None
+    # the engine starts grammars after the reasoning (its structured_outputs_config names this parser)
+    grammar_after_reasoning: bool = False
 
     def __post_init__(self) -> None:
         """Checked at start-up: a bad flag stops the server with a message naming it."""
@@ -39,6 +41,18 @@ class ChatOptions:
         if self.reasoning_parser:
             get_reasoning_parser(self.reasoning_parser)
 
+    def engine_args(self, args):
+        """EngineArgs whose structured outputs know this reasoning parser (vLLM's --reasoning-parser does both)."""
+        cfg = args.structured_outputs_config
+        if not self.reasoning_parser or cfg.reasoning_parser == self.reasoning_parser:
+            return args
+        return replace(args, structured_outputs_config=replace(cfg, reasoning_parser=self.reasoning_parser))
+
+    def for_engine(self, engine) -> "ChatOptions":
+        cfg = getattr(getattr(engine, "args", None), "structured_outputs_config", None)
+        after = bool(self.reasoning_parser) and getattr(cfg, "reasoning_parser", None) == self.reasoning_parser
+        return self if after == self.grammar_after_reasoning else replace(self, grammar_after_reasoning=after)
+
     @property
     def auto_parser(self) -> Optional[type]:
         return tool_parser_class(self.tool_call_parser) if self.enable_auto_tool_choice else None
@@ -48,25 +62,29 @@ class ChatOptions:
 class ChatOutputPlan:
     tools: ToolPlan
     reasoning: Optional[ReasoningParser] = None
+    grammar_after_reasoning: bool = False
 
     @classmethod
     def for_request(cls, req, options: ChatOptions, tokenizer) -> "ChatOutputPlan":
         tools = plan_tools(req.tools, req.tool_choice, req.parallel_tool_calls, options.auto_parser, tokenizer)
         reasoning = get_reasoning_parser(options.reasoning_parser) if options.reasoning_parser else None
-        return cls(tools, reasoning)
+        return cls(tools, reasoning, options.grammar_after_reasoning)
 
     def constrain(self, params: SamplingParams) -> SamplingParams:
         """The request's params with the tools' grammar (required / named); 400 for two constraints, or a
-        constraint on a reasoning model (the grammar would bind the reasoning too)."""
+        constraint on a reasoning model whose engine would apply it to the reasoning too (an engine
+        built elsewhere, without the parser in its structured_outputs_config)."""
         grammar = self.tools.structured_outputs()
         if grammar is not None and params.structured_outputs is not None:
             raise APIError(400, f"tool_choice {self.tools.mode!r} constrains the output to a tool call; it cannot be "
                                 "combined with response_format or another structured-output field",
                            param="tool_choice")
-        if self.reasoning is not None and (grammar is not None or params.structured_outputs is not None):
+        constrained = grammar is not None or params.structured_outputs is not None
+        if self.reasoning is not None and constrained and not self.grammar_after_reasoning:
             raise APIError(400, "structured outputs (response_format json, guided_*, tool_choice required or named) "
-                                "are not supported with --reasoning-parser yet: the grammar would constrain the "
-                                "reasoning as well", param="response_format" if grammar is None else "tool_choice")
+                                "need the engine to know the reasoning parser (structured_outputs_config "
+                                "reasoning_parser), else the grammar would constrain the reasoning as well",
+                           param="response_format" if grammar is None else "tool_choice")
         return params if grammar is None else params.clone(structured_outputs=grammar)
 
     def message(self, text: str, finish_reason: Optional[str]) -> tuple[AssistantMessage, Optional[str]]:

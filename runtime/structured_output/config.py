@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from anymodel.structured_output.params import BACKENDS
+from anymodel.structured_output.reasoning import REASONING_MARKERS
 
 
 @dataclass(frozen=True)
@@ -14,6 +15,7 @@ class StructuredOutputsConfig:
     disable_any_whitespace: bool = False  # engine default for requests that do not say
     disable_additional_properties: bool = False
     disable_fallback: bool = False  # accepted: nothing to fall back to
+    reasoning_parser: str | None = None  # deepseek_r1 | qwen3: the grammar starts after </think> (reasoning.py)
 
 
 def resolve_config(config: dict | StructuredOutputsConfig | None, guided_decoding_backend: str | None):
@@ -36,6 +38,9 @@ def resolve_config(config: dict | StructuredOutputsConfig | None, guided_decodin
         raise ValueError(f"structured_outputs_config has unsupported key(s) {unknown}; supported: {sorted(known)}")
     cfg = StructuredOutputsConfig(**data)
     check_backend(cfg.backend, "structured_outputs_config['backend']")
+    if cfg.reasoning_parser is not None and cfg.reasoning_parser not in REASONING_MARKERS:
+        raise ValueError(f"structured_outputs_config['reasoning_parser'] must be one of {sorted(REASONING_MARKERS)}, "
+                         f"got {cfg.reasoning_parser!r}")
     return cfg
 
 

@@ -11,7 +11,8 @@ Matchers live in the engine process only; the bitmask travels to every worker in
 scheduler output, so every tensor-parallel rank (and the last pipeline stage) masks the same way.
 A preempted request keeps its matcher: recomputing its KV does not change the tokens it accepted.
 A matcher whose count of accepted tokens ever differs from the request's output (it cannot, but a
-wrong mask would be silent) is rebuilt by replaying the output tokens into a fresh one.
+wrong mask would be silent) is rebuilt by replaying the output tokens into a fresh one. On a
+reasoning model (config reasoning_parser) the grammar starts after the reasoning (reasoning.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from anymodel.engine.request import Request
 from anymodel.structured_output.bitmask import GrammarBitmask, allows_any
 from anymodel.structured_output.config import StructuredOutputsConfig, check_backend
 from anymodel.structured_output.params import StructuredOutputsParams
+from anymodel.structured_output.reasoning import ReasoningEnd
 
 logger = logging.getLogger("anymodel")
 IDLE_WAIT_S = 0.05  # nothing else to run: wait this long for a compile before the step returns
@@ -36,6 +38,7 @@ class GrammarState:
     future: Future  # -> xgrammar CompiledGrammar
     matcher: object | None = None  # xgrammar GrammarMatcher, made when the grammar is ready
     num_accepted: int = 0  # output tokens the matcher consumed
+    start: int | None = 0  # output index where the constraint begins; None: still reasoning (reasoning.py)
 
 
 @dataclass
@@ -48,6 +51,12 @@ class StructuredOutputManager:
     parked: list[Request] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # request id -> why, reported with the next step
     _compiler: object | None = None
+    _reasoning: ReasoningEnd | None = None
+
+    def __post_init__(self) -> None:
+        name = self.config.reasoning_parser if self.config is not None else None
+        if name is not None:
+            self._reasoning = ReasoningEnd.for_parser(name, self.tokenizer)
 
     @property
     def compiler(self):
@@ -74,7 +83,10 @@ class StructuredOutputManager:
         so = getattr(request.params, "structured_outputs", None)
         if so is None:
             return False
-        self.states[request.request_id] = GrammarState(self.compiler.submit(so))
+        state = GrammarState(self.compiler.submit(so))
+        if self._reasoning is not None and not self._reasoning.ended_in_prompt(request.prompt_token_ids):
+            state.start = None
+        self.states[request.request_id] = state
         self.parked.append(request)
         return True
 
@@ -91,7 +103,7 @@ class StructuredOutputManager:
 
     def bitmask(self, sched) -> GrammarBitmask | None:
         """Rows for the constrained requests that sample this step; [R, ceil(V / 32)] int32."""
-        todo = [s.request for s in sched.scheduled if s.samples and s.request.request_id in self.states]
+        todo = [s.request for s in sched.scheduled if s.samples and self._constrained_now(s.request)]
         if not todo:
             return None
         import xgrammar as xgr
@@ -106,6 +118,15 @@ class StructuredOutputManager:
                 self.failed[req.request_id] = f"structured output failed: {type(e).__name__}: {e}"
         return GrammarBitmask(rows, bitmask)
 
+    def _constrained_now(self, req: Request) -> bool:
+        """Has a grammar and is past its reasoning (the end marker's tokens seen: the grammar starts there)."""
+        state = self.states.get(req.request_id)
+        if state is None:
+            return False
+        if state.start is None:
+            state.start = self._reasoning.end_in_output(req.output_token_ids)
+        return state.start is not None
+
     def _fill(self, req: Request, bitmask: torch.Tensor, i: int) -> None:
         matcher = self._matcher(req)
         matcher.fill_next_token_bitmask(bitmask, i)
@@ -118,9 +139,9 @@ class StructuredOutputManager:
         import xgrammar as xgr
 
         state = self.states[req.request_id]
-        if state.matcher is None or state.num_accepted != req.num_output_tokens:
+        if state.matcher is None or state.num_accepted != req.num_output_tokens - state.start:
             state.matcher, state.num_accepted = xgr.GrammarMatcher(state.future.result()), 0
-            for token in req.output_token_ids:
+            for token in req.output_token_ids[state.start:]:
                 self._advance(state, token)
         return state.matcher
 

@@ -169,3 +169,30 @@ def test_tensor_parallel_masks_on_every_rank(model_dir):
         tp.engine.shutdown()
     assert [o.outputs[0].token_ids for o in outs] == want
     assert all(CHECKS["regex"](o.outputs[0].text) for o in outs)
+
+
+def _forcing(token_ids: list[int]):
+    """A request logits processor that makes the first len(token_ids) outputs exactly these tokens."""
+    def force(output_ids, logits):
+        if len(output_ids) < len(token_ids):
+            logits[:] = float("-inf")
+            logits[token_ids[len(output_ids)]] = 0.0
+        return logits
+    return force
+
+
+def test_grammar_starts_after_the_reasoning(model_dir):
+    """structured_outputs_config reasoning_parser: the reasoning (forced here, and outside the
+    grammar) is free; the grammar applies from </think> on, and from the first token when the
+    prompt already closed the reasoning."""
+    llm = LLM(str(model_dir), dtype="float32", structured_outputs_config={"reasoning_parser": "deepseek_r1"})
+    tok = llm.get_tokenizer()
+    thought = tok.encode("<think>zz!", add_special_tokens=False) + tok.encode("</think>", add_special_tokens=False)
+    so = StructuredOutputsParams(regex=CONSTRAINTS["regex"])
+    params = SamplingParams(temperature=0, max_tokens=40, structured_outputs=so, logits_processors=[_forcing(thought)])
+    out = llm.generate("Question?", params, use_tqdm=False)[0].outputs[0]
+    assert out.token_ids[:len(thought)] == thought and out.finish_reason == "stop"
+    assert out.text.startswith("<think>zz!</think>") and CHECKS["regex"](out.text[len("<think>zz!</think>"):])
+    closed = {"prompt_token_ids": tok.encode("Question? <think>") + tok.encode("</think>", add_special_tokens=False)}
+    plain = SamplingParams(temperature=0, max_tokens=40, structured_outputs=so)
+    assert CHECKS["regex"](llm.generate(closed, plain, use_tqdm=False)[0].outputs[0].text)

@@ -201,3 +201,21 @@ def test_reasoning_content_whole_and_streamed():
         with pytest.raises(openai.BadRequestError, match="reasoning"):
             c.chat.completions.create(model=None, messages=[{"role": "user", "content": "think"}],
                                       response_format={"type": "json_object"})
+
+
+def test_reasoning_parser_reaches_the_engine_config():
+    """--reasoning-parser makes the engine start grammars after </think>; an engine built without it
+    (passed to build_app) makes the server refuse constrained requests instead (the 400 above)."""
+    options = ChatOptions(reasoning_parser="qwen3")
+    args = options.engine_args(EngineArgs())
+    assert args.structured_outputs_config.reasoning_parser == "qwen3"
+
+    class Built:
+        pass
+
+    engine = Built()
+    engine.args = args
+    assert options.for_engine(engine).grammar_after_reasoning
+    assert not options.for_engine(ScriptedEngine({})).grammar_after_reasoning
+    with pytest.raises(ValueError, match="reasoning_parser"):
+        EngineArgs(structured_outputs_config={"reasoning_parser": "o1"})
