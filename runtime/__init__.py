@@ -6,10 +6,11 @@ from anymodel.logging_config import configure_logging
 from anymodel.outputs import (ClassificationRequestOutput, CompletionOutput, EmbeddingRequestOutput,
                               PoolingRequestOutput, RequestOutput, ScoringRequestOutput)
 from anymodel.params import PoolingParams, SamplingParams
+from anymodel.structured_output.params import GuidedDecodingParams, StructuredOutputsParams
 
 configure_logging()  # INFO to stderr in vLLM's format, unless the application logs them itself
 
 __all__ = ["LLM", "SamplingParams", "PoolingParams", "RequestOutput", "CompletionOutput", "PoolingRequestOutput",
            "EmbeddingRequestOutput", "ClassificationRequestOutput", "ScoringRequestOutput",
-           "BeamSearchParams", "BeamSearchOutput", "BeamSearchSequence"]
+           "BeamSearchParams", "BeamSearchOutput", "BeamSearchSequence", "StructuredOutputsParams", "GuidedDecodingParams"]
 __version__ = "0.1.0"

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
 from anymodel.params import SEED_RANGE
+from anymodel.structured_output.config import resolve_config
 
 TASKS = ("auto", "generate", "embed", "classify", "score", "reward")
 RUNNERS = ("auto", "generate", "pooling")  # vLLM's current spelling of `task`: runner + convert
@@ -79,6 +80,9 @@ class EngineArgs:
     swap_space: float = 4  # GiB; accepted for any value: preemption recomputes, nothing is swapped (as vLLM V1)
     cpu_offload_gb: float = 0  # > 0 is refused: weights stay on the device
     compilation_config: int | dict | None = None  # only "no compilation" (None, 0, {}, {"level": 0}) is accepted
+    # structured outputs: {"backend": "auto"|"xgrammar", "disable_any_whitespace": ...} (structured_output/config.py)
+    structured_outputs_config: Any = None
+    guided_decoding_backend: str | None = None  # vLLM's older spelling of structured_outputs_config["backend"]
 
     def __post_init__(self) -> None:
         self.dtype = _dtype_name(self.dtype)
@@ -113,6 +117,7 @@ class EngineArgs:
             self.override_pooler_config, self.pooler_config = self.pooler_config, None
         if self.override_pooler_config is not None and not isinstance(self.override_pooler_config, dict):
             raise ValueError("pooler_config must be a dict, e.g. {'pooling_type': 'MEAN', 'normalize': true}")
+        self.structured_outputs_config = resolve_config(self.structured_outputs_config, self.guided_decoding_backend)
         if not isinstance(self.generation_config, str) or not self.generation_config:
             raise ValueError(f"generation_config must be 'auto', 'vllm' or a directory, got {self.generation_config!r}")
 

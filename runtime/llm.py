@@ -62,14 +62,17 @@ class LLM(PoolingMixin, EngineControlMixin):
         chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[RequestOutput]:
         """vLLM's LLM.chat: one conversation (a list of messages) or a list of them. Every keyword
-        is honoured or refused: `tools` and `lora_request` are not supported yet (ValueError), and an
-        unknown keyword is a TypeError, as Python makes it."""
-        _refuse_unsupported(tools=tools, lora_request=lora_request)
+        is honoured or refused: `lora_request` is not supported yet (ValueError), and an unknown keyword
+        is a TypeError, as Python makes it. `tools` go to the chat template; the output is the raw
+        text, tool calls and all (as vLLM's LLM.chat)."""
+        _refuse_unsupported(lora_request=lora_request)
         if add_generation_prompt and continue_final_message:
             raise ValueError("continue_final_message=True continues the last (assistant) message: pass "
                              "add_generation_prompt=False with it")
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         template_kwargs = _chat_kwargs(chat_template_kwargs)
+        if tools is not None:
+            template_kwargs["tools"] = tools
         tok = self.engine.tokenizer
         if tok is None:
             raise ValueError("chat renders the chat template with the tokenizer, and this LLM has none "

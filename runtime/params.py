@@ -7,7 +7,9 @@ import math
 import numbers
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable
+from typing import Any, Callable
+
+from anymodel.structured_output.params import resolve_structured_outputs
 
 from anymodel.errors import ArgumentTypeError
 
@@ -161,6 +163,10 @@ class SamplingParams:
     best_of: int | None = None
     # bad_words as token sequences: filled by the engine, which has the tokenizer (request_checks)
     bad_words_token_ids: list[list[int]] | None = None
+    # Constrained output (JSON schema, regex, choice, grammar): anymodel.structured_output; the legacy
+    # spelling guided_decoding= lands in structured_outputs
+    structured_outputs: Any = None
+    guided_decoding: Any = None
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -177,6 +183,7 @@ class SamplingParams:
         self.allowed_token_ids = _normalize_allowed(self.allowed_token_ids)
         self.bad_words = _normalize_bad_words(self.bad_words)
         self.logits_processors = _normalize_processors(self.logits_processors)
+        self.structured_outputs, self.guided_decoding = resolve_structured_outputs(self), None
         self._validate()
 
     def _check_types(self) -> None:

@@ -148,6 +148,10 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--compilation-config", "-O", type=_compilation_config, metavar="LEVEL|JSON",
                    help="only 0 / {} (anymodel does not compile the model)")
     g.add_argument("--disable-log-stats", action="store_true", default=None, help="accepted: no periodic stats are logged anyway")
+    g.add_argument("--structured-outputs-config", type=_json_dict, metavar="JSON",
+                   help='e.g. \'{"backend": "xgrammar", "disable_any_whitespace": true}\'')
+    g.add_argument("--guided-decoding-backend", choices=["auto", "xgrammar", "guidance"],
+                   help="vLLM's older name of structured_outputs_config.backend (guidance: refused)")
     g.add_argument("--served-model-name", metavar="NAME", help="the name clients send as `model` (default: MODEL)")
     g.add_argument("--chat-template", type=_chat_template, metavar="FILE|TEMPLATE",
                    help="Jinja chat template, a file or inline (default: the tokenizer's)")
@@ -169,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     http.add_argument("--api-key", metavar="KEY", default=os.environ.get("ANYMODEL_API_KEY"),
                       help="require `Authorization: Bearer KEY` (default: $ANYMODEL_API_KEY, or none)")
     http.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    tools = serve.add_argument_group("tools and reasoning")
+    tools.add_argument("--enable-auto-tool-choice", action="store_true",
+                       help='tool_choice "auto": find tool calls in the output with --tool-call-parser')
+    tools.add_argument("--tool-call-parser", metavar="NAME", help="hermes | llama3_json | mistral | a plugin's name")
+    tools.add_argument("--tool-parser-plugin", metavar="FILE", help="a Python file that registers a tool parser")
+    tools.add_argument("--reasoning-parser", metavar="NAME", help="deepseek_r1 | qwen3: <think> -> reasoning_content")
     http.add_argument("--max-prompts-per-request", type=_positive, default=MAX_PROMPTS_PER_REQUEST, metavar="N",
                       help="most prompts (or pooling inputs) in one request; more is a 400 "
                            f"(default: {MAX_PROMPTS_PER_REQUEST}, OpenAI's limit on embeddings inputs)")
@@ -244,9 +254,13 @@ def _serve(ns: argparse.Namespace) -> int:
     engine_args = engine_args_from(ns)
     from .app import build_app
 
+    from .chat_output import ChatOptions
+
+    chat_options = ChatOptions(ns.enable_auto_tool_choice, ns.tool_call_parser, ns.tool_parser_plugin,
+                               ns.reasoning_parser)  # checked before the engine loads
     exit_on_fatal = ExitOnFatal()
     app = build_app(engine_args, api_key=ns.api_key, max_prompts_per_request=ns.max_prompts_per_request,
-                    on_fatal=exit_on_fatal)
+                    on_fatal=exit_on_fatal, chat_options=chat_options)
     return exit_on_fatal.run(app, host=ns.host, port=ns.port, log_level=ns.log_level)
 
 

@@ -28,6 +28,7 @@ from anymodel.outputs import EngineStats, PoolingOutput, PoolingRequestOutput, R
 from anymodel.params import PoolingParams, SamplingParams
 from anymodel.pooling import tasks as pooling
 from anymodel.pooling.outputs import PoolingOutputs
+from anymodel.structured_output.manager import StructuredOutputManager
 
 logger = logging.getLogger("anymodel")
 
@@ -73,6 +74,8 @@ class Engine:
         self.scheduler = Scheduler(self.kv, args.max_num_seqs, self.token_budget, args.enable_chunked_prefill,
                                    args.scheduling_policy)
         self.outputs = OutputProcessor(self.tokenizer)
+        self.structured = StructuredOutputManager(self.tokenizer, self.vocab_size, self.eos_token_ids,
+                                                  args.structured_outputs_config)
         self.pooling = PoolingOutputs()
         self._ids = itertools.count()
         self._counters = {"prompt": 0, "generation": 0, "prefix_hits": 0}
@@ -98,6 +101,8 @@ class Engine:
                                  "True); use stop_token_ids")
             params = resolve_logprobs(params, self.vocab_size, self.args.max_logprobs)
             params = resolve_bad_words(params, self.tokenizer)
+            if params.structured_outputs is not None:  # parsed now: an invalid one is this ValueError
+                params = params.clone(structured_outputs=self.structured.check(params.structured_outputs))
         tokens = self.inputs.tokenize(prompt)
         k = getattr(params, "truncate_prompt_tokens", None)
         tokens = self.inputs.truncate(tokens, k, self.max_prompt_len(params), self.max_model_len)
@@ -109,7 +114,8 @@ class Engine:
                     for i in range(params.num_sequences)]
         self.outputs.add(RequestGroup(request_id, tokens.text, token_ids, params, children, self.tokenizer))
         for child in children:
-            self.scheduler.add(child)
+            if not self.structured.park(child):  # a constrained one waits there for its grammar
+                self.scheduler.add(child)
         self._counters["prompt"] += len(token_ids)
 
     def default_params(self, given: dict | None = None, fallbacks: dict | None = None) -> SamplingParams:
@@ -129,11 +135,15 @@ class Engine:
     def step(self) -> list[RequestOutput | PoolingRequestOutput]:
         """One step. A request whose sampling, pooling or output processing raised ends alone: its
         blocks are freed and its final (Pooling)RequestOutput carries `error` (a RequestFailedError)."""
+        for req in self.structured.take_ready(idle=self.scheduler.num_unfinished == 0):
+            self.scheduler.add(req)
         sched = self.scheduler.schedule()
         if sched.is_empty and not sched.released_req_ids:
             return []
         self.outputs.mark_scheduled(sched)
+        sched.grammar_bitmask = self.structured.bitmask(sched)
         result = self.executor.execute_model(sched)
+        result.failed.update(self.structured.accept(result.sampled))
         self.scheduler.update(sched)
         finished = self.outputs.apply(sched, result)
         # each pooling request ends in its one step: pooled, or failed (its pooler raised)
@@ -162,6 +172,7 @@ class Engine:
 
     def _finish(self, finished: list[tuple[Request, RequestStatus]]) -> None:
         for req, status in finished:
+            self.structured.remove(req)
             if not req.is_finished:  # a child can end twice in one step: stopped, then its group failed
                 self.scheduler.finish(req, status)
 
@@ -179,6 +190,7 @@ class Engine:
             group = self.outputs.pop(rid)
             if group is not None:
                 for child in group.children:
+                    self.structured.remove(child)
                     if not child.is_finished:
                         self.scheduler.finish(child, RequestStatus.FINISHED_ABORTED)
 
@@ -190,7 +202,7 @@ class Engine:
         self.outputs.tokenizer = tokenizer
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.num_unfinished > 0
+        return self.scheduler.num_unfinished > 0 or self.structured.num_parked > 0
 
     def apply_model(self, fn) -> list:
         return self.executor.apply_model(fn)
