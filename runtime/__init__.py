@@ -2,6 +2,7 @@
 
 from anymodel.llm import LLM
 from anymodel.logging_config import configure_logging
+from anymodel.lora.request import LoRARequest
 from anymodel.outputs import (ClassificationRequestOutput, CompletionOutput, EmbeddingRequestOutput,
                               PoolingRequestOutput, RequestOutput, ScoringRequestOutput)
 from anymodel.params import PoolingParams, SamplingParams
@@ -9,5 +10,5 @@ from anymodel.params import PoolingParams, SamplingParams
 configure_logging()  # INFO to stderr in vLLM's format, unless the application logs them itself
 
 __all__ = ["LLM", "SamplingParams", "PoolingParams", "RequestOutput", "CompletionOutput", "PoolingRequestOutput",
-           "EmbeddingRequestOutput", "ClassificationRequestOutput", "ScoringRequestOutput"]
+           "EmbeddingRequestOutput", "ClassificationRequestOutput", "ScoringRequestOutput", "LoRARequest"]
 __version__ = "0.1.0"

@@ -35,8 +35,10 @@ class LLM(PoolingMixin):
         prompts,
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
+        lora_request=None,
     ) -> list[RequestOutput]:
-        """Generate for one prompt or a list; results come back in input order.
+        """Generate for one prompt or a list; results come back in input order. `lora_request`: one
+        `LoRARequest` for every prompt or a list (one per prompt, None: the base model).
 
         A request that fails while it runs (its sampling or output processing raised) does not stop
         the others: once they all completed, a RequestFailedError naming the first failed prompt is
@@ -44,7 +46,8 @@ class LLM(PoolingMixin):
         prompts = _as_list(prompts)
         params = _broadcast(self.get_default_sampling_params() if sampling_params is None else sampling_params,
                             len(prompts))
-        return self._run(prompts, params, use_tqdm)
+        loras = _broadcast(lora_request, len(prompts), "lora_request")
+        return self._run(prompts, params, use_tqdm, loras)
 
     def chat(
         self,
@@ -59,9 +62,9 @@ class LLM(PoolingMixin):
         chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[RequestOutput]:
         """vLLM's LLM.chat: one conversation (a list of messages) or a list of them. Every keyword
-        is honoured or refused: `tools` and `lora_request` are not supported yet (ValueError), and an
-        unknown keyword is a TypeError, as Python makes it."""
-        _refuse_unsupported(tools=tools, lora_request=lora_request)
+        is honoured or refused: `tools` is not supported yet (ValueError), and an unknown keyword is a
+        TypeError, as Python makes it."""
+        _refuse_unsupported(tools=tools)
         if add_generation_prompt and continue_final_message:
             raise ValueError("continue_final_message=True continues the last (assistant) message: pass "
                              "add_generation_prompt=False with it")
@@ -73,7 +76,7 @@ class LLM(PoolingMixin):
                    for conv in conversations]
         # The template already holds any BOS it wants: tokenize without adding special tokens again.
         inputs = [{"prompt": p, "prompt_token_ids": tok.encode(p, add_special_tokens=False)} for p in prompts]
-        return self.generate(inputs, sampling_params, use_tqdm)
+        return self.generate(inputs, sampling_params, use_tqdm, lora_request)
 
     def apply_model(self, fn: Callable) -> list:
         """fn(model) on every worker; the model is the adapter or native class."""
@@ -95,13 +98,13 @@ class LLM(PoolingMixin):
             raise ValueError("collective_rpc(timeout=...) is not supported yet; pass timeout=None")
         return self.engine.collective_rpc(method, tuple(args), kwargs)
 
-    def _run(self, prompts: list, params: list, use_tqdm: bool) -> list:
+    def _run(self, prompts: list, params: list, use_tqdm: bool, loras: list | None = None) -> list:
         engine = self.engine
         ids = []
         try:
-            for prompt, p in zip(prompts, params):
+            for prompt, p, lora in zip(prompts, params, loras or [None] * len(prompts)):
                 rid = engine.new_request_id()
-                engine.add_request(rid, prompt, p)
+                engine.add_request(rid, prompt, p, lora)
                 ids.append(rid)
         except Exception:
             engine.abort(ids)
@@ -186,9 +189,9 @@ def _as_list(prompts) -> list:
     return list(prompts)
 
 
-def _broadcast(params, n: int) -> list:
+def _broadcast(params, n: int, name: str = "sampling_params") -> list:
     if isinstance(params, (list, tuple)):
         if len(params) != n:
-            raise ValueError(f"sampling_params has {len(params)} entries for {n} prompts; pass one or one per prompt")
+            raise ValueError(f"{name} has {len(params)} entries for {n} prompts; pass one or one per prompt")
         return list(params)
     return [params] * n

@@ -21,6 +21,7 @@ from anymodel.executor import make_executor
 from anymodel.kv_cache import KVCacheManager
 from anymodel.kv_cache.sizing import KVCacheSizing
 from anymodel.logging_config import log_engine_summary
+from anymodel.lora.registry import LoRARegistry
 from anymodel.model_facts import text_config_of
 from anymodel.model_protocol import ModelTraits, traits_of
 from anymodel.outputs import EngineStats, PoolingOutput, PoolingRequestOutput, RequestOutput
@@ -67,7 +68,9 @@ class Engine:
         num_blocks = KVCacheSizing(args, self.max_model_len, self.token_budget).num_blocks(self.executor, layers,
                                                                                         self.hf_config)
         self.kv = KVCacheManager(num_blocks, args.block_size, prefix_caching)
-        self.scheduler = Scheduler(self.kv, args.max_num_seqs, self.token_budget, args.enable_chunked_prefill)
+        self.scheduler = Scheduler(self.kv, args.max_num_seqs, self.token_budget, args.enable_chunked_prefill,
+                                   args.max_loras if args.enable_lora else None)
+        self.loras = LoRARegistry(args.enable_lora, self.executor)  # add_lora / remove_lora / list_loras
         self.outputs = OutputProcessor(self.tokenizer)
         self.pooling = PoolingOutputs()
         self._ids = itertools.count()
@@ -80,8 +83,10 @@ class Engine:
         return self.traits.paged_kv_cache
 
     # ---- public API -----------------------------------------------------------------------------
-    def add_request(self, request_id: str, prompt, params: SamplingParams | PoolingParams | None = None) -> None:
+    def add_request(self, request_id: str, prompt, params: SamplingParams | PoolingParams | None = None,
+                    lora_request=None) -> None:
         params = params or (SamplingParams() if self.task == "generate" else PoolingParams())
+        lora_request = self.loras.check(lora_request)
         pooling.check_request(self.task, params, self.hf_config, self.embedding_size)
         if isinstance(params, SamplingParams):
             params = resolve_logprobs(params, self.vocab_size, self.args.max_logprobs)
@@ -96,6 +101,7 @@ class Engine:
         children = [self._make_request(f"{request_id}#{i}", token_ids, params, i) for i in range(params.num_sequences)]
         self.outputs.add(RequestGroup(request_id, tokens.text, token_ids, params, children, self.tokenizer))
         for child in children:
+            child.lora_request = lora_request
             self.scheduler.add(child)
         self._counters["prompt"] += len(token_ids)
 

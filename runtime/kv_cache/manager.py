@@ -1,7 +1,8 @@
 """Per-request block tables on top of the block pool, with prefix-cache hits by chained block hash.
 
 Block i of a request is identified by hash((hash of block i-1, its block_size token ids)), so two
-requests share a block only if their whole prefixes up to it are equal.
+requests share a block only if their whole prefixes up to it are equal. Block 0's parent is the
+LoRA adapter's id (None for the base model): requests of different adapters never share a block.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class KVCacheManager:
         """Hashes of the request's full blocks so far (extended as tokens arrive)."""
         hashes = self.req_hashes.setdefault(request.request_id, [])
         if len(hashes) < request.num_tokens // self.block_size:
-            parent = hashes[-1] if hashes else None
+            parent = hashes[-1] if hashes else (("lora", request.lora_int_id) if request.lora_int_id else None)
             hashes.extend(hash_blocks(request.all_token_ids, self.block_size, len(hashes), parent))
         return hashes
 
