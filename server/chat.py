@@ -48,13 +48,13 @@ class ChatHandler(GenerationHandler):
         self.chat_template = chat_template  # None: the tokenizer's own
 
     async def create(self, req: ChatCompletionRequest) -> Response:
-        self.check_model(req.model)
+        lora = self.check_model(req.model)
         req.check_prompt_logprobs()
         top_k = req.num_logprobs()
         params = self.make_params(req, req.max_new_tokens(), top_k, req.prompt_logprobs)
         prompt = render_chat_request(self.tokenizer, req, self.chat_template)
         request_id = random_id("chatcmpl")
-        merged = await self.start(request_id, [prompt], params)
+        merged = await self.start(request_id, [prompt], params, lora)
         if not req.stream:
             finals = await self.collect(merged)
             return json_response(self._response(request_id, finals[0], top_k))
