@@ -101,3 +101,22 @@ def test_engine_arguments():
         LLM("unused", enable_lora=True, max_loras=0)
     with pytest.raises(ValueError, match=r"max_cpu_loras \(1\) must be >= max_loras \(2\)"):
         LLM("unused", enable_lora=True, max_loras=2, max_cpu_loras=1)
+
+
+def test_describe_names_the_lora_setup(setup):
+    *_, llm = setup
+    assert "LoRA          every decoder linear wrapped (anymodel.lora): max_loras=2 device slots, max_lora_rank=8" \
+        in llm.describe()
+
+
+def test_chat_runs_the_adapter(setup):
+    *_, good, llm = setup
+    lora = LoRARequest("good", 1, str(good))
+    messages = [{"role": "user", "content": "hello there"}]
+    tok = llm.get_tokenizer()
+    ids = tok.encode(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
+                     add_special_tokens=False)
+    chat = llm.chat(messages, SP, use_tqdm=False, lora_request=lora)[0].outputs[0].token_ids
+    assert chat == llm.generate({"prompt_token_ids": ids}, SP, use_tqdm=False, lora_request=lora)[0].outputs[0].token_ids
+    # the adapter changes this answer (so the equality above could not hold without it)
+    assert chat != llm.generate({"prompt_token_ids": ids}, SP, use_tqdm=False)[0].outputs[0].token_ids
