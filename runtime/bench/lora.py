@@ -16,11 +16,10 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from anymodel.bench.generation import PRESETS, make_prompts
+from anymodel.bench.generation import PRESETS, make_prompts, run_bench
 from anymodel.bench.systems import prepare_model_dir
 
 TARGETS = {"self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
@@ -119,13 +118,7 @@ def print_report(r: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    with tempfile.TemporaryDirectory(prefix="anymodel-bench-lora-") as tmp:
-        report = run(args, Path(tmp))
-    print_report(report)
-    if args.json_path:
-        Path(args.json_path).write_text(json.dumps(report, indent=2))
-    return 0
+    return run_bench(parse_args(list(sys.argv[1:] if argv is None else argv)), run, print_report)
 
 
 if __name__ == "__main__":

@@ -78,10 +78,11 @@ class LoRALinear(nn.Module):
         flat = x.reshape(-1, x.shape[-1])  # [T, in]: the step's one row of tokens
         if flat.shape[0] != mapping.num_tokens:
             raise RuntimeError(f"LoRA layer got {flat.shape[0]} tokens, the step has {mapping.num_tokens}")
-        h = lora_shrink(flat.to(self.lora_a.dtype), self.lora_a, mapping)  # [T, n R]
+        shrink, expand = kernels_for(flat.device)
+        h = shrink(flat.to(self.lora_a.dtype), self.lora_a, mapping)  # [T, n R]
         if self.row_parallel:
             h = dist.all_reduce(h)
-        out = lora_expand(y.reshape(-1, y.shape[-1]), h.to(y.dtype), self.lora_b.to(y.dtype), mapping)
+        out = expand(y.reshape(-1, y.shape[-1]), h.to(y.dtype), self.lora_b.to(y.dtype), mapping)
         return out.view(y.shape)
 
     @torch.no_grad()
@@ -111,6 +112,15 @@ class LoRALinear(nn.Module):
     def extra_repr(self) -> str:
         return f"pieces={[p.name.rsplit('.', 1)[-1] for p in self.pieces]}, slots={self.state.max_loras}, " \
                f"max_rank={self.state.max_rank}, row_parallel={self.row_parallel}"
+
+
+def kernels_for(device: torch.device) -> tuple[Callable, Callable]:
+    """(shrink, expand): the Triton kernels on CUDA (triton_ops.py), the torch reference elsewhere."""
+    if device.type == "cuda":
+        from anymodel.lora import triton_ops
+
+        return triton_ops.lora_shrink, triton_ops.lora_expand
+    return lora_shrink, lora_expand
 
 
 def _float_dtype(weight: torch.Tensor | None) -> torch.dtype:
