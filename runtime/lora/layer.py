@@ -68,6 +68,8 @@ class LoRALinear(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:  # weight, bias, in_features, ...: the base layer's (model code may read them)
+            if name.startswith("__") or "base" not in self.__dict__.get("_modules", {}):
+                raise  # copy / pickle probes, or not built yet
             return getattr(self._modules["base"], name)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
