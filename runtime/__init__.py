@@ -3,6 +3,7 @@
 from anymodel.beam_search import BeamSearchOutput, BeamSearchParams, BeamSearchSequence
 from anymodel.llm import LLM
 from anymodel.logging_config import configure_logging
+from anymodel.lora.request import LoRARequest
 from anymodel.outputs import (ClassificationRequestOutput, CompletionOutput, EmbeddingRequestOutput,
                               PoolingRequestOutput, RequestOutput, ScoringRequestOutput)
 from anymodel.params import PoolingParams, SamplingParams
@@ -12,5 +13,6 @@ configure_logging()  # INFO to stderr in vLLM's format, unless the application l
 
 __all__ = ["LLM", "SamplingParams", "PoolingParams", "RequestOutput", "CompletionOutput", "PoolingRequestOutput",
            "EmbeddingRequestOutput", "ClassificationRequestOutput", "ScoringRequestOutput",
-           "BeamSearchParams", "BeamSearchOutput", "BeamSearchSequence", "StructuredOutputsParams", "GuidedDecodingParams"]
+           "BeamSearchParams", "BeamSearchOutput", "BeamSearchSequence", "StructuredOutputsParams", "GuidedDecodingParams",
+           "LoRARequest"]
 __version__ = "0.1.0"

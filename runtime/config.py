@@ -65,6 +65,10 @@ class EngineArgs:
     enable_chunked_prefill: bool = True
     attention_backend: str = "auto"
     enable_compat_path: bool = True  # run non-backend-compatible models through their own forward
+    enable_lora: bool = False  # LoRA adapters per request (anymodel.lora); the three below size them
+    max_loras: int = 1  # distinct adapters in one step (device slots)
+    max_lora_rank: int = 16
+    max_cpu_loras: int | None = None  # adapters kept in host memory (LRU); None: max_loras
     # False: decode steps on one GPU replay CUDA graphs (runtime/worker/cuda_graph.py). Default True until
     # the path has run on a GPU (vLLM's default is False).
     enforce_eager: bool = True
@@ -102,6 +106,7 @@ class EngineArgs:
             _positive(name, getattr(self, name), optional=False)
         for name in ("max_model_len", "num_kv_blocks", "kv_cache_memory", "max_num_batched_tokens"):
             _positive(name, getattr(self, name))
+        _check_lora(self)
         lo, hi = SEED_RANGE
         if not (isinstance(self.seed, int) and not isinstance(self.seed, bool) and lo <= self.seed <= hi):
             raise ValueError(f"seed must be an integer in [{lo}, 2**64 - 1], got {self.seed!r}")
@@ -145,6 +150,14 @@ class EngineArgs:
     @property
     def world_size(self) -> int:
         return self.tensor_parallel_size * self.pipeline_parallel_size
+
+
+def _check_lora(args: EngineArgs) -> None:
+    for name in ("max_loras", "max_lora_rank"):
+        _positive(name, getattr(args, name), optional=False)
+    _positive("max_cpu_loras", args.max_cpu_loras)
+    if args.max_cpu_loras is not None and args.max_cpu_loras < args.max_loras:
+        raise ValueError(f"max_cpu_loras ({args.max_cpu_loras}) must be >= max_loras ({args.max_loras})")
 
 
 def _dtype_name(dtype) -> str:

@@ -37,9 +37,11 @@ class LLM(PoolingMixin, EngineControlMixin):
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
         priority: list[int] | None = None,
+        lora_request=None,
     ) -> list[RequestOutput]:
         """Generate for one prompt or a list; results come back in input order. `priority`: one
         integer per prompt (lower runs first) for an engine with scheduling_policy="priority".
+        `lora_request`: one `LoRARequest` for every prompt or a list (one per prompt, None: the base model).
 
         A request that fails while it runs (its sampling or output processing raised) does not stop
         the others: once they all completed, a RequestFailedError naming the first failed prompt is
@@ -47,7 +49,8 @@ class LLM(PoolingMixin, EngineControlMixin):
         prompts = _as_list(prompts)
         params = _broadcast(self.get_default_sampling_params() if sampling_params is None else sampling_params,
                             len(prompts))
-        return self._run(prompts, params, use_tqdm, _priorities(priority, len(prompts)))
+        loras = _broadcast(lora_request, len(prompts), "lora_request")
+        return self._run(prompts, params, use_tqdm, _priorities(priority, len(prompts)), loras)
 
     def chat(
         self,
@@ -62,10 +65,8 @@ class LLM(PoolingMixin, EngineControlMixin):
         chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[RequestOutput]:
         """vLLM's LLM.chat: one conversation (a list of messages) or a list of them. Every keyword
-        is honoured or refused: `lora_request` is not supported yet (ValueError), and an unknown keyword
-        is a TypeError, as Python makes it. `tools` go to the chat template; the output is the raw
-        text, tool calls and all (as vLLM's LLM.chat)."""
-        _refuse_unsupported(lora_request=lora_request)
+        is honoured or refused; an unknown keyword is a TypeError, as Python makes it. `tools` go to the
+        chat template; the output is the raw text, tool calls and all (as vLLM's LLM.chat)."""
         if add_generation_prompt and continue_final_message:
             raise ValueError("continue_final_message=True continues the last (assistant) message: pass "
                              "add_generation_prompt=False with it")
@@ -82,7 +83,7 @@ class LLM(PoolingMixin, EngineControlMixin):
                    for conv in conversations]
         # The template already holds any BOS it wants: tokenize without adding special tokens again.
         inputs = [{"prompt": p, "prompt_token_ids": tok.encode(p, add_special_tokens=False)} for p in prompts]
-        return self.generate(inputs, sampling_params, use_tqdm)
+        return self.generate(inputs, sampling_params, use_tqdm, lora_request=lora_request)
 
     def beam_search(self, prompts, params, lora_request: Any = None, use_tqdm: bool = False,
                     concurrency_limit: int | None = None) -> list:
@@ -119,14 +120,16 @@ class LLM(PoolingMixin, EngineControlMixin):
             raise ValueError("collective_rpc(timeout=...) is not supported yet; pass timeout=None")
         return self.engine.collective_rpc(method, tuple(args), kwargs)
 
-    def _run(self, prompts: list, params: list, use_tqdm: bool, priorities: list[int] | None = None) -> list:
+    def _run(self, prompts: list, params: list, use_tqdm: bool, priorities: list[int] | None = None,
+             loras: list | None = None) -> list:
         engine = self.engine
         self._check_awake()
         ids = []
         try:
-            for prompt, p, priority in zip(prompts, params, priorities or [0] * len(prompts)):
+            for prompt, p, priority, lora in zip(prompts, params, priorities or [0] * len(prompts),
+                                                 loras or [None] * len(prompts)):
                 rid = engine.new_request_id()
-                engine.add_request(rid, prompt, p, priority=priority)
+                engine.add_request(rid, prompt, p, priority=priority, lora_request=lora)
                 ids.append(rid)
         except Exception:
             engine.abort(ids)
@@ -211,15 +214,10 @@ def _as_list(prompts) -> list:
     return list(prompts)
 
 
-def _priorities(priority, n: int) -> list | None:
-    if priority is not None and (not isinstance(priority, (list, tuple)) or len(priority) != n):
-        raise ValueError(f"priority must be None or a list with one integer per prompt ({n}), got {priority!r}")
-    return priority
-
-
-def _broadcast(params, n: int) -> list:
+        loras = _broadcast(lora_request, len(prompts), "lora_request")
+        return self._run(prompts, params, use_tqdm, _priorities(priority, len(prompts)), loras)
     if isinstance(params, (list, tuple)):
         if len(params) != n:
-            raise ValueError(f"sampling_params has {len(params)} entries for {n} prompts; pass one or one per prompt")
+            raise ValueError(f"{name} has {len(params)} entries for {n} prompts; pass one or one per prompt")
         return list(params)
     return [params] * n

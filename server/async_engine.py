@@ -55,10 +55,14 @@ class RequestStepError(EngineStepError, RequestFailedError):
 
 
 def _resolve(future: asyncio.Future, error: BaseException | None) -> None:
+    _settle(future, None, error)
+
+
+def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
     if future.done():  # the waiting coroutine was cancelled meanwhile
         return
     if error is None:
-        future.set_result(None)
+        future.set_result(result)
     else:
         future.set_exception(error)
 
@@ -95,6 +99,16 @@ class AddCommand:
     params: Any
     request: _Request
     ack: asyncio.Future
+    lora_request: Any = None  # anymodel.LoRARequest (None: the base model)
+
+
+@dataclass(frozen=True)
+class CallCommand:
+    """fn(engine) on the engine thread (e.g. loading a LoRA adapter); `ack` gets its result or error."""
+
+    fn: Callable[[Any], Any]
+    loop: asyncio.AbstractEventLoop
+    ack: asyncio.Future
 
 
 @dataclass(frozen=True)
@@ -107,7 +121,7 @@ class StopCommand:
     """Stop the loop once the commands queued before it are applied."""
 
 
-Command = Union[AddCommand, AbortCommand, StopCommand]
+Command = Union[AddCommand, AbortCommand, CallCommand, StopCommand]
 
 
 class RequestStream:
@@ -189,7 +203,17 @@ class AsyncEngine:
     def is_alive(self) -> bool:
         return self._thread.is_alive() and not self._closed
 
-    async def add(self, request_id: str, prompt: Any, params: Any) -> RequestStream:
+    async def call(self, fn: Callable[[Any], Any]) -> Any:
+        """fn(engine) between steps, on the engine thread; its exception is raised here."""
+        loop = asyncio.get_running_loop()
+        ack = loop.create_future()
+        with self._lock:
+            if self._closed:
+                raise EngineDeadError("the engine loop is not running")
+            self._commands.put(CallCommand(fn, loop, ack))
+        return await ack
+
+    async def add(self, request_id: str, prompt: Any, params: Any, lora_request: Any = None) -> RequestStream:
         """Hand a request to the engine; raises the engine's ValueError for invalid input."""
         loop = asyncio.get_running_loop()
         ack = loop.create_future()
@@ -198,7 +222,7 @@ class AsyncEngine:
         with self._lock:
             if self._closed:
                 raise EngineDeadError("the engine loop is not running")
-            self._commands.put(AddCommand(request_id, prompt, params, req, ack))
+            self._commands.put(AddCommand(request_id, prompt, params, req, ack, lora_request))
         try:
             await ack
         except asyncio.CancelledError:  # client gone before the engine even saw the request
@@ -245,6 +269,8 @@ class AsyncEngine:
         while not isinstance(cmd, StopCommand):
             if isinstance(cmd, AddCommand):
                 self._add(cmd)
+            elif isinstance(cmd, CallCommand):
+                self._call(cmd)
             else:
                 self._abort(cmd.request_id)
             try:
@@ -275,9 +301,17 @@ class AsyncEngine:
         except Exception:
             logger.exception("engine.check_health() failed")
 
-    def _add(self, cmd: AddCommand) -> None:
+    def _call(self, cmd: CallCommand) -> None:
         try:
-            self.engine.add_request(cmd.request_id, cmd.prompt, cmd.params)
+            result, error = cmd.fn(self.engine), None
+        except Exception as e:  # noqa: BLE001 - the caller re-raises it
+            result, error = None, e
+        cmd.loop.call_soon_threadsafe(_settle, cmd.ack, result, error)
+
+    def _add(self, cmd: AddCommand) -> None:
+        lora = {} if cmd.lora_request is None else {"lora_request": cmd.lora_request}
+        try:
+            self.engine.add_request(cmd.request_id, cmd.prompt, cmd.params, **lora)
         except Exception as e:  # ValueError: a bad request (400); anything else: 500
             cmd.request.resolve(cmd.ack, e)
             return

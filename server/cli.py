@@ -75,6 +75,15 @@ def _positive(text: str) -> int:
     return value
 
 
+def _lora_module(text: str):
+    from .lora_models import parse_lora_module
+
+    try:
+        return parse_lora_module(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
 def _compilation_config(text: str):
     """vLLM's -O / --compilation-config: a level (int) or a JSON object."""
     return int(text) if text.strip().lstrip("-").isdigit() else _json_dict(text)
@@ -155,6 +164,11 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--served-model-name", metavar="NAME", help="the name clients send as `model` (default: MODEL)")
     g.add_argument("--chat-template", type=_chat_template, metavar="FILE|TEMPLATE",
                    help="Jinja chat template, a file or inline (default: the tokenizer's)")
+    lora = p.add_argument_group("LoRA adapters")
+    lora.add_argument("--enable-lora", action="store_true", default=None, help="serve LoRA adapters (PEFT format)")
+    lora.add_argument("--max-loras", type=int, metavar="N", help="distinct adapters in one step (default: 1)")
+    lora.add_argument("--max-lora-rank", type=int, metavar="R", help="the largest adapter rank (default: 16)")
+    lora.add_argument("--max-cpu-loras", type=int, metavar="N", help="adapters kept in host memory (default: --max-loras)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     http.add_argument("--port", type=int, default=8000, help="default: 8000")
     http.add_argument("--api-key", metavar="KEY", default=os.environ.get("ANYMODEL_API_KEY"),
                       help="require `Authorization: Bearer KEY` (default: $ANYMODEL_API_KEY, or none)")
+    http.add_argument("--lora-modules", nargs="+", type=_lora_module, metavar="NAME=PATH|JSON",
+                      help='LoRA adapters served as model NAME (needs --enable-lora); also '
+                           '\'{"name": ..., "path": ..., "base_model_name": ...}\'')
     http.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     tools = serve.add_argument_group("tools and reasoning")
     tools.add_argument("--enable-auto-tool-choice", action="store_true",
@@ -260,7 +277,8 @@ def _serve(ns: argparse.Namespace) -> int:
                                ns.reasoning_parser)  # checked before the engine loads
     exit_on_fatal = ExitOnFatal()
     app = build_app(engine_args, api_key=ns.api_key, max_prompts_per_request=ns.max_prompts_per_request,
-                    on_fatal=exit_on_fatal, chat_options=chat_options)
+                    on_fatal=exit_on_fatal, chat_options=chat_options,
+                    lora_modules=ns.lora_modules)
     return exit_on_fatal.run(app, host=ns.host, port=ns.port, log_level=ns.log_level)
 
 

@@ -14,6 +14,7 @@ KINDS: dict[str, tuple[str, bool]] = {
     "throughput": ("anymodel.bench.generation", True),  # one module runs both throughput and latency
     "latency": ("anymodel.bench.generation", True),
     "serve": ("anymodel.bench.serve", False),
+    "lora": ("anymodel.bench.lora", False),
 }
 
 

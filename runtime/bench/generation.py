@@ -152,14 +152,18 @@ def print_report(report: dict) -> None:
         print(f"{name:<44} throughput x{r['output_tok_s']:.2f}   per-request decode x{r['decode_tok_s']:.2f}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+def run_bench(args: argparse.Namespace, run_fn, print_fn) -> int:
+    """A bench's driver: run it in a temporary work dir, print the report, write it to --json."""
     with tempfile.TemporaryDirectory(prefix="anymodel-bench-") as tmp:
-        report = run(args, Path(tmp))
-    print_report(report)
+        report = run_fn(args, Path(tmp))
+    print_fn(report)
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(report, indent=2))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_bench(parse_args(list(sys.argv[1:] if argv is None else argv)), run, print_report)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from anymodel.executor import make_executor
 from anymodel.kv_cache import KVCacheManager
 from anymodel.kv_cache.sizing import KVCacheSizing
 from anymodel.logging_config import log_engine_summary
+from anymodel.lora.registry import LoRARegistry
 from anymodel.model_facts import text_config_of
 from anymodel.model_protocol import ModelTraits, traits_of
 from anymodel.outputs import EngineStats, PoolingOutput, PoolingRequestOutput, RequestOutput
@@ -72,7 +73,8 @@ class Engine:
                                                                                         self.hf_config)
         self.kv = KVCacheManager(num_blocks, args.block_size, prefix_caching)
         self.scheduler = Scheduler(self.kv, args.max_num_seqs, self.token_budget, args.enable_chunked_prefill,
-                                   args.scheduling_policy)
+                                   policy=args.scheduling_policy, max_loras=args.max_loras if args.enable_lora else None)
+        self.loras = LoRARegistry(args.enable_lora, self.executor)  # add_lora / remove_lora / list_loras
         self.outputs = OutputProcessor(self.tokenizer)
         self.structured = StructuredOutputManager(self.tokenizer, self.vocab_size, self.eos_token_ids,
                                                   args.structured_outputs_config)
@@ -88,10 +90,8 @@ class Engine:
 
     # ---- public API -----------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt, params: SamplingParams | PoolingParams | None = None,
-                    priority: int = 0) -> None:
-        """`params` None: the model's defaults (`default_params()`, generation_config.json's, as vLLM)."""
-        check_priority(priority, self.args.scheduling_policy)
-        params = params or (self.default_params() if self.task == "generate" else PoolingParams())
+                                   policy=args.scheduling_policy, max_loras=args.max_loras if args.enable_lora else None)
+        self.loras = LoRARegistry(args.enable_lora, self.executor)  # add_lora / remove_lora / list_loras
         pooling.check_request(self.task, params, self.hf_config, self.embedding_size)
         if isinstance(params, SamplingParams):
             params = params.clone()
@@ -114,6 +114,7 @@ class Engine:
                     for i in range(params.num_sequences)]
         self.outputs.add(RequestGroup(request_id, tokens.text, token_ids, params, children, self.tokenizer))
         for child in children:
+            child.lora_request = lora_request
             if not self.structured.park(child):  # a constrained one waits there for its grammar
                 self.scheduler.add(child)
         self._counters["prompt"] += len(token_ids)

@@ -5,7 +5,9 @@ for one, a prompt for its remainder, capped by the budget: chunked prefill), old
 KV cache cannot hold them, the newest running request is preempted (scheduling_policy="priority":
 the least important one): its blocks are freed and it is recomputed later from its prompt and the
 tokens it already produced. Waiting requests are admitted in the policy's order (request_queue.py),
-after a prefix-cache lookup, only while no preemption happened this step.
+after a prefix-cache lookup, only while no preemption happened this step; with LoRA (`max_loras`),
+a waiting request whose adapter would be one more than the running requests hold slots for waits
+(the ones behind it may still start).
 """
 
 from __future__ import annotations
@@ -61,8 +63,10 @@ class Scheduler:
         max_num_batched_tokens: int,
         enable_chunked_prefill: bool = True,
         policy: str = "fcfs",  # or "priority" (runtime/engine/request_queue.py)
+        max_loras: int | None = None,
     ) -> None:
         self.kv = kv
+        self.max_loras = max_loras  # distinct adapters among running requests (None: no LoRA limit)
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.enable_chunked_prefill = enable_chunked_prefill
@@ -114,8 +118,12 @@ class Scheduler:
         return budget
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
+        skipped: list[Request] = []  # their adapter needs a slot no running request frees this step
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting[0]
+            if not self._lora_fits(req):
+                skipped.append(self.waiting.popleft())
+                continue
             computed, num_cached = self.kv.get_computed_blocks(req)
             n = req.num_tokens - num_cached
             if n > budget and (req.is_pooling or not self.enable_chunked_prefill):
@@ -132,6 +140,13 @@ class Scheduler:
             self.running.append(req)
             out.scheduled.append(ScheduledRequest(req, n))
             budget -= n
+        self.waiting.extendleft(reversed(skipped))
+
+    def _lora_fits(self, req: Request) -> bool:
+        if self.max_loras is None or not req.lora_int_id:
+            return True
+        active = {r.lora_int_id for r in self.running if r.lora_int_id}
+        return req.lora_int_id in active or len(active) < self.max_loras
 
     def _preempt(self, req: Request, out: SchedulerOutput) -> None:
         self.kv.free(req)

@@ -15,6 +15,7 @@ import torch
 
 from anymodel import loader
 from anymodel.distributed import ParallelState
+from anymodel.lora.transform import LoRAConfig  # also registers the LoRA transform
 from anymodel.model_loader.rules import Decision, decide
 from anymodel.model_loader.transforms import TransformContext, apply_transforms
 from anymodel.model_protocol import traits_of
@@ -36,7 +37,7 @@ def build(decision: Decision, args, device: torch.device, backend) -> torch.nn.M
     if decision.impl == "refuse":
         raise ValueError(decision.reason)
     dtype = loader.resolve_dtype(args.dtype, facts.config)
-    context = TransformContext(decision.impl, facts.config, dtype, facts.state)
+    context = TransformContext(decision.impl, facts.config, dtype, facts.state, LoRAConfig.from_args(args))
     if args.load_format == "dummy":
         return _dummy(decision, args, device, backend, context)
     if decision.impl == "native":
@@ -118,7 +119,7 @@ def _compat_rebuild(decision: Decision, device, context: TransformContext):
             raise ValueError(f"{f.hf_name} failed anymodel's start-up self-check ({reason}), and the compat "
                              "path needs a *ForCausalLM class")
         model = load_compat_causal_lm(f.hf.cls, f.model_dir, f.config, context.dtype, reason).to(device)
-        return apply_transforms(model, TransformContext("compat", f.config, context.dtype, f.state))
+        return apply_transforms(model, TransformContext("compat", f.config, context.dtype, f.state, context.lora))
 
     return rebuild
 
