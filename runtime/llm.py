@@ -214,8 +214,13 @@ def _as_list(prompts) -> list:
     return list(prompts)
 
 
-        loras = _broadcast(lora_request, len(prompts), "lora_request")
-        return self._run(prompts, params, use_tqdm, _priorities(priority, len(prompts)), loras)
+def _priorities(priority, n: int) -> list | None:
+    if priority is not None and (not isinstance(priority, (list, tuple)) or len(priority) != n):
+        raise ValueError(f"priority must be None or a list with one integer per prompt ({n}), got {priority!r}")
+    return priority
+
+
+def _broadcast(params, n: int, name: str = "sampling_params") -> list:
     if isinstance(params, (list, tuple)):
         if len(params) != n:
             raise ValueError(f"{name} has {len(params)} entries for {n} prompts; pass one or one per prompt")
