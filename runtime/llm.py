@@ -29,7 +29,7 @@ class LLM(PoolingMixin, EngineControlMixin):
         """vLLM's: SamplingParams with the model's generation_config.json defaults (temperature, top_p,
         top_k, min_p, repetition_penalty, max_new_tokens as max_tokens); plain SamplingParams() with
         generation_config="vllm" or none in the file. `generate` uses them when given no params."""
-        return SamplingParams(**self.engine.default_sampling_params)
+        return self.engine.default_params()
 
     def generate(
         self,
@@ -62,21 +62,42 @@ class LLM(PoolingMixin, EngineControlMixin):
         chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[RequestOutput]:
         """vLLM's LLM.chat: one conversation (a list of messages) or a list of them. Every keyword
-        is honoured or refused: `tools` and `lora_request` are not supported yet (ValueError), and an
-        unknown keyword is a TypeError, as Python makes it."""
-        _refuse_unsupported(tools=tools, lora_request=lora_request)
+        is honoured or refused: `lora_request` is not supported yet (ValueError), and an unknown keyword
+        is a TypeError, as Python makes it. `tools` go to the chat template; the output is the raw
+        text, tool calls and all (as vLLM's LLM.chat)."""
+        _refuse_unsupported(lora_request=lora_request)
         if add_generation_prompt and continue_final_message:
             raise ValueError("continue_final_message=True continues the last (assistant) message: pass "
                              "add_generation_prompt=False with it")
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         template_kwargs = _chat_kwargs(chat_template_kwargs)
+        if tools is not None:
+            template_kwargs["tools"] = tools
         tok = self.engine.tokenizer
+        if tok is None:
+            raise ValueError("chat renders the chat template with the tokenizer, and this LLM has none "
+                             "(skip_tokenizer_init=True); pass token ids to generate() instead")
         template = chat_template or self.engine_args.chat_template
         prompts = [_render(tok, conv, template, add_generation_prompt, continue_final_message, template_kwargs)
                    for conv in conversations]
         # The template already holds any BOS it wants: tokenize without adding special tokens again.
         inputs = [{"prompt": p, "prompt_token_ids": tok.encode(p, add_special_tokens=False)} for p in prompts]
         return self.generate(inputs, sampling_params, use_tqdm)
+
+    def beam_search(self, prompts, params, lora_request: Any = None, use_tqdm: bool = False,
+                    concurrency_limit: int | None = None) -> list:
+        """vLLM's LLM.beam_search: for each prompt (text, token ids or a prompt dict), the best
+        `params.beam_width` sequences by Transformers' beam search (runtime/beam_search.py), as a
+        list of BeamSearchOutput; `concurrency_limit`: how many prompts are searched at once."""
+        from anymodel.beam_search import run_offline
+
+        _refuse_unsupported(lora_request=lora_request)
+        prompts = _as_list(prompts)
+        if concurrency_limit is not None and not (isinstance(concurrency_limit, int) and concurrency_limit >= 1):
+            raise ValueError(f"concurrency_limit must be None or an integer >= 1, got {concurrency_limit!r}")
+        step = concurrency_limit or max(len(prompts), 1)
+        return [out for at in range(0, len(prompts), step)
+                for out in run_offline(self, prompts[at:at + step], params, use_tqdm)]
 
     def apply_model(self, fn: Callable) -> list:
         """fn(model) on every worker; the model is the adapter or native class."""

@@ -7,7 +7,9 @@ import math
 import numbers
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable
+from typing import Any, Callable
+
+from anymodel.structured_output.params import resolve_structured_outputs
 
 from anymodel.errors import ArgumentTypeError
 
@@ -161,6 +163,10 @@ class SamplingParams:
     best_of: int | None = None
     # bad_words as token sequences: filled by the engine, which has the tokenizer (request_checks)
     bad_words_token_ids: list[list[int]] | None = None
+    # Constrained output (JSON schema, regex, choice, grammar): anymodel.structured_output; the legacy
+    # spelling guided_decoding= lands in structured_outputs
+    structured_outputs: Any = None
+    guided_decoding: Any = None
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -177,6 +183,7 @@ class SamplingParams:
         self.allowed_token_ids = _normalize_allowed(self.allowed_token_ids)
         self.bad_words = _normalize_bad_words(self.bad_words)
         self.logits_processors = _normalize_processors(self.logits_processors)
+        self.structured_outputs, self.guided_decoding = resolve_structured_outputs(self), None
         self._validate()
 
     def _check_types(self) -> None:
@@ -259,6 +266,16 @@ class SamplingParams:
         if isinstance(bias, dict):
             kwargs["logit_bias"] = {_token_key(k): _clipped_bias(v) for k, v in bias.items()}
         return SamplingParams(**kwargs)
+
+    def update_from_generation_config(self, generation_config: dict, model_eos_token_id: int | None = None) -> None:
+        """vLLM's: the generation config's EOS ids other than the model's own (the tokenizer's EOS,
+        handled as EOS) end the request as stop_token_ids (finish_reason "stop", stop_reason the id),
+        unless ignore_eos; in place. The engine applies it to every request's copy."""
+        eos = generation_config.get("eos_token_id")
+        ids = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
+        ids.discard(model_eos_token_id)
+        if ids and not self.ignore_eos:
+            self.stop_token_ids = sorted(ids | set(self.stop_token_ids))
 
     def clone(self, **changes) -> "SamplingParams":
         from dataclasses import replace

@@ -28,6 +28,7 @@ from anymodel.outputs import EngineStats, PoolingOutput, PoolingRequestOutput, R
 from anymodel.params import PoolingParams, SamplingParams
 from anymodel.pooling import tasks as pooling
 from anymodel.pooling.outputs import PoolingOutputs
+from anymodel.structured_output.manager import StructuredOutputManager
 
 logger = logging.getLogger("anymodel")
 
@@ -35,14 +36,12 @@ logger = logging.getLogger("anymodel")
 class Engine:
     def __init__(self, args: EngineArgs) -> None:
         self.args = args
-        model_dir = loader.resolve_model_dir(args.model, args.revision, args.download_dir)
+        model_dir = loader.resolve_model_dir(args.model, args.revision, args.download_dir, args.load_format)
         loader.check_load_format(args.load_format, model_dir)
         self.hf_config = loader.load_config(model_dir, args.trust_remote_code, args.hf_overrides)
-        self.tokenizer = loader.load_tokenizer(args.tokenizer or model_dir, args.trust_remote_code, args.tokenizer_revision,
-                                               args.tokenizer_mode)
-        self.task = pooling.resolve_task(args.task, self.hf_config, model_dir)
-        if args.runner == "pooling" and self.task == "generate":
-            self.task = "embed"  # vLLM's runner="pooling", convert="auto" on a generative model: embeddings
+        self.tokenizer = None if args.skip_tokenizer_init else loader.load_tokenizer(
+            args.tokenizer or model_dir, args.trust_remote_code, args.tokenizer_revision, args.tokenizer_mode)
+        self.task = pooling.resolve_task(args.task, self.hf_config, model_dir, args.runner)
         # request defaults from generation_config.json (LLM.generate without params, the server's unset fields)
         self.default_sampling_params = (loader.generation_defaults(model_dir, args.generation_config)
                                         if self.task == "generate" else {})
@@ -56,7 +55,11 @@ class Engine:
         self.inputs = PromptProcessor(self.tokenizer, lower_case)
         self.embedding_size = pooling.embedding_size(self.hf_config, model_dir) if self.task == "embed" else None
         self.model_name = args.served_model_name or args.model or "anymodel-demo"
-        self.eos_token_ids = loader.eos_token_ids(model_dir, self.tokenizer)
+        self.eos_token_ids = loader.eos_token_ids(model_dir, self.tokenizer)  # all of them (beam search reads it)
+        # vLLM's split: the tokenizer's EOS is EOS; generation_config.json's other ids become each
+        # request's stop_token_ids (SamplingParams.update_from_generation_config)
+        self.generation_config_fields = loader.generation_config_fields(model_dir)
+        self.model_eos_token_id = getattr(self.tokenizer, "eos_token_id", None)
         self.vocab_size = text_config_of(self.hf_config).vocab_size
         self.executor = make_executor(args, model_dir, self.hf_config)
         self.traits: ModelTraits = self.executor.apply_model(traits_of)[0]  # every rank builds the same class
@@ -71,6 +74,8 @@ class Engine:
         self.scheduler = Scheduler(self.kv, args.max_num_seqs, self.token_budget, args.enable_chunked_prefill,
                                    args.scheduling_policy)
         self.outputs = OutputProcessor(self.tokenizer)
+        self.structured = StructuredOutputManager(self.tokenizer, self.vocab_size, self.eos_token_ids,
+                                                  args.structured_outputs_config)
         self.pooling = PoolingOutputs()
         self._ids = itertools.count()
         self._counters = {"prompt": 0, "generation": 0, "prefix_hits": 0}
@@ -84,12 +89,20 @@ class Engine:
     # ---- public API -----------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt, params: SamplingParams | PoolingParams | None = None,
                     priority: int = 0) -> None:
+        """`params` None: the model's defaults (`default_params()`, generation_config.json's, as vLLM)."""
         check_priority(priority, self.args.scheduling_policy)
-        params = params or (SamplingParams() if self.task == "generate" else PoolingParams())
+        params = params or (self.default_params() if self.task == "generate" else PoolingParams())
         pooling.check_request(self.task, params, self.hf_config, self.embedding_size)
         if isinstance(params, SamplingParams):
+            params = params.clone()
+            params.update_from_generation_config(self.generation_config_fields, self.model_eos_token_id)
+            if self.tokenizer is None and params.stop:
+                raise ValueError("stop strings match text, and this engine has no tokenizer (skip_tokenizer_init="
+                                 "True); use stop_token_ids")
             params = resolve_logprobs(params, self.vocab_size, self.args.max_logprobs)
             params = resolve_bad_words(params, self.tokenizer)
+            if params.structured_outputs is not None:  # parsed now: an invalid one is this ValueError
+                params = params.clone(structured_outputs=self.structured.check(params.structured_outputs))
         tokens = self.inputs.tokenize(prompt)
         k = getattr(params, "truncate_prompt_tokens", None)
         tokens = self.inputs.truncate(tokens, k, self.max_prompt_len(params), self.max_model_len)
@@ -101,8 +114,16 @@ class Engine:
                     for i in range(params.num_sequences)]
         self.outputs.add(RequestGroup(request_id, tokens.text, token_ids, params, children, self.tokenizer))
         for child in children:
-            self.scheduler.add(child)
+            if not self.structured.park(child):  # a constrained one waits there for its grammar
+                self.scheduler.add(child)
         self._counters["prompt"] += len(token_ids)
+
+    def default_params(self, given: dict | None = None, fallbacks: dict | None = None) -> SamplingParams:
+        """The one rule for request defaults (LLM.get_default_sampling_params, generate() without
+        params, `anymodel generate`): the fields `given`, else generation_config.json's (vLLM's
+        get_diff_sampling_param; none with generation_config="vllm"), else `fallbacks`, else
+        SamplingParams' own."""
+        return SamplingParams(**{**(fallbacks or {}), **self.default_sampling_params, **(given or {})})
 
     def _add_pooling_request(self, request_id: str, tokens: PromptTokens, params, priority: int = 0) -> None:
         request = self._make_request(request_id, tokens.token_ids, params, 0, priority)
@@ -114,11 +135,15 @@ class Engine:
     def step(self) -> list[RequestOutput | PoolingRequestOutput]:
         """One step. A request whose sampling, pooling or output processing raised ends alone: its
         blocks are freed and its final (Pooling)RequestOutput carries `error` (a RequestFailedError)."""
+        for req in self.structured.take_ready(idle=self.scheduler.num_unfinished == 0):
+            self.scheduler.add(req)
         sched = self.scheduler.schedule()
         if sched.is_empty and not sched.released_req_ids:
             return []
         self.outputs.mark_scheduled(sched)
+        sched.grammar_bitmask = self.structured.bitmask(sched)
         result = self.executor.execute_model(sched)
+        result.failed.update(self.structured.accept(result.sampled))
         self.scheduler.update(sched)
         finished = self.outputs.apply(sched, result)
         # each pooling request ends in its one step: pooled, or failed (its pooler raised)
@@ -147,6 +172,7 @@ class Engine:
 
     def _finish(self, finished: list[tuple[Request, RequestStatus]]) -> None:
         for req, status in finished:
+            self.structured.remove(req)
             if not req.is_finished:  # a child can end twice in one step: stopped, then its group failed
                 self.scheduler.finish(req, status)
 
@@ -164,6 +190,7 @@ class Engine:
             group = self.outputs.pop(rid)
             if group is not None:
                 for child in group.children:
+                    self.structured.remove(child)
                     if not child.is_finished:
                         self.scheduler.finish(child, RequestStatus.FINISHED_ABORTED)
 
@@ -175,7 +202,7 @@ class Engine:
         self.outputs.tokenizer = tokenizer
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.num_unfinished > 0
+        return self.scheduler.num_unfinished > 0 or self.structured.num_parked > 0
 
     def apply_model(self, fn) -> list:
         return self.executor.apply_model(fn)
@@ -203,6 +230,13 @@ class Engine:
             num_preemptions_total=self.scheduler.num_preemptions,
             prefix_cache_hit_tokens_total=self.scheduler.num_prefix_cache_hit_tokens,
         )
+
+    @property
+    def _request_eos_ids(self) -> frozenset[int]:
+        """A request's EOS: the tokenizer's (the other generation_config ids are its stop_token_ids);
+        without a tokenizer, none: generation_config's ids all stop as stop_token_ids (vLLM)."""
+        eos = self.model_eos_token_id
+        return frozenset() if eos is None else frozenset({eos})
 
     def new_request_id(self) -> str:
         return str(next(self._ids))
@@ -244,7 +278,7 @@ class Engine:
             prompt_token_ids=token_ids,
             params=params,
             max_tokens=self._max_tokens(len(token_ids), params),
-            eos_token_ids=self.eos_token_ids,
+            eos_token_ids=self._request_eos_ids,
             arrival_time=time.monotonic(),
             priority=priority,
         )

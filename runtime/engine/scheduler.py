@@ -36,6 +36,8 @@ class SchedulerOutput:
     preempted: list[Request] = field(default_factory=list)
     # Requests finished or aborted since the previous step: workers drop their per-request state.
     finished_req_ids: set[str] = field(default_factory=set)
+    # Structured outputs: token bitmask rows of the constrained requests that sample (structured_output/)
+    grammar_bitmask: object | None = None
 
     @property
     def num_tokens(self) -> int:

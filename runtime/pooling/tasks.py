@@ -58,7 +58,13 @@ def supported_tasks(config, model_dir: Path) -> list[str] | None:
     return None
 
 
-def resolve_task(requested: str, config, model_dir: Path) -> str:
+def resolve_task(requested: str, config, model_dir: Path, runner: str = "auto") -> str:
+    """The task a model runs. vLLM's runner="pooling" with convert="auto" on a generative model embeds."""
+    task = _resolve_task(requested, config, model_dir)
+    return "embed" if runner == "pooling" and task == "generate" else task
+
+
+def _resolve_task(requested: str, config, model_dir: Path) -> str:
     supported = supported_tasks(config, model_dir)
     if requested != "auto":
         if supported is not None and requested not in supported:

@@ -242,7 +242,7 @@ class ModelRunner:
                 prompt_lp.append((i, s))
             if s.samples:
                 sample_idx.append(starts[i + 1] - 1)
-                rows.append(_sampling_row(r))
+                rows.append(_sampling_row(r, sched.grammar_bitmask))
                 reqs.append(r)
         if rows:
             self._sample_rows(hidden, sample_idx, rows, reqs, out)
@@ -297,9 +297,10 @@ def _failure(what: str, e: Exception) -> str:
     return f"{what} failed: {type(e).__name__}: {e}"
 
 
-def _sampling_row(r: Request) -> SamplingRow:
+def _sampling_row(r: Request, grammar_bitmask=None) -> SamplingRow:
     p = r.params
     blocked = []
     if r.num_output_tokens < p.min_tokens:
         blocked = sorted(set(p.stop_token_ids) | (set() if p.ignore_eos else set(r.eos_token_ids)))
-    return SamplingRow(p, r.prompt_token_ids, r.output_token_ids, blocked, r.generator)
+    mask = None if grammar_bitmask is None else grammar_bitmask.row_of(r.request_id)
+    return SamplingRow(p, r.prompt_token_ids, r.output_token_ids, blocked, r.generator, mask)
