@@ -30,6 +30,7 @@ from anymodel.outputs import (
 from anymodel.params import PoolingParams
 
 POOLING_REQUEST_TASKS = ("encode", "embed", "classify", "score", "reward")
+VLLM_TASK_NAMES = {"token_classify": "reward"}  # vLLM's newer name of a reward request (per-token labels)
 
 
 class PoolingMixin:
@@ -47,6 +48,7 @@ class PoolingMixin:
         """
         if pooling_task is None:
             pooling_task = _default_pooling_task(self.engine.task)
+        pooling_task = VLLM_TASK_NAMES.get(pooling_task, pooling_task)
         if pooling_task not in POOLING_REQUEST_TASKS:
             raise ValueError(f"unsupported pooling_task {pooling_task!r}; supported: {list(POOLING_REQUEST_TASKS)}")
         from anymodel.llm import _as_list, _broadcast
