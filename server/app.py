@@ -95,11 +95,12 @@ def build_app(engine_args: EngineArgs | None = None, *, api_key: str | None = No
               max_prompts_per_request: int = MAX_PROMPTS_PER_REQUEST,
               on_fatal: Callable[[BaseException], None] | None = None,
               chat_options: ChatOptions | None = None,
-              lora_modules: list[LoRAModulePath] | None = None) -> FastAPI:
+              lora_modules: list[LoRAModulePath] | None = None, metrics_prefix: str | None = None) -> FastAPI:
     """`engine`: an already-built Engine (tests pass fakes); by default one is built from engine_args.
     `on_fatal(error)`: called once if the engine dies for good (`anymodel serve` exits then).
     `chat_options`: tool-call and reasoning parsers for chat completions (chat_output.ChatOptions).
-    `lora_modules`: LoRA adapters served by name (needs enable_lora)."""
+    `lora_modules`: LoRA adapters served by name (needs enable_lora).
+    `metrics_prefix`: "anymodel" or "vllm" (/metrics names; default $ANYMODEL_METRICS_PREFIX or "anymodel")."""
     engine_args = engine_args or EngineArgs()
     if engine_args.skip_tokenizer_init:
         raise ValueError("skip_tokenizer_init=True is offline-only (LLM(...)): the server tokenizes prompts, renders "
@@ -115,7 +116,8 @@ def build_app(engine_args: EngineArgs | None = None, *, api_key: str | None = No
     if loras is not None:
         load_startup_loras(engine, loras, lora_modules or [])  # before the engine thread owns the engine
     async_engine = AsyncEngine(engine)
-    async_engine.metrics = ServerMetrics(lambda: async_engine.stats)
+    async_engine.metrics = ServerMetrics(lambda: async_engine.stats, engine.model_name, metrics_prefix,
+                                         engine.max_model_len)
     async_engine.on_fatal = _fatal_hook(on_fatal)  # before start(): the engine thread may call it
     async_engine.start()
 

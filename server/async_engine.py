@@ -326,7 +326,7 @@ class AsyncEngine:
         except Exception:
             logger.exception("engine.abort(%r) failed", request_id)
         if self.metrics is not None:
-            self.metrics.finished.labels("abort").inc()
+            self.metrics.finished("abort")
 
     def _step(self) -> None:
         try:
@@ -338,6 +338,8 @@ class AsyncEngine:
             self._fail_all(EngineStepError(f"engine step failed: {type(e).__name__}: {e}"))
             return
         now = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.step(getattr(self.engine, "last_step_num_tokens", 0))
         for out in outputs:
             req = self._requests.get(out.request_id)
             if req is not None:  # None: aborted since it was scheduled
@@ -348,12 +350,12 @@ class AsyncEngine:
         if error is not None:  # this request alone failed inside the step; it is over
             req.send(RequestStepError(error) if isinstance(error, RequestFailedError) else error)
             del self._requests[request_id]
-            self._observe_finished(req, "error", now)
+            self._observe_finished(req, "error", now, None)
             return
         if not isinstance(out, RequestOutput):  # a PoolingRequestOutput: one final output, sent as is
             req.send(out)
             del self._requests[request_id]
-            self._observe_finished(req, "stop", now)
+            self._observe_finished(req, "stop", now, out)
             return
         delta = req.tracker.delta(out)
         if delta.num_new_tokens:
@@ -362,19 +364,18 @@ class AsyncEngine:
             req.send(delta)
         if out.finished:
             del self._requests[request_id]
-            self._observe_finished(req, (out.outputs[0].finish_reason if out.outputs else None) or "unknown", now)
+            reason = (out.outputs[0].finish_reason if out.outputs else None) or "unknown"
+            self._observe_finished(req, reason, now, out)
 
-    def _observe_finished(self, req: _Request, reason: str, now: float) -> None:
+    def _observe_finished(self, req: _Request, reason: str, now: float, out) -> None:
         if self.metrics is not None:
-            self.metrics.finished.labels(reason).inc()
-            self.metrics.e2e.observe(now - req.arrival)
+            self.metrics.finished(reason)
+            self.metrics.request_done(out, now - req.arrival)
 
     def _observe_latency(self, req: _Request, now: float) -> None:
         if self.metrics is not None:
-            if req.last_token_time is None:
-                self.metrics.ttft.observe(now - req.arrival)
-            else:
-                self.metrics.itl.observe(now - req.last_token_time)
+            first = req.last_token_time is None
+            self.metrics.token_latency(first, now - (req.arrival if first else req.last_token_time))
         req.last_token_time = now
 
     def _fail_all(self, error: BaseException) -> None:

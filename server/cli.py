@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help='LoRA adapters served as model NAME (needs --enable-lora); also '
                            '\'{"name": ..., "path": ..., "base_model_name": ...}\'')
     http.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    http.add_argument("--metrics-prefix", choices=["anymodel", "vllm"], default=None,
+                      help="/metrics names: anymodel:* (default, or $ANYMODEL_METRICS_PREFIX) or vllm:*, vLLM's "
+                           "names exactly, for dashboards and autoscalers written for vLLM")
     tools = serve.add_argument_group("tools and reasoning")
     tools.add_argument("--enable-auto-tool-choice", action="store_true",
                        help='tool_choice "auto": find tool calls in the output with --tool-call-parser')
@@ -281,7 +284,7 @@ def _serve(ns: argparse.Namespace) -> int:
     exit_on_fatal = ExitOnFatal()
     app = build_app(engine_args, api_key=ns.api_key, max_prompts_per_request=ns.max_prompts_per_request,
                     on_fatal=exit_on_fatal, chat_options=chat_options,
-                    lora_modules=ns.lora_modules)
+                    lora_modules=ns.lora_modules, metrics_prefix=ns.metrics_prefix)
     return exit_on_fatal.run(app, host=ns.host, port=ns.port, log_level=ns.log_level)
 
 

@@ -81,6 +81,7 @@ class Engine:
         self.pooling = PoolingOutputs()
         self._ids = itertools.count()
         self._counters = {"prompt": 0, "generation": 0, "prefix_hits": 0}
+        self.last_step_num_tokens = 0
         log_engine_summary(self, model_dir)
 
     @property
@@ -142,6 +143,7 @@ class Engine:
         for req in self.structured.take_ready(idle=self.scheduler.num_unfinished == 0):
             self.scheduler.add(req)
         sched = self.scheduler.schedule()
+        self.last_step_num_tokens = sched.num_tokens  # /metrics: iteration_tokens_total
         if sched.is_empty and not sched.released_req_ids:
             return []
         self.outputs.mark_scheduled(sched)
@@ -233,6 +235,7 @@ class Engine:
             generation_tokens_total=self._counters["generation"],
             num_preemptions_total=self.scheduler.num_preemptions,
             prefix_cache_hit_tokens_total=self.scheduler.num_prefix_cache_hit_tokens,
+            prefix_cache_query_tokens_total=self.scheduler.num_prefix_cache_query_tokens,
         )
 
     @property
