@@ -234,3 +234,12 @@ def test_dummy_weights_under_tensor_parallelism(config_only):
     with pytest.raises(ValueError, match="load_format='dummy'"):
         LLM(str(config_only), load_format="dummy", model_impl="transformers", tensor_parallel_size=2,
             dtype="float32", num_kv_blocks=32)
+
+
+def test_skip_tokenizer_init_cross_encoder_score_refuses_by_name():
+    from tests.pooling.encoders import cached_encoder
+
+    path = cached_encoder("bert", "BertForSequenceClassification", num_labels=1)
+    llm = LLM(str(path), skip_tokenizer_init=True, num_kv_blocks=32)
+    with pytest.raises(ValueError, match="skip_tokenizer_init"):
+        llm.score("a", "b")
