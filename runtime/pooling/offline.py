@@ -95,6 +95,9 @@ class PoolingMixin:
         """One cross-encoder prompt: the pair tokenized together ([CLS] a [SEP] b [SEP] for BERT)."""
         if not (isinstance(a, str) and isinstance(b, str)):
             raise ValueError("score with a cross-encoder takes texts (str) for text_1 and text_2")
+        if self.engine.tokenizer is None:
+            raise ValueError("score with a cross-encoder tokenizes each pair, and this LLM has no tokenizer "
+                             "(skip_tokenizer_init=True)")
         enc = self.engine.tokenizer(a, b)
         prompt = {"prompt": a + "\n" + b, "prompt_token_ids": list(enc["input_ids"])}
         if enc.get("token_type_ids") is not None:
