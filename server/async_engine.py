@@ -100,6 +100,7 @@ class AddCommand:
     request: _Request
     ack: asyncio.Future
     lora_request: Any = None  # anymodel.LoRARequest (None: the base model)
+    priority: int = 0  # scheduling_policy="priority": lower runs first
 
 
 @dataclass(frozen=True)
@@ -213,7 +214,8 @@ class AsyncEngine:
             self._commands.put(CallCommand(fn, loop, ack))
         return await ack
 
-    async def add(self, request_id: str, prompt: Any, params: Any, lora_request: Any = None) -> RequestStream:
+    async def add(self, request_id: str, prompt: Any, params: Any, lora_request: Any = None,
+                  priority: int = 0) -> RequestStream:
         """Hand a request to the engine; raises the engine's ValueError for invalid input."""
         loop = asyncio.get_running_loop()
         ack = loop.create_future()
@@ -222,7 +224,7 @@ class AsyncEngine:
         with self._lock:
             if self._closed:
                 raise EngineDeadError("the engine loop is not running")
-            self._commands.put(AddCommand(request_id, prompt, params, req, ack, lora_request))
+            self._commands.put(AddCommand(request_id, prompt, params, req, ack, lora_request, priority))
         try:
             await ack
         except asyncio.CancelledError:  # client gone before the engine even saw the request
@@ -309,9 +311,10 @@ class AsyncEngine:
         cmd.loop.call_soon_threadsafe(_settle, cmd.ack, result, error)
 
     def _add(self, cmd: AddCommand) -> None:
-        lora = {} if cmd.lora_request is None else {"lora_request": cmd.lora_request}
+        # only what the request sets: an engine without LoRA or priorities takes the plain call
+        extra = {k: v for k, v in (("lora_request", cmd.lora_request), ("priority", cmd.priority)) if v}
         try:
-            self.engine.add_request(cmd.request_id, cmd.prompt, cmd.params, **lora)
+            self.engine.add_request(cmd.request_id, cmd.prompt, cmd.params, **extra)
         except Exception as e:  # ValueError: a bad request (400); anything else: 500
             cmd.request.resolve(cmd.ack, e)
             return

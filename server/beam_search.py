@@ -23,7 +23,7 @@ from .merged_streams import MergedStreams
 # 400 naming it (vLLM silently drops them).
 _NOT_WITH_BEAMS = ("top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids", "presence_penalty",
                    "frequency_penalty", "repetition_penalty", "min_tokens", "logit_bias", "allowed_token_ids",
-                   "bad_words", "best_of", "prompt_logprobs", "echo", "truncate_prompt_tokens")
+                   "bad_words", "best_of", "prompt_logprobs", "echo", "truncate_prompt_tokens", "priority")
 
 
 def beam_params(req, max_tokens: int | None, max_model_len: int) -> BeamSearchParams:

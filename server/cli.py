@@ -143,8 +143,8 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="most logprobs / prompt_logprobs a request may ask for (default: 20; -1: no cap)")
     g.add_argument("--max-num-batched-tokens", type=int, metavar="N", help="token budget of one step")
     g.add_argument("--scheduling-policy", choices=["fcfs", "priority"],
-                   help="order of waiting requests (default: fcfs); priority: the offline API's "
-                        "generate(priority=...) (a request's `priority` field is not served yet)")
+                   help="order of waiting requests (default: fcfs); priority: lower `priority` first (a "
+                        "request's field on the server, generate(priority=[...]) offline)")
     g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None,
                    help="reuse KV blocks of shared prompt prefixes (default: on)")
     g.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=None,

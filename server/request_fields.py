@@ -61,8 +61,6 @@ GENERATION: dict[str, Unsupported] = {
     "return_tokens_as_token_ids": Unsupported("token ids in place of token strings are not implemented yet",
                                               (None, False)),
     "return_token_ids": Unsupported("returning token ids is not implemented yet", (None, False)),
-    "priority": Unsupported("a request's priority is not served yet (priority scheduling runs offline: "
-                            "LLM(scheduling_policy='priority').generate(..., priority=[...]))", (None, 0)),
     "kv_transfer_params": Unsupported("disaggregated prefill (KV transfer) is not implemented yet"),
     "cache_salt": Unsupported("per-request prefix-cache salts are not implemented yet"),
     "request_id": Unsupported("client-chosen request ids are not implemented yet"),
@@ -105,7 +103,8 @@ CHAT: dict[str, Unsupported] = {
 TOKENIZE: dict[str, Unsupported] = {**_CHAT_TEMPLATE_INPUTS}
 
 POOLING: dict[str, Unsupported] = {
-    "priority": GENERATION["priority"],
+    "priority": Unsupported("a pooling request's priority is not served yet (completions and chat take one "
+                            "with --scheduling-policy priority)", (None, 0)),
     "request_id": GENERATION["request_id"],
     "mm_processor_kwargs": GENERATION["mm_processor_kwargs"],
     "cache_salt": GENERATION["cache_salt"],
