@@ -371,9 +371,13 @@ class AsyncEngine:
             self._observe_finished(req, reason, now, out)
 
     def _observe_finished(self, req: _Request, reason: str, now: float, out) -> None:
-        if self.metrics is not None:
+        if self.metrics is None:
+            return
+        try:  # metrics must never stop the engine loop
             self.metrics.finished(reason)
             self.metrics.request_done(out, now - req.arrival)
+        except Exception:
+            logger.exception("recording the metrics of request %s failed", getattr(out, "request_id", "?"))
 
     def _observe_latency(self, req: _Request, now: float) -> None:
         if self.metrics is not None:

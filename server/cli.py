@@ -164,7 +164,8 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
                    help='e.g. \'{"backend": "xgrammar", "disable_any_whitespace": true}\'')
     g.add_argument("--guided-decoding-backend", choices=["auto", "xgrammar", "guidance"],
                    help="vLLM's older name of structured_outputs_config.backend (guidance: refused)")
-    g.add_argument("--served-model-name", metavar="NAME", help="the name clients send as `model` (default: MODEL)")
+    g.add_argument("--served-model-name", metavar="NAME", nargs="+",
+                   help="the name(s) clients send as `model`; responses carry the first (default: MODEL)")
     g.add_argument("--chat-template", type=_chat_template, metavar="FILE|TEMPLATE",
                    help="Jinja chat template, a file or inline (default: the tokenizer's)")
     lora = p.add_argument_group("LoRA adapters")
@@ -193,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help='LoRA adapters served as model NAME (needs --enable-lora); also '
                            '\'{"name": ..., "path": ..., "base_model_name": ...}\'')
     http.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    http.add_argument("--root-path", default="", metavar="PATH",
+                      help="the path prefix a proxy serves this server under (FastAPI's root_path), e.g. /llm")
     http.add_argument("--metrics-prefix", choices=["anymodel", "vllm"], default=None,
                       help="/metrics names: anymodel:* (default, or $ANYMODEL_METRICS_PREFIX) or vllm:*, vLLM's "
                            "names exactly, for dashboards and autoscalers written for vLLM")
@@ -285,7 +288,7 @@ def _serve(ns: argparse.Namespace) -> int:
     app = build_app(engine_args, api_key=ns.api_key, max_prompts_per_request=ns.max_prompts_per_request,
                     on_fatal=exit_on_fatal, chat_options=chat_options,
                     lora_modules=ns.lora_modules, metrics_prefix=ns.metrics_prefix)
-    return exit_on_fatal.run(app, host=ns.host, port=ns.port, log_level=ns.log_level)
+    return exit_on_fatal.run(app, host=ns.host, port=ns.port, log_level=ns.log_level, root_path=ns.root_path)
 
 
 _GENERATE_FALLBACKS = {"max_tokens": 16, "temperature": 0.0}  # where neither a flag nor the model says

@@ -138,8 +138,9 @@ class ServerMetrics:
         prompt = getattr(output, "prompt_token_ids", None)
         if prompt is not None:
             self.prompt_tokens.observe(len(prompt))
-        outputs = getattr(output, "outputs", None) or []
-        self.generation_tokens.observe(sum(len(getattr(o, "token_ids", ()) or ()) for o in outputs))
+        outputs = getattr(output, "outputs", None)
+        if isinstance(outputs, list):  # a RequestOutput's samples (a pooling output has one PoolingOutput)
+            self.generation_tokens.observe(sum(len(o.token_ids or ()) for o in outputs))
         m = getattr(output, "metrics", None)
         if m is None or not m.scheduled_ts:
             return

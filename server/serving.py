@@ -52,9 +52,10 @@ class GenerationHandler:
 
     def check_model(self, name: str | None):
         """404 for a model this server does not serve; the LoRARequest when `name` is an adapter."""
-        if self.loras is not None:
+        served = served_names(self.engine)
+        if self.loras is not None and name not in served and name:
             return self.loras.resolve(name)
-        check_model(name, self.model_name)
+        check_model(name, served)
         return None
 
     def make_params(self, req: SamplingRequest, max_tokens: int | None, logprobs: int | None,
@@ -188,10 +189,18 @@ def check_prompt_count(count: int, limit: int, param: str) -> None:
                             f"(--max-prompts-per-request); split the list over several requests", param=param)
 
 
-def check_model(name: str | None, served: str) -> None:
-    """404 for a model this server does not serve; no name means the served one (as in vLLM)."""
-    if name is not None and name != served:
-        raise APIError(404, f"The model `{name}` does not exist; this server serves `{served}`.",
+def served_names(engine: Any) -> tuple[str, ...]:
+    """Every name a request may send as `model` (--served-model-name a b ...); the first is answered."""
+    inner = getattr(engine, "engine", engine)  # an AsyncEngine holds the Engine
+    return tuple(getattr(inner, "served_model_names", None) or (inner.model_name,))
+
+
+def check_model(name: str | None, served: str | tuple[str, ...]) -> None:
+    """404 for a model this server does not serve; no name (or "") means the served one (as in vLLM)."""
+    served = (served,) if isinstance(served, str) else served
+    if name and name not in served:
+        names = ", ".join(f"`{n}`" for n in served)
+        raise APIError(404, f"The model `{name}` does not exist; this server serves {names}.",
                        param="model", code="model_not_found")
 
 

@@ -55,7 +55,9 @@ class Engine:
         lower_case = self.task == "embed" and pooling.sentence_transformers_lower_case(model_dir)
         self.inputs = PromptProcessor(self.tokenizer, lower_case)
         self.embedding_size = pooling.embedding_size(self.hf_config, model_dir) if self.task == "embed" else None
-        self.model_name = args.served_model_name or args.model or "anymodel-demo"
+        names = args.served_model_name
+        self.served_model_names = tuple(names) if isinstance(names, list) else (names or args.model or "anymodel-demo",)
+        self.model_name = self.served_model_names[0]  # what responses name; every one is accepted as `model`
         self.eos_token_ids = loader.eos_token_ids(model_dir, self.tokenizer)  # all of them (beam search reads it)
         # vLLM's split: the tokenizer's EOS is EOS; generation_config.json's other ids become each
         # request's stop_token_ids (SamplingParams.update_from_generation_config)
