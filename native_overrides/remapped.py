@@ -6,7 +6,9 @@ weight names and fused layouts, and is renamed / unpacked on the fly while it lo
 
 Each family module (internlm2.py, baichuan.py, qwen.py, minicpm.py, chatglm.py) says how its names
 map and which configs it cannot reproduce (`family_refusal`: the Transformers backend / compat path
-runs those, with trust_remote_code=True). Unpacking happens before the tensor-parallel cut, so the
+runs those, with trust_remote_code=True). The layers are Llama's (`RemappedModel`), with the
+family's biases; a family overrides a layer only where its math differs (MiniCPM's scalings,
+ChatGLM's half rotary, Baichuan-13B's ALiBi). Unpacking happens before the tensor-parallel cut, so the
 fused tensors reach `QKVParallelLinear` / `MergedColumnParallelLinear` as full q / k / v (or gate /
 up) tensors and each rank takes its heads as for any Llama checkpoint.
 

@@ -239,3 +239,78 @@ def build_family(name: str, out_dir: Path, seed: int = 0) -> tuple[Path, Path]:
     for d in (ref_dir, orig_dir):
         save_tokenizer(d)
     return orig_dir, ref_dir
+
+
+# ---------------------------------------------------------------- Baichuan-13B (ALiBi)
+
+# 6 heads (not a power of two: the interleaved slope rule), head dim 8
+B13 = dict(hidden=48, heads=6, inter=96)
+# modeling_baichuan.py's _get_interleave(6): 2^(-8/4) powers for the first 4 heads, then every other
+# slope of the 8-head series 2^(-1)...: [0.5, 0.125]
+B13_SLOPES = [0.25, 0.0625, 0.015625, 0.00390625, 0.5, 0.125]
+
+
+@_one_thread()
+def build_baichuan13b(out_dir: Path, seed: int = 0) -> Path:
+    """A Baichuan-13B checkpoint (ALiBi: `model_max_length`, no `max_position_embeddings`; the
+    Baichuan-1 vocabulary, so a plain LM head), random weights drawn as the zoo draws them."""
+    import transformers
+
+    config = _reference("LlamaConfig", hidden_size=B13["hidden"], num_attention_heads=B13["heads"],
+                        num_key_value_heads=B13["heads"], intermediate_size=B13["inter"], rms_norm_eps=1e-6)
+    torch.manual_seed(seed)
+    donor = transformers.LlamaForCausalLM(config)
+    with torch.no_grad():
+        _rescale_(donor, seed)
+    sd = {k: v.detach().clone() for k, v in donor.state_dict().items()}
+    weights, _ = _baichuan(sd)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(dict(
+        architectures=["BaichuanForCausalLM"], model_type="baichuan",
+        auto_map={"AutoConfig": "configuration_baichuan.BaichuanConfig",
+                  "AutoModelForCausalLM": "modeling_baichuan.BaichuanForCausalLM"},
+        vocab_size=VOCAB_SIZE, hidden_size=B13["hidden"], intermediate_size=B13["inter"], num_hidden_layers=LAYERS,
+        num_attention_heads=B13["heads"], hidden_act="silu", model_max_length=512, rms_norm_eps=1e-6,
+        tie_word_embeddings=False, **COMMON,
+    )))
+    GenerationConfig(**COMMON).save_pretrained(str(out))
+    save_tokenizer(out)
+    return out
+
+
+@torch.inference_mode()
+def baichuan13b_greedy(model_dir: Path, ids: list[int], n: int) -> list[int]:
+    """Plain eager Baichuan-13B straight from the original weights (modeling_baichuan.py's forward:
+    RMSNorm, W_pack, scores / sqrt(d) + slope * key position + causal mask, softmax, o_proj, SwiGLU
+    MLP), the whole sequence recomputed for each new token."""
+    from safetensors.torch import load_file
+
+    w = load_file(str(Path(model_dir) / "model.safetensors"))
+    heads, hidden = B13["heads"], B13["hidden"]
+    d = hidden // heads
+    slopes = torch.tensor(B13_SLOPES)
+
+    def rms(x, weight):
+        return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+
+    seq = list(ids)
+    for _ in range(n):
+        T = len(seq)
+        x = w["model.embed_tokens.weight"][torch.tensor(seq)]
+        causal = torch.full((T, T), float("-inf")).triu(1)
+        alibi = slopes[:, None, None] * torch.arange(T)[None, None, :]  # [heads, 1, T]: slope * key position
+        for i in range(LAYERS):
+            p = f"model.layers.{i}."
+            q, k, v = (rms(x, w[p + "input_layernorm.weight"]) @ w[p + "self_attn.W_pack.weight"].T).split(hidden, -1)
+            q, k, v = (t.view(T, heads, d).transpose(0, 1) for t in (q, k, v))
+            scores = q @ k.transpose(1, 2) / math.sqrt(d) + alibi + causal
+            o = (torch.softmax(scores, -1) @ v).transpose(0, 1).reshape(T, hidden)
+            x = x + o @ w[p + "self_attn.o_proj.weight"].T
+            h = rms(x, w[p + "post_attention_layernorm.weight"])
+            gate, up = h @ w[p + "mlp.gate_proj.weight"].T, h @ w[p + "mlp.up_proj.weight"].T
+            x = x + (torch.nn.functional.silu(gate) * up) @ w[p + "mlp.down_proj.weight"].T
+        logits = rms(x[-1], w["model.norm.weight"]) @ w["lm_head.weight"].T
+        seq.append(int(logits.argmax()))
+    return seq[len(ids):]

@@ -80,7 +80,7 @@ def _edited(orig, tmp_path, **changes):
 
 
 REFUSALS = {
-    "baichuan2": ({"max_position_embeddings": None}, "ALiBi"),  # a 13B config
+    "baichuan2": ({"quantization_config": {"quant_method": "gptq", "bits": 4}}, "quantized checkpoints"),
     "chatglm": ({"rope_ratio": 50}, "rope_ratio=50"),  # ChatGLM2-32k and GLM-4 read it differently
     "qwen": ({"rotary_pct": 0.5}, "rotary_pct"),
     "internlm2": ({"rope_scaling": {"type": "ntk", "factor": 2.0}}, "rope_scaling type 'ntk'"),
@@ -117,3 +117,18 @@ def test_internlm2_tp2_greedy_equals_the_reference(tmp_path):
         assert heads == [(2, 1), (2, 1)]
     finally:
         llm.engine.shutdown()
+
+
+def test_baichuan13b_alibi_equals_an_eager_reference(tmp_path):
+    """ALiBi through the paged kernels (6 heads: the non-power-of-two slope rule), batched and in
+    chunked prefill, against a plain eager forward of the original weights."""
+    from tests.native.remote_families import B13_SLOPES, baichuan13b_greedy, build_baichuan13b
+    from anymodel.native_overrides.baichuan import alibi_slopes
+
+    assert alibi_slopes(6) == B13_SLOPES
+    orig = build_baichuan13b(tmp_path)
+    prompts = [p[:20] for p in mixed_prompts(VOCAB_SIZE, n=14, seed=6)[8:12]] + [mixed_prompts(VOCAB_SIZE, n=8)[-2]]
+    reference = [baichuan13b_greedy(orig, p, 8) for p in prompts]
+    llm = LLM(str(orig), dtype="float32", num_kv_blocks=64, max_num_batched_tokens=16, max_num_seqs=3)
+    assert llm.apply_model(lambda m: type(m).__name__) == ["BaichuanForCausalLM"]
+    assert llm_greedy(llm, prompts, 8) == reference
