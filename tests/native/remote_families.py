@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from transformers import GenerationConfig
+from transformers.initialization import no_init_weights
 
 from tests.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, save_tokenizer
 from tests.models.zoo import _one_thread, _rescale_
@@ -190,6 +191,14 @@ def _chatglm(sd: dict) -> tuple[dict, dict]:
     return out, config
 
 
+GLM4 = dict(padded_vocab_size=151552, rope_ratio=500)  # glm-4-9b-chat's vocabulary and rope_ratio
+
+
+def _glm4(sd: dict) -> tuple[dict, dict]:
+    out, config = _chatglm(sd)
+    return out, {**config, **GLM4}
+
+
 FAMILIES = {
     # name: (reference config, reference class, converter to the original layout)
     "internlm2": (lambda: _reference("LlamaConfig", rms_norm_eps=1e-5, rope_parameters={
@@ -205,6 +214,11 @@ FAMILIES = {
     "chatglm": (lambda: _reference("GlmConfig", head_dim=D, rms_norm_eps=1e-5, attention_bias=True,
                                    rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                     "partial_rotary_factor": 0.5}), "GlmForCausalLM", _chatglm),
+    # GLM-4 reads rope_ratio as a base multiplier: theta 10000 * 500 (only for its vocabulary, see chatglm.py)
+    "glm4": (lambda: _reference("GlmConfig", head_dim=D, rms_norm_eps=1e-5, attention_bias=True,
+                                vocab_size=GLM4["padded_vocab_size"],
+                                rope_parameters={"rope_type": "default", "rope_theta": 10000.0 * GLM4["rope_ratio"],
+                                                 "partial_rotary_factor": 0.5}), "GlmForCausalLM", _glm4),
 }
 # the architecture each family's checkpoint names, and the native class that must serve it
 ARCHS = {"internlm2": "InternLM2ForCausalLM", "baichuan2": "BaichuanForCausalLM", "qwen": "QWenLMHeadModel",
@@ -220,7 +234,9 @@ def build_family(name: str, out_dir: Path, seed: int = 0) -> tuple[Path, Path]:
 
     make_config, ref_cls, convert = FAMILIES[name]
     torch.manual_seed(seed)
-    ref = getattr(transformers, ref_cls)(make_config()).eval()
+    with no_init_weights():  # every parameter is drawn by _rescale_ below (init is slow for GLM-4's vocabulary)
+        ref = getattr(transformers, ref_cls)(make_config()).eval()
+    ref.tie_weights()  # part of the skipped init
     with torch.no_grad():
         _rescale_(ref, seed)
     sd = {k: v.detach().clone() for k, v in ref.state_dict().items()}

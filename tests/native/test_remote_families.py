@@ -132,3 +132,47 @@ def test_baichuan13b_alibi_equals_an_eager_reference(tmp_path):
     llm = LLM(str(orig), dtype="float32", num_kv_blocks=64, max_num_batched_tokens=16, max_num_seqs=3)
     assert llm.apply_model(lambda m: type(m).__name__) == ["BaichuanForCausalLM"]
     assert llm_greedy(llm, prompts, 8) == reference
+
+
+# The real configuration_internlm2.py's shape, reduced: a 4.x-style config class whose __init__
+# assigns every field itself (so Transformers 5 keeps it) and passes the rest to PretrainedConfig.
+_REMOTE_CONFIG = '''
+from transformers import PretrainedConfig
+
+
+class InternLM2Config(PretrainedConfig):
+    model_type = "internlm2"
+
+    def __init__(self, vocab_size=103168, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                 num_attention_heads=32, num_key_value_heads=None, hidden_act="silu", max_position_embeddings=2048,
+                 rms_norm_eps=1e-6, bias=True, rope_theta=10000, rope_scaling=None, tie_word_embeddings=False,
+                 **kwargs):
+        self.vocab_size, self.hidden_size, self.intermediate_size = vocab_size, hidden_size, intermediate_size
+        self.num_hidden_layers, self.num_attention_heads = num_hidden_layers, num_attention_heads
+        self.num_key_value_heads = num_key_value_heads or num_attention_heads
+        self.hidden_act, self.max_position_embeddings, self.rms_norm_eps = hidden_act, max_position_embeddings, rms_norm_eps
+        self.bias, self.rope_theta, self.rope_scaling = bias, rope_theta, rope_scaling
+        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
+'''
+
+
+def test_trusted_remote_config_still_runs_natively(tmp_path):
+    """With trust_remote_code=True the repo's own config class is imported (as Transformers does),
+    and the native class reads the same values from it; the modeling file is never needed."""
+    orig, ref = build_family("internlm2", tmp_path)
+    (orig / "configuration_internlm2.py").write_text(_REMOTE_CONFIG)
+    prompts = [p[:20] for p in mixed_prompts(VOCAB_SIZE, n=12, seed=7)[8:10]]
+    llm = LLM(str(orig), dtype="float32", num_kv_blocks=32, trust_remote_code=True)
+    assert type(llm.engine.hf_config).__name__ == "InternLM2Config"  # the repo's class, not FamilyConfig
+    assert llm.apply_model(lambda m: (type(m).__name__, type(m).__module__)) == [
+        ("InternLM2ForCausalLM", "anymodel.native_overrides.internlm2")]
+    assert llm_greedy(llm, prompts, 8) == hf_greedy(ref, prompts, 8)
+
+
+def test_glm4_rope_ratio_multiplies_the_base(tmp_path):
+    """GLM-4 (vocabulary 151552): rope_ratio 500 scales the rotary base, as glm-4-9b-chat's file reads it."""
+    orig, ref = build_family("glm4", tmp_path)
+    prompts = [p[:20] for p in mixed_prompts(VOCAB_SIZE, n=12, seed=8)[8:11]]
+    llm = LLM(str(orig), dtype="float32", num_kv_blocks=32)
+    assert llm.apply_model(lambda m: type(m).__name__) == ["ChatGLMModel"]
+    assert llm_greedy(llm, prompts, 8, detokenize=False) == hf_greedy(ref, prompts, 8)
