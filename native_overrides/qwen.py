@@ -50,6 +50,8 @@ class QWenLMHeadModel(RemappedForCausalLM):
     def family_refusal(cls, config) -> str | None:
         if config.rotary_pct != 1.0:
             return f"rotary_pct={config.rotary_pct} (partial rotary embeddings)"
+        if getattr(config, "use_cache_quantization", False):
+            return "use_cache_quantization (its int8 KV cache rounds K and V)"
         if getattr(config, "seq_length", None) is None:
             return "a config without seq_length (its dynamic NTK / log-n scaling would start at an unknown length)"
         return None
