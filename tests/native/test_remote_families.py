@@ -176,3 +176,19 @@ def test_glm4_rope_ratio_multiplies_the_base(tmp_path):
     llm = LLM(str(orig), dtype="float32", num_kv_blocks=32)
     assert llm.apply_model(lambda m: type(m).__name__) == ["ChatGLMModel"]
     assert llm_greedy(llm, prompts, 8, detokenize=False) == hf_greedy(ref, prompts, 8)
+
+
+def test_alibi_slopes_follow_the_rank_heads(monkeypatch):
+    """Under tensor parallelism each rank keeps the slopes of its own query heads (rank 1 of 2: heads 3..5)."""
+    from anymodel import distributed as dist
+    from anymodel.native_overrides.baichuan import BaichuanAttention, BaichuanForCausalLM, alibi_slopes
+    from anymodel.native_overrides.remapped import FamilyConfig
+
+    monkeypatch.setattr(dist, "tp_rank", lambda: 1)
+    monkeypatch.setattr(dist, "tp_size", lambda: 2)
+    config = BaichuanForCausalLM.native_config(FamilyConfig(
+        hidden_size=48, intermediate_size=96, num_hidden_layers=1, num_attention_heads=6, vocab_size=384,
+        hidden_act="silu", rms_norm_eps=1e-6, tie_word_embeddings=False, model_max_length=64))
+    attn = BaichuanAttention(config, 0, torch.float32)
+    assert attn.num_heads == 3
+    assert attn.attn.alibi_slopes.tolist() == alibi_slopes(6)[3:]
