@@ -192,3 +192,18 @@ def test_alibi_slopes_follow_the_rank_heads(monkeypatch):
     attn = BaichuanAttention(config, 0, torch.float32)
     assert attn.num_heads == 3
     assert attn.attn.alibi_slopes.tolist() == alibi_slopes(6)[3:]
+
+
+def test_a_remote_tokenizer_still_needs_trust_or_a_plain_tokenizer(tmp_path):
+    """The native path runs no repository code, and neither does the tokenizer load: a repo whose
+    tokenizer is its own code (Qwen-1's tiktoken) needs trust_remote_code=True, or `tokenizer=` a
+    plain one."""
+    orig, ref = build_family("qwen", tmp_path)
+    config = json.loads((orig / "tokenizer_config.json").read_text())
+    config.update(tokenizer_class="QWenTokenizer", auto_map={"AutoTokenizer": ["tokenization_qwen.QWenTokenizer", None]})
+    (orig / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        LLM(str(orig), dtype="float32")
+    llm = LLM(str(orig), tokenizer=str(ref), dtype="float32", num_kv_blocks=32)
+    prompt = llm.get_tokenizer()("Hello, world")["input_ids"]
+    assert llm_greedy(llm, [prompt], 6) == hf_greedy(ref, [prompt], 6)
