@@ -169,7 +169,8 @@ class RemappedForCausalLM(NativeForCausalLM):
     def from_pretrained(cls, model_dir, config, dtype: torch.dtype) -> "RemappedForCausalLM":
         reason = cls.unsupported(config)
         if reason is not None:
-            raise ValueError(f"{cls.__name__} does not support {reason}; use model_impl='transformers'")
+            raise ValueError(f"{cls.__name__} does not support {reason}; its own code runs it: "
+                             "trust_remote_code=True with model_impl='auto' or 'transformers'")
         model = cls(cls.native_config(config), dtype)
         weights = cls.native_weights(config, iter_checkpoint(model_dir), dtype)
         load_weights(model, weights, skip=model.skipped_checkpoint_names())
