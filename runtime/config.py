@@ -75,7 +75,7 @@ class EngineArgs:
     served_model_name: str | list[str] | None = None  # several: each is accepted as `model`; the first is answered
     chat_template: str | None = None
     device: str = "auto"
-    disable_log_stats: bool = False  # accepted: anymodel logs no periodic stats (the server's /metrics has them)
+    disable_log_stats: bool = False  # the server's periodic stats line off (server/stats_logger.py); offline logs none
     download_dir: str | None = None  # the Hub cache directory for snapshot downloads
     load_format: str = "auto"  # "pt": only a checkpoint without safetensors; "dummy": random weights (model_loader/build.py)
     tokenizer_mode: str = "auto"  # "slow": the Python tokenizer (use_fast=False)

@@ -122,6 +122,10 @@ def build_app(engine_args: EngineArgs | None = None, *, api_key: str | None = No
     async_engine.metrics = ServerMetrics(lambda: async_engine.stats, engine.model_name, metrics_prefix,
                                          engine.max_model_len)
     async_engine.on_fatal = _fatal_hook(on_fatal)  # before start(): the engine thread may call it
+    if not engine_args.disable_log_stats:
+        from .stats_logger import StatsLogger
+
+        async_engine.stats_logger = StatsLogger()
     async_engine.start()
 
     @asynccontextmanager

@@ -176,6 +176,7 @@ class AsyncEngine:
         self.engine = engine
         self.metrics = metrics
         self.stats: EngineStats | None = None  # last snapshot; replaced whole, so readers need no lock
+        self.stats_logger = None  # server/stats_logger.StatsLogger: the periodic engine line (None: off)
         self._commands: queue.Queue[Command] = queue.Queue()
         self._requests: dict[str, _Request] = {}  # engine thread only
         self._lock = threading.Lock()  # orders "closed" against new adds
@@ -400,6 +401,8 @@ class AsyncEngine:
     def _publish_stats(self) -> None:
         try:
             self.stats = self.engine.stats()
+            if self.stats_logger is not None:
+                self.stats_logger.maybe_log(self.stats)
         except Exception:
             logger.exception("engine.stats() failed")
 
