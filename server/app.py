@@ -3,6 +3,7 @@
     GET  /health               200 while the engine loop runs (never needs the API key); HEAD too
     GET|POST /ping             the same (SageMaker's probe)
     GET  /load                 {"server_load": requests in flight} (server/request_tracking.py)
+    POST /invocations          SageMaker's endpoint, routed by the body's shape (server/invocations.py)
     GET  /v1/models            the served model (each --served-model-name) and its LoRA adapters; HEAD too
     POST /v1/completions       text completions, `stream: true` as SSE
     POST /v1/chat/completions  chat (tokenizer's template or --chat-template), SSE too
@@ -38,6 +39,8 @@ from .errors import CatchAllMiddleware, error_response, install_error_handlers
 from .lora_models import LoRAModulePath, ServedLoRAs, add_lora_routes, load_startup_loras
 from .metrics import ServerMetrics
 from .openapi import install_openapi
+from .invocations import add_invocations_route
+from .pooling_routes import invocation_routes
 from .pooling_routes import router as pooling_router
 from .protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, ModelCard, ModelList,
                        TokenizeRequest)
@@ -149,7 +152,7 @@ def build_app(engine_args: EngineArgs | None = None, *, api_key: str | None = No
     chat = ChatHandler(async_engine, engine.model_name, tokenizer, chat_template=template,
                        options=chat_options.for_engine(engine))
     completions.loras = chat.loras = loras
-    _add_openai_routes(app, completions, chat)
+    generation_routes = _add_openai_routes(app, completions, chat)
     _add_model_routes(app, served_names(engine), engine_args.model or engine.model_name, engine.max_model_len, loras)
     _add_tokenizer_routes(app, TokenizationHandler(tokenizer, engine.max_model_len, template), served_names(engine),
                           loras)
@@ -157,10 +160,12 @@ def build_app(engine_args: EngineArgs | None = None, *, api_key: str | None = No
         add_lora_routes(app, loras, async_engine)
     _add_ops_routes(app, async_engine, load)
     app.include_router(pooling_router)  # /v1/embeddings, /pooling, /classify, /score, /rerank
+    add_invocations_route(app, {**generation_routes, **invocation_routes()}, engine.task)
     return app
 
 
-def _add_openai_routes(app: FastAPI, completions: CompletionHandler, chat: ChatHandler) -> None:
+def _add_openai_routes(app: FastAPI, completions: CompletionHandler, chat: ChatHandler) -> dict:
+    """The two routes; returns them for /invocations (kind -> (request model, endpoint))."""
     @app.post("/v1/completions")
     async def create_completion(body: CompletionRequest, raw: Request):
         return await unless_disconnected(raw, completions.create(body))
@@ -168,6 +173,8 @@ def _add_openai_routes(app: FastAPI, completions: CompletionHandler, chat: ChatH
     @app.post("/v1/chat/completions")
     async def create_chat_completion(body: ChatCompletionRequest, raw: Request):
         return await unless_disconnected(raw, chat.create(body))
+
+    return {"completions": (CompletionRequest, create_completion), "chat": (ChatCompletionRequest, create_chat_completion)}
 
 
 def _with_head(app: FastAPI, path: str, endpoint: Callable) -> None:
@@ -212,7 +219,8 @@ def _add_ops_routes(app: FastAPI, async_engine: AsyncEngine, load: ServerLoad) -
         return Response(status_code=200)
 
     # SageMaker's health probe (vLLM serves it too), GET or POST
-    app.add_api_route("/ping", health, methods=["GET", "POST"], responses={503: {"description": "engine down"}})
+    app.add_api_route("/ping", health, methods=["GET"], responses={503: {"description": "engine down"}})
+    app.add_api_route("/ping", health, methods=["POST"], include_in_schema=False)  # the GET documents it
 
     @app.get("/load")
     async def server_load():

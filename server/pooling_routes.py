@@ -218,3 +218,10 @@ async def _rerank(h: PoolingHandler, body: RerankRequest) -> Response:
                             document=RerankDocument(text=body.documents[i]) if body.return_documents else None)
                for i in order]
     return json_response(RerankResponse(id=random_id("rerank"), model=h.model_name, usage=_usage(tokens), results=results))
+
+
+def invocation_routes() -> dict:
+    """/invocations' pooling targets (server/invocations.py): kind -> (request model, endpoint)."""
+    return {"embeddings": (EmbeddingRequest, create_embedding), "pooling": (PoolingRequest, create_pooling),
+            "classify": (ClassificationRequest, create_classify), "score": (ScoreRequest, create_score),
+            "rerank": (RerankRequest, create_rerank)}

@@ -127,3 +127,10 @@ def test_pooling_requests_show_in_metrics(client, embed_server):
     done = {"finished_reason": "stop"}
     assert metric(after, "request_success_total", **done) - metric(before, "request_success_total", **done) == 2
     assert metric(after, "e2e_request_latency_seconds_count") - metric(before, "e2e_request_latency_seconds_count") == 2
+
+
+def test_invocations_routes_input_to_embeddings(embed_server):
+    body = {"model": _model(embed_server), "input": ["A man is eating food."]}
+    via = httpx.post(f"{embed_server}/invocations", json=body, timeout=60).json()
+    direct = httpx.post(f"{embed_server}/v1/embeddings", json=body, timeout=60).json()
+    assert via["object"] == "list" and via["data"][0]["embedding"] == direct["data"][0]["embedding"]

@@ -97,3 +97,18 @@ def test_root_path_reaches_uvicorn(monkeypatch):
     assert seen["root_path"] == "/llm"
     ns = cli.build_parser().parse_args(["serve", "--served-model-name", "a", "b"])
     assert ns.served_model_name == ["a", "b"]
+
+
+def test_invocations_route_by_body(demo_server):
+    completion = httpx.post(f"{demo_server}/invocations", timeout=60,
+                            json={"prompt": "12+34=", "max_tokens": 3, "temperature": 0}).json()
+    direct = httpx.post(f"{demo_server}/v1/completions", timeout=60,
+                        json={"prompt": "12+34=", "max_tokens": 3, "temperature": 0}).json()
+    assert completion["object"] == "text_completion" and completion["choices"][0]["text"] == direct["choices"][0]["text"]
+    chat = httpx.post(f"{demo_server}/invocations", timeout=60,
+                      json={"messages": [{"role": "user", "content": "12+34"}], "max_tokens": 3}).json()
+    assert chat["object"] == "chat.completion"
+    for body, words in (({"nothing": 1}, "routes by the body's fields"), ([1, 2], "JSON object"),
+                        ({"prompt": "1", "max_tokens": "many"}, "max_tokens")):
+        response = httpx.post(f"{demo_server}/invocations", json=body, timeout=60)
+        assert response.status_code == 400 and words in response.json()["error"]["message"], response.text
