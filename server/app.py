@@ -3,6 +3,7 @@
     GET  /health               200 while the engine loop runs (never needs the API key); HEAD too
     GET|POST /ping             the same (SageMaker's probe)
     GET  /load                 {"server_load": requests in flight} (server/request_tracking.py)
+    GET  /tokenizer_info       the tokenizer as clients need it (--enable-tokenizer-info-endpoint)
     POST /invocations          SageMaker's endpoint, routed by the body's shape (server/invocations.py)
     GET  /v1/models            the served model (each --served-model-name) and its LoRA adapters; HEAD too
     POST /v1/completions       text completions, `stream: true` as SSE
@@ -101,12 +102,14 @@ def build_app(engine_args: EngineArgs | None = None, *, api_key: str | None = No
               max_prompts_per_request: int = MAX_PROMPTS_PER_REQUEST,
               on_fatal: Callable[[BaseException], None] | None = None,
               chat_options: ChatOptions | None = None,
-              lora_modules: list[LoRAModulePath] | None = None, metrics_prefix: str | None = None) -> FastAPI:
+              lora_modules: list[LoRAModulePath] | None = None, metrics_prefix: str | None = None,
+              enable_tokenizer_info_endpoint: bool = False) -> FastAPI:
     """`engine`: an already-built Engine (tests pass fakes); by default one is built from engine_args.
     `on_fatal(error)`: called once if the engine dies for good (`anymodel serve` exits then).
     `chat_options`: tool-call and reasoning parsers for chat completions (chat_output.ChatOptions).
     `lora_modules`: LoRA adapters served by name (needs enable_lora).
-    `metrics_prefix`: "anymodel" or "vllm" (/metrics names; default $ANYMODEL_METRICS_PREFIX or "anymodel")."""
+    `metrics_prefix`: "anymodel" or "vllm" (/metrics names; default $ANYMODEL_METRICS_PREFIX or "anymodel").
+    `enable_tokenizer_info_endpoint`: serve GET /tokenizer_info (off by default, as in vLLM: it shows the chat template)."""
     engine_args = engine_args or EngineArgs()
     if engine_args.skip_tokenizer_init:
         raise ValueError("skip_tokenizer_init=True is offline-only (LLM(...)): the server tokenizes prompts, renders "
@@ -156,6 +159,9 @@ def build_app(engine_args: EngineArgs | None = None, *, api_key: str | None = No
     _add_model_routes(app, served_names(engine), engine_args.model or engine.model_name, engine.max_model_len, loras)
     _add_tokenizer_routes(app, TokenizationHandler(tokenizer, engine.max_model_len, template), served_names(engine),
                           loras)
+    if enable_tokenizer_info_endpoint:
+        handler = TokenizationHandler(tokenizer, engine.max_model_len, template)
+        app.add_api_route("/tokenizer_info", handler.info, methods=["GET"])
     if loras is not None:
         add_lora_routes(app, loras, async_engine)
     _add_ops_routes(app, async_engine, load)

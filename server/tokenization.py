@@ -1,4 +1,4 @@
-"""POST /tokenize and POST /detokenize (vLLM's request and response shapes)."""
+"""POST /tokenize, POST /detokenize and GET /tokenizer_info (vLLM's request and response shapes)."""
 
 from __future__ import annotations
 
@@ -34,3 +34,17 @@ class TokenizationHandler:
         if bad:
             raise ValueError(f"tokens must be in [0, {size}); got {bad[:5]}")
         return DetokenizeResponse(prompt=self.tokenizer.decode(req.tokens))
+
+    def info(self) -> dict:
+        """What a client needs to tokenize as the server does (vLLM's /tokenizer_info): the class, the
+        special tokens, the added tokens, the length limit and the chat template in use."""
+        tok = self.tokenizer
+        return {
+            "tokenizer_class": type(tok).__name__,
+            "vocab_size": len(tok),
+            "model_max_length": self.max_model_len,
+            **{name: getattr(tok, name, None) for name in ("bos_token", "eos_token", "pad_token", "unk_token")},
+            "special_tokens_map": {k: str(v) for k, v in tok.special_tokens_map.items()},
+            "added_tokens_decoder": {str(i): t.content for i, t in getattr(tok, "added_tokens_decoder", {}).items()},
+            "chat_template": self.chat_template or getattr(tok, "chat_template", None),
+        }

@@ -112,3 +112,13 @@ def test_invocations_route_by_body(demo_server):
                         ({"prompt": "1", "max_tokens": "many"}, "max_tokens")):
         response = httpx.post(f"{demo_server}/invocations", json=body, timeout=60)
         assert response.status_code == 400 and words in response.json()["error"]["message"], response.text
+
+
+def test_tokenizer_info_only_when_enabled(named_server):
+    assert httpx.get(f"{named_server}/tokenizer_info", headers=AUTH).status_code == 404
+    app = build_app(EngineArgs(seed=0), enable_tokenizer_info_endpoint=True)
+    with ThreadedServer(app) as server:
+        info = httpx.get(f"{server.url}/tokenizer_info").json()
+        tokens = httpx.post(f"{server.url}/tokenize", json={"prompt": "12+34="}).json()
+    assert info["vocab_size"] == 16 and info["tokenizer_class"]  # the demo model's 16 tokens
+    assert info["eos_token"] and info["chat_template"] and info["model_max_length"] == tokens["max_model_len"]
