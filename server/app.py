@@ -103,13 +103,14 @@ def build_app(engine_args: EngineArgs | None = None, *, api_key: str | None = No
               on_fatal: Callable[[BaseException], None] | None = None,
               chat_options: ChatOptions | None = None,
               lora_modules: list[LoRAModulePath] | None = None, metrics_prefix: str | None = None,
-              enable_tokenizer_info_endpoint: bool = False) -> FastAPI:
+              enable_tokenizer_info_endpoint: bool = False, enable_force_include_usage: bool = False) -> FastAPI:
     """`engine`: an already-built Engine (tests pass fakes); by default one is built from engine_args.
     `on_fatal(error)`: called once if the engine dies for good (`anymodel serve` exits then).
     `chat_options`: tool-call and reasoning parsers for chat completions (chat_output.ChatOptions).
     `lora_modules`: LoRA adapters served by name (needs enable_lora).
     `metrics_prefix`: "anymodel" or "vllm" (/metrics names; default $ANYMODEL_METRICS_PREFIX or "anymodel").
-    `enable_tokenizer_info_endpoint`: serve GET /tokenizer_info (off by default, as in vLLM: it shows the chat template)."""
+    `enable_tokenizer_info_endpoint`: serve GET /tokenizer_info (off by default, as in vLLM: it shows the chat template).
+    `enable_force_include_usage`: every stream ends with a usage chunk, asked for or not."""
     engine_args = engine_args or EngineArgs()
     if engine_args.skip_tokenizer_init:
         raise ValueError("skip_tokenizer_init=True is offline-only (LLM(...)): the server tokenizes prompts, renders "
@@ -155,6 +156,7 @@ def build_app(engine_args: EngineArgs | None = None, *, api_key: str | None = No
     chat = ChatHandler(async_engine, engine.model_name, tokenizer, chat_template=template,
                        options=chat_options.for_engine(engine))
     completions.loras = chat.loras = loras
+    completions.force_include_usage = chat.force_include_usage = enable_force_include_usage
     generation_routes = _add_openai_routes(app, completions, chat)
     _add_model_routes(app, served_names(engine), engine_args.model or engine.model_name, engine.max_model_len, loras)
     _add_tokenizer_routes(app, TokenizationHandler(tokenizer, engine.max_model_len, template), served_names(engine),

@@ -117,8 +117,7 @@ class ChatHandler(GenerationHandler):
                 choice = ChatCompletionStreamChoice(
                     index=s.index, delta=message or DeltaMessage(), logprobs=logprobs,
                     finish_reason=finish_reason, stop_reason=s.stop_reason)
-                yield chunk([choice])
-        if req.include_usage:
-            total = prompt_tokens + completion_tokens
-            yield chunk([], UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                                      total_tokens=total))
+                yield chunk([choice], UsageInfo.of(prompt_tokens, completion_tokens) if req.continuous_usage else None)
+        if self.include_usage(req):
+            yield chunk([], UsageInfo.of(prompt_tokens, completion_tokens))
+

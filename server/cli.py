@@ -194,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help='LoRA adapters served as model NAME (needs --enable-lora); also '
                            '\'{"name": ..., "path": ..., "base_model_name": ...}\'')
     http.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    http.add_argument("--enable-force-include-usage", action="store_true",
+                      help="every stream ends with a usage chunk, as if stream_options.include_usage were sent")
     http.add_argument("--enable-tokenizer-info-endpoint", action="store_true",
                       help="serve GET /tokenizer_info (tokenizer class, special tokens, chat template)")
     http.add_argument("--root-path", default="", metavar="PATH",
@@ -290,7 +292,8 @@ def _serve(ns: argparse.Namespace) -> int:
     app = build_app(engine_args, api_key=ns.api_key, max_prompts_per_request=ns.max_prompts_per_request,
                     on_fatal=exit_on_fatal, chat_options=chat_options,
                     lora_modules=ns.lora_modules, metrics_prefix=ns.metrics_prefix,
-                    enable_tokenizer_info_endpoint=ns.enable_tokenizer_info_endpoint)
+                    enable_tokenizer_info_endpoint=ns.enable_tokenizer_info_endpoint,
+                    enable_force_include_usage=ns.enable_force_include_usage)
     return exit_on_fatal.run(app, host=ns.host, port=ns.port, log_level=ns.log_level, root_path=ns.root_path)
 
 

@@ -131,10 +131,11 @@ class CompletionHandler(GenerationHandler):
                 choice = self._choice(index, sample, req.logprobs, echo, offsets.get(index, 0))
                 offsets[index] = offsets.get(index, 0) + len(choice.text)
                 completion_tokens += len(sample.token_ids)
+                usage = UsageInfo.of(sum(prompt_tokens.values()), completion_tokens) if req.continuous_usage else None
                 yield sse_data(CompletionResponse(id=request_id, created=created, model=self.model_name,
-                                                  choices=[choice]))
-        if req.include_usage:
-            usage = _usage(sum(prompt_tokens.values()), completion_tokens)
+                                                  choices=[choice], usage=usage))
+        if self.include_usage(req):
+            usage = UsageInfo.of(sum(prompt_tokens.values()), completion_tokens)
             yield sse_data(CompletionResponse(id=request_id, created=created, model=self.model_name,
                                               choices=[], usage=usage))
 
@@ -168,10 +169,6 @@ def _without_generation(delta: RequestDelta) -> RequestDelta:
         s.text, s.token_ids = "", []
         s.logprobs = [] if s.logprobs is not None else None
     return delta
-
-
-def _usage(prompt: int, completion: int) -> UsageInfo:
-    return UsageInfo(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
 def _reject_unsupported(req: CompletionRequest) -> None:

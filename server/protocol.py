@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Any, ClassVar, Literal, Optional, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from . import request_fields
 from .chat_messages import ChatMessage, TemplateFields
@@ -44,6 +44,11 @@ class UsageInfo(BaseModel):
     completion_tokens: int = 0
     total_tokens: int = 0
 
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int) -> "UsageInfo":
+        return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                   total_tokens=prompt_tokens + completion_tokens)
+
 
 class APIRequest(BaseModel):
     """A request body: screened against `unsupported` (this kind's table) before any field is read."""
@@ -69,7 +74,7 @@ def _null_is_default(model: type[BaseModel]) -> dict[str, bool]:
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
-    continuous_usage_stats: bool = False  # vLLM: usage in every chunk; not implemented (see _screen_stream)
+    continuous_usage_stats: bool = False  # vLLM: with include_usage, the usage so far in every chunk
 
 
 class SamplingRequest(APIRequest, StructuredFields):
@@ -111,13 +116,6 @@ class SamplingRequest(APIRequest, StructuredFields):
             raise ValueError("length_penalty applies to beam search only: send use_beam_search=true with it")
         return self
 
-    @field_validator("stream_options")
-    @classmethod
-    def _screen_stream(cls, value: Optional[StreamOptions]) -> Optional[StreamOptions]:
-        if value is not None and value.continuous_usage_stats:
-            raise ValueError("continuous_usage_stats is not implemented yet (usage comes in the last chunk)")
-        return value
-
     def sampling_kwargs(self) -> dict[str, Any]:
         return dict(
             logit_bias=logit_bias_ids(self.logit_bias), allowed_token_ids=self.allowed_token_ids,
@@ -134,6 +132,11 @@ class SamplingRequest(APIRequest, StructuredFields):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def continuous_usage(self) -> bool:
+        """vLLM's continuous_usage_stats: every chunk carries the usage so far (needs include_usage)."""
+        return self.include_usage and bool(self.stream_options.continuous_usage_stats)
 
     def check_prompt_logprobs(self) -> None:
         if self.prompt_logprobs is not None and self.stream:

@@ -42,6 +42,10 @@ async def _with_first(first: Any, rest: AsyncIterator) -> AsyncIterator:
 
 class GenerationHandler:
     loras = None  # server/lora_models.ServedLoRAs: `model` may name a LoRA adapter
+    force_include_usage = False  # --enable-force-include-usage: every stream ends with a usage chunk
+
+    def include_usage(self, req: SamplingRequest) -> bool:
+        return req.include_usage or self.force_include_usage
 
     def __init__(self, engine: AsyncEngine, model_name: str, tokenizer: Any,
                  max_prompts: int = MAX_PROMPTS_PER_REQUEST):
@@ -144,7 +148,7 @@ class GenerationHandler:
     def usage(finals: list[RequestDelta]) -> UsageInfo:
         prompt = sum(len(f.prompt_token_ids) for f in finals)
         completion = sum(len(s.token_ids) for f in finals for s in f.samples.values())
-        return UsageInfo(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+        return UsageInfo.of(prompt, completion)
 
     async def first_then_rest(self, merged: MergedStreams) -> AsyncIterator[tuple[int, RequestDelta]]:
         try:
