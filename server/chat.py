@@ -63,61 +63,72 @@ class ChatHandler(GenerationHandler):
             merged = await self.start(request_id, [prompt], params, lora, req.priority)
         if not req.stream:
             finals = await self.collect(merged)
-            return json_response(self._response(request_id, finals[0], top_k, plan))
+            return json_response(self._response(request_id, req, finals[0], top_k, plan))
         events = await self.first_then_rest(merged)
         return self.sse(self._chunks(request_id, req, events, top_k, plan), merged)
 
-    def _response(self, request_id: str, final: RequestDelta, top_k: int | None,
+    def _response(self, request_id: str, req: ChatCompletionRequest, final: RequestDelta, top_k: int | None,
                   plan: ChatOutputPlan) -> ChatCompletionResponse:
-        choices = []
+        choices, ids = [], req.return_token_ids
         for s in sorted(final.samples.values(), key=lambda s: s.index):
             message, finish_reason = plan.message(s.text, s.finish_reason)
-            choices.append(ChatCompletionChoice(index=s.index, message=message, logprobs=self._logprobs(s, top_k),
-                                                finish_reason=finish_reason, stop_reason=s.stop_reason))
+            choices.append(ChatCompletionChoice(index=s.index, message=message,
+                                                logprobs=self._logprobs(s, top_k, req.return_tokens_as_token_ids),
+                                                finish_reason=finish_reason, stop_reason=s.stop_reason,
+                                                token_ids=s.token_ids if ids else None))
         return ChatCompletionResponse(id=request_id, model=self.model_name, choices=choices,
                                       usage=self.usage([final]),
-                                      prompt_logprobs=prompt_logprobs_field(final.prompt_logprobs))
+                                      prompt_logprobs=prompt_logprobs_field(final.prompt_logprobs),
+                                      prompt_token_ids=final.prompt_token_ids if ids else None)
 
-    def _logprobs(self, sample: SampleDelta, top_k: int | None) -> ChatChoiceLogprobs | None:
+    def _logprobs(self, sample: SampleDelta, top_k: int | None, as_ids: bool = False) -> ChatChoiceLogprobs | None:
         if top_k is None or sample.logprobs is None:
             return None
         content = []
         for token_id, entry in zip(sample.token_ids, sample.logprobs):
             best = sorted(entry.items(), key=lambda kv: -kv[1].logprob)[:top_k]
-            top = [self._top(t, lp.logprob, entry) for t, lp in best]
-            token = self.token_str(token_id, entry)
+            top = [self._top(t, lp.logprob, entry, as_ids) for t, lp in best]
+            token = self.token_str(token_id, entry, as_ids)
             logprob = clamp(entry[token_id].logprob) if token_id in entry else MIN_LOGPROB
             content.append(ChatLogprobToken(token=token, logprob=logprob, bytes=list(token.encode()), top_logprobs=top))
         return ChatChoiceLogprobs(content=content)
 
-    def _top(self, token_id: int, logprob: float, entry) -> ChatTopLogprob:
-        token = self.token_str(token_id, entry)
+    def _top(self, token_id: int, logprob: float, entry, as_ids: bool = False) -> ChatTopLogprob:
+        token = self.token_str(token_id, entry, as_ids)
         return ChatTopLogprob(token=token, logprob=clamp(logprob), bytes=list(token.encode()))
 
     async def _chunks(self, request_id: str, req: ChatCompletionRequest, events: AsyncIterator,
                       top_k: int | None, plan: ChatOutputPlan) -> AsyncIterator[str]:
         created = int(time.time())
 
-        def chunk(choices: list, usage: UsageInfo | None = None) -> str:
+        def chunk(choices: list, usage: UsageInfo | None = None, prompt_ids: list[int] | None = None) -> str:
             return sse_data(ChatCompletionChunk(id=request_id, created=created, model=self.model_name,
-                                                choices=choices, usage=usage))
+                                                choices=choices, usage=usage, prompt_token_ids=prompt_ids))
 
         for index in range(req.n):  # OpenAI opens every choice with the role
             yield chunk([ChatCompletionStreamChoice(index=index, delta=DeltaMessage(role="assistant", content=""))])
         prompt_tokens = completion_tokens = 0
         streams = [plan.stream() for _ in range(req.n)]
+        held: list[list[int]] = [[] for _ in range(req.n)]  # token ids of held-back deltas (return_token_ids)
+        prompt_sent = False  # return_token_ids: prompt_token_ids go once, with the first chunk that has tokens
         async for _, delta in events:
             prompt_tokens = len(delta.prompt_token_ids)
             for s in delta.samples.values():
                 completion_tokens += len(s.token_ids)
+                held[s.index] += s.token_ids
                 message, finish_reason = streams[s.index].feed(s.text, s.finish_reason)
-                logprobs = self._logprobs(s, top_k)
+                logprobs = self._logprobs(s, top_k, req.return_tokens_as_token_ids)
                 if message is None and finish_reason is None and logprobs is None:
                     continue  # held back (a marker may be starting)
                 choice = ChatCompletionStreamChoice(
                     index=s.index, delta=message or DeltaMessage(), logprobs=logprobs,
                     finish_reason=finish_reason, stop_reason=s.stop_reason)
-                yield chunk([choice], UsageInfo.of(prompt_tokens, completion_tokens) if req.continuous_usage else None)
+                prompt_ids = None
+                if req.return_token_ids:
+                    choice.token_ids, held[s.index] = held[s.index], []
+                    prompt_ids, prompt_sent = (None if prompt_sent else delta.prompt_token_ids), True
+                usage = UsageInfo.of(prompt_tokens, completion_tokens) if req.continuous_usage else None
+                yield chunk([choice], usage, prompt_ids)
         if self.include_usage(req):
             yield chunk([], UsageInfo.of(prompt_tokens, completion_tokens))
 

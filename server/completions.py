@@ -69,39 +69,42 @@ class CompletionHandler(GenerationHandler):
         for i, final in enumerate(finals):
             echo, prompt_lps = self._echo(req, final), prompt_logprobs_field(final.prompt_logprobs)
             for s in sorted(final.samples.values(), key=lambda s: s.index):
-                choice = self._choice(i * req.n + s.index, s, req.logprobs, echo)
+                choice = self._choice(i * req.n + s.index, s, req.logprobs, echo, as_ids=req.return_tokens_as_token_ids)
+                if req.return_token_ids:
+                    choice.prompt_token_ids, choice.token_ids = final.prompt_token_ids, s.token_ids
                 choice.prompt_logprobs = prompt_lps
                 choices.append(choice)
         return CompletionResponse(id=request_id, model=self.model_name, choices=choices, usage=self.usage(finals))
 
     def _choice(self, index: int, sample: SampleDelta, k: int | None, echo: Echo | None,
-                offset: int = 0) -> CompletionChoice:
-        """offset: characters of this choice already sent (streaming), where its text_offset counts from."""
+                offset: int = 0, as_ids: bool = False) -> CompletionChoice:
+        """offset: characters of this choice already sent (streaming), where its text_offset counts from;
+        as_ids: logprob tokens as "token_id:N" (return_tokens_as_token_ids)."""
         prefix = echo.text if echo is not None else ""
         logprobs = None
         if k is not None and (sample.logprobs is not None or echo is not None):
             logprobs = CompletionLogprobs()
             if echo is not None:
-                self._add_prompt_logprobs(logprobs, echo, k, offset)
-            self._add_logprobs(logprobs, sample.token_ids, sample.logprobs, k, offset + len(prefix))
+                self._add_prompt_logprobs(logprobs, echo, k, offset, as_ids)
+            self._add_logprobs(logprobs, sample.token_ids, sample.logprobs, k, offset + len(prefix), as_ids)
         return CompletionChoice(index=index, text=prefix + sample.text, logprobs=logprobs,
                                 finish_reason=sample.finish_reason, stop_reason=sample.stop_reason)
 
-    def _add_prompt_logprobs(self, out: CompletionLogprobs, echo: Echo, k: int, offset: int) -> None:
+    def _add_prompt_logprobs(self, out: CompletionLogprobs, echo: Echo, k: int, offset: int, as_ids: bool) -> None:
         entries = echo.logprobs or [None] * len(echo.token_ids)
         tokens = [self.token_str(t, e) for t, e in zip(echo.token_ids, entries)]
         for token_id, entry, token, at in zip(echo.token_ids, entries, tokens, _aligned_offsets(echo.text, tokens)):
-            self._append(out, token_id, entry, token, k, offset + at)
+            self._append(out, token_id, entry, self.token_str(token_id, entry, as_ids), k, offset + at, as_ids)
 
     def _add_logprobs(self, out: CompletionLogprobs, token_ids: list[int], entries: list[TokenLogprobs] | None,
-                      k: int, offset: int) -> None:
+                      k: int, offset: int, as_ids: bool) -> None:
         for token_id, entry in zip(token_ids, entries or [None] * len(token_ids)):
             token = self.token_str(token_id, entry)
-            self._append(out, token_id, entry, token, k, offset)
+            self._append(out, token_id, entry, self.token_str(token_id, entry, as_ids), k, offset, as_ids)
             offset += len(token)
 
     def _append(self, out: CompletionLogprobs, token_id: int, entry: TokenLogprobs | None, token: str, k: int,
-                offset: int) -> None:
+                offset: int, as_ids: bool) -> None:
         """One token: its logprob and the top k (prompt entries may hold more, if prompt_logprobs > k)."""
         out.tokens.append(token)
         out.text_offset.append(offset)
@@ -110,7 +113,7 @@ class CompletionHandler(GenerationHandler):
             out.top_logprobs.append(None)
             return
         out.token_logprobs.append(clamp(entry[token_id].logprob) if token_id in entry else None)
-        out.top_logprobs.append({self.token_str(t, entry): clamp(lp.logprob) for t, lp in entry.items()
+        out.top_logprobs.append({self.token_str(t, entry, as_ids): clamp(lp.logprob) for t, lp in entry.items()
                                  if t == token_id or (lp.rank is not None and lp.rank <= k)})
 
     async def _chunks(self, request_id: str, req: CompletionRequest, events: AsyncIterator,
@@ -128,7 +131,11 @@ class CompletionHandler(GenerationHandler):
             for sample in delta.samples.values():
                 index = i * req.n + sample.index
                 echo = echoes[i] if index not in offsets else None  # on a choice's first chunk
-                choice = self._choice(index, sample, req.logprobs, echo, offsets.get(index, 0))
+                choice = self._choice(index, sample, req.logprobs, echo, offsets.get(index, 0),
+                                      req.return_tokens_as_token_ids)
+                if req.return_token_ids:
+                    choice.token_ids = sample.token_ids
+                    choice.prompt_token_ids = delta.prompt_token_ids if index not in offsets else None
                 offsets[index] = offsets.get(index, 0) + len(choice.text)
                 completion_tokens += len(sample.token_ids)
                 usage = UsageInfo.of(sum(prompt_tokens.values()), completion_tokens) if req.continuous_usage else None

@@ -95,6 +95,8 @@ class SamplingRequest(APIRequest, StructuredFields):
     ignore_eos: bool = False
     min_tokens: int = Field(0, ge=0)
     priority: int = 0  # lower runs first, with --scheduling-policy priority (vLLM's); non-zero under fcfs: 400
+    return_token_ids: bool = False  # vLLM extra: prompt_token_ids and each choice's token_ids in the response
+    return_tokens_as_token_ids: bool = False  # vLLM extra: logprob tokens as "token_id:N"
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     logit_bias: Optional[dict[str, float]] = None  # OpenAI's string token ids -> bias, clamped to [-100, 100]
@@ -216,6 +218,8 @@ class CompletionChoice(BaseModel):
     finish_reason: Optional[str] = None
     stop_reason: Optional[Union[int, str]] = None
     prompt_logprobs: PromptLogprobsField = None  # vLLM extra, non-streaming only
+    prompt_token_ids: Optional[list[int]] = None  # return_token_ids (streaming: in a choice's first chunk)
+    token_ids: Optional[list[int]] = None  # return_token_ids (streaming: this chunk's)
 
 
 class CompletionResponse(BaseModel):
@@ -274,6 +278,7 @@ class ChatCompletionChoice(BaseModel):
     logprobs: Optional[ChatChoiceLogprobs] = None
     finish_reason: Optional[str] = None
     stop_reason: Optional[Union[int, str]] = None
+    token_ids: Optional[list[int]] = None  # return_token_ids
 
 
 class ChatCompletionResponse(BaseModel):
@@ -284,6 +289,7 @@ class ChatCompletionResponse(BaseModel):
     choices: list[ChatCompletionChoice]
     usage: Optional[UsageInfo] = None
     prompt_logprobs: PromptLogprobsField = None  # vLLM extra
+    prompt_token_ids: Optional[list[int]] = None  # return_token_ids
 
 
 class DeltaMessage(BaseModel):
@@ -299,6 +305,7 @@ class ChatCompletionStreamChoice(BaseModel):
     logprobs: Optional[ChatChoiceLogprobs] = None
     finish_reason: Optional[str] = None
     stop_reason: Optional[Union[int, str]] = None
+    token_ids: Optional[list[int]] = None  # return_token_ids: the tokens since this choice's last chunk
 
 
 class ChatCompletionChunk(BaseModel):
@@ -308,6 +315,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChatCompletionStreamChoice]
     usage: Optional[UsageInfo] = None
+    prompt_token_ids: Optional[list[int]] = None  # return_token_ids: in the first chunk with tokens
 
 
 # --------------------------------------------------------------------------------------- models

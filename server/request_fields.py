@@ -58,9 +58,6 @@ GENERATION: dict[str, Unsupported] = {
     "guided_whitespace_pattern": Unsupported(_GUIDED),
     "logits_processors": Unsupported("request logits processors are code: they are offline-only "
                                      "(SamplingParams.logits_processors)", (None, [])),
-    "return_tokens_as_token_ids": Unsupported("token ids in place of token strings are not implemented yet",
-                                              (None, False)),
-    "return_token_ids": Unsupported("returning token ids is not implemented yet", (None, False)),
     "kv_transfer_params": Unsupported("disaggregated prefill (KV transfer) is not implemented yet"),
     "cache_salt": Unsupported("per-request prefix-cache salts are not implemented yet"),
     "request_id": Unsupported("client-chosen request ids are not implemented yet"),

@@ -161,7 +161,10 @@ class GenerationHandler:
     def sse(self, chunks: AsyncIterator[str], merged: MergedStreams) -> SSEResponse:
         return SSEResponse(_sse_body(chunks), on_close=merged.close)
 
-    def token_str(self, token_id: int, entry: TokenLogprobs | None = None) -> str:
+    def token_str(self, token_id: int, entry: TokenLogprobs | None = None, as_ids: bool = False) -> str:
+        """The token's text in logprobs; `as_ids` (return_tokens_as_token_ids): vLLM's "token_id:N"."""
+        if as_ids:
+            return f"token_id:{token_id}"
         lp = entry.get(token_id) if entry else None
         if lp is not None and lp.decoded_token is not None:
             return lp.decoded_token
