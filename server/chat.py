@@ -39,9 +39,24 @@ def render_chat(tokenizer: Any, messages: list[ChatMessage], chat_template: str 
 
 
 def render_chat_request(tokenizer: Any, req, chat_template: str | None) -> dict:
-    """render_chat with a request's messages and template fields (chat completions and /tokenize share them)."""
-    return render_chat(tokenizer, req.messages, chat_template, add_generation_prompt=req.add_generation_prompt,
-                       continue_final_message=req.continue_final_message, template_kwargs=req.template_kwargs())
+    """render_chat with a request's messages and template fields (chat completions and /tokenize share
+    them); `add_special_tokens`: the tokenizer's special tokens on top of what the template wrote."""
+    rendered = render_chat(tokenizer, req.messages, chat_template, add_generation_prompt=req.add_generation_prompt,
+                           continue_final_message=req.continue_final_message, template_kwargs=req.template_kwargs())
+    if req.add_special_tokens:
+        rendered["prompt_token_ids"] = tokenizer.encode(rendered["prompt"], add_special_tokens=True)
+    return rendered
+
+
+def echoed_text(req) -> str:
+    """vLLM's chat echo: the last message's text when its role is the reply's (the assistant's, or with
+    add_generation_prompt=False the last message's own), else nothing."""
+    if not req.echo or not req.messages:
+        return ""
+    last = req.messages[-1].for_template()
+    role = "assistant" if req.add_generation_prompt else last.get("role")
+    content = last.get("content")
+    return content if last.get("role") == role and isinstance(content, str) else ""
 
 class ChatHandler(GenerationHandler):
     def __init__(self, *args, chat_template: str | None = None, options: ChatOptions | None = None, **kwargs):
@@ -70,8 +85,11 @@ class ChatHandler(GenerationHandler):
     def _response(self, request_id: str, req: ChatCompletionRequest, final: RequestDelta, top_k: int | None,
                   plan: ChatOutputPlan) -> ChatCompletionResponse:
         choices, ids = [], req.return_token_ids
+        echo = echoed_text(req)
         for s in sorted(final.samples.values(), key=lambda s: s.index):
             message, finish_reason = plan.message(s.text, s.finish_reason)
+            if echo:
+                message.content = echo + (message.content or "")
             choices.append(ChatCompletionChoice(index=s.index, message=message,
                                                 logprobs=self._logprobs(s, top_k, req.return_tokens_as_token_ids),
                                                 finish_reason=finish_reason, stop_reason=s.stop_reason,
@@ -105,8 +123,11 @@ class ChatHandler(GenerationHandler):
             return sse_data(ChatCompletionChunk(id=request_id, created=created, model=self.model_name,
                                                 choices=choices, usage=usage, prompt_token_ids=prompt_ids))
 
-        for index in range(req.n):  # OpenAI opens every choice with the role
+        echo = echoed_text(req)
+        for index in range(req.n):  # OpenAI opens every choice with the role (and vLLM's echo, if asked)
             yield chunk([ChatCompletionStreamChoice(index=index, delta=DeltaMessage(role="assistant", content=""))])
+            if echo:
+                yield chunk([ChatCompletionStreamChoice(index=index, delta=DeltaMessage(content=echo))])
         prompt_tokens = completion_tokens = 0
         streams = [plan.stream() for _ in range(req.n)]
         held: list[list[int]] = [[] for _ in range(req.n)]  # token ids of held-back deltas (return_token_ids)

@@ -23,7 +23,7 @@ from .delta import RequestDelta, SampleDelta, TokenLogprobs
 from .errors import APIError
 from .protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, UsageInfo,
                        random_id)
-from .serving import GenerationHandler, clamp, json_response, prompt_logprobs_field
+from .serving import GenerationHandler, check_prompt_count, clamp, json_response, prompt_logprobs_field
 from .sse import sse_data
 
 _ALIGN_SLACK = 8  # characters a prompt token may sit past the cursor in the echoed text (see _aligned_offsets)
@@ -46,10 +46,12 @@ class CompletionHandler(GenerationHandler):
         echo_only = req.echo and req.max_tokens == 0  # one token is generated, then dropped
         params = self.make_params(req, 1 if echo_only else req.max_tokens, req.logprobs, _prompt_logprobs(req))
         request_id = random_id("cmpl")
+        check_prompt_count(len(req.prompts()), self.max_prompts, "prompt")  # before tokenizing them all
+        prompts = [self._tokenized(p, req.add_special_tokens) for p in req.prompts()]
         if req.use_beam_search:
-            merged = await self.start_beam(request_id, req.prompts(), req, req.max_tokens, lora, params)
+            merged = await self.start_beam(request_id, prompts, req, req.max_tokens, lora, params)
         else:
-            merged = await self.start(request_id, req.prompts(), params, lora, req.priority)
+            merged = await self.start(request_id, prompts, params, lora, req.priority)
         if not req.stream:
             finals = await self.collect(merged)
             if echo_only:

@@ -169,6 +169,7 @@ class CompletionRequest(SamplingRequest):
     max_tokens: Optional[int] = Field(16, ge=0)  # OpenAI's default for legacy completions; 0 only with echo
     logprobs: Optional[int] = Field(None, ge=-1)
     echo: bool = False
+    add_special_tokens: bool = True  # vLLM: False leaves out the tokenizer's special tokens (BOS)
     best_of: Optional[int] = Field(None, ge=1)  # > n: the n best of best_of samples (by cumulative logprob)
 
     @model_validator(mode="after")
@@ -241,6 +242,8 @@ class ChatCompletionRequest(SamplingRequest, TemplateFields):
     logprobs: bool = False
     top_logprobs: Optional[int] = Field(None, ge=0)
     tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
+    add_special_tokens: bool = False  # vLLM: special tokens on top of what the chat template wrote
+    echo: bool = False  # vLLM: the reply starts with the last message's content when its role is the reply's
 
     def max_new_tokens(self) -> Optional[int]:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

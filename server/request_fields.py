@@ -72,7 +72,6 @@ COMPLETION: dict[str, Unsupported] = {
     **GENERATION,
     "suffix": Unsupported("suffix (fill-in-the-middle) is not implemented yet", (None, "")),
     "prompt_embeds": Unsupported("prompt embeddings are not implemented yet"),
-    "add_special_tokens": Unsupported("completions always add the tokenizer's special tokens", (None, True)),
 }
 
 _CHAT_TEMPLATE_INPUTS: dict[str, Unsupported] = {
@@ -92,9 +91,6 @@ CHAT: dict[str, Unsupported] = {
     "modalities": Unsupported("only text output is implemented", (None, ["text"])),
     "prediction": Unsupported("predicted outputs are not implemented yet"),
     "web_search_options": Unsupported("web search is not implemented"),
-    "echo": Unsupported("echo in chat completions is not implemented yet", (None, False)),
-    "add_special_tokens": Unsupported("the chat template supplies special tokens; add_special_tokens=true is not "
-                                      "implemented yet", (None, False)),
 }
 
 TOKENIZE: dict[str, Unsupported] = {**_CHAT_TEMPLATE_INPUTS}

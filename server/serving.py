@@ -108,11 +108,11 @@ class GenerationHandler:
         return BeamStreams(self.engine, request_id, prompts, beam_params(req, params.max_tokens,
                                                                          self.engine.max_model_len), self.tokenizer)
 
-    def _tokenized(self, prompt) -> Any:
+    def _tokenized(self, prompt, add_special_tokens: bool = True) -> Any:
         """Text prompts are tokenized here (as the engine would: `tokenizer.encode`), so that the
         request's length is known before it is queued."""
         if isinstance(prompt, str):
-            return {"prompt": prompt, "prompt_token_ids": self.tokenizer.encode(prompt)}
+            return {"prompt": prompt, "prompt_token_ids": self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)}
         if isinstance(prompt, list):
             return {"prompt_token_ids": prompt}
         return prompt

@@ -21,10 +21,7 @@ class TokenizationHandler:
             special = True if req.add_special_tokens is None else req.add_special_tokens
             ids = self.tokenizer.encode(req.prompt, add_special_tokens=special)
         else:
-            rendered = render_chat_request(self.tokenizer, req, self.chat_template)
-            ids = rendered["prompt_token_ids"]
-            if req.add_special_tokens:  # vLLM's meaning: special tokens on top of what the template wrote
-                ids = self.tokenizer.encode(rendered["prompt"], add_special_tokens=True)
+            ids = render_chat_request(self.tokenizer, req, self.chat_template)["prompt_token_ids"]
         strs = self.tokenizer.convert_ids_to_tokens(ids) if req.return_token_strs else None
         return TokenizeResponse(count=len(ids), max_model_len=self.max_model_len, tokens=ids, token_strs=strs)
 

@@ -13,7 +13,7 @@ CHAT = [{"role": "user", "content": "12+34"}]
 
 def _post(url: str, path: str, **fields) -> httpx.Response:
     body = {"max_tokens": 4, "temperature": 0, "ignore_eos": True, **fields}
-    body.update({"messages": CHAT} if "chat" in path else {"prompt": "12+34="})
+    body = ({"messages": CHAT} if "chat" in path else {"prompt": "12+34="}) | body
     return httpx.post(f"{url}{path}", json=body, timeout=60)
 
 
@@ -58,3 +58,33 @@ def test_tokens_as_token_ids(demo_server, path):
         assert choice["logprobs"]["text_offset"] == plain["logprobs"]["text_offset"]  # offsets still count text
     assert tokens == [f"token_id:{t}" for t in choice["token_ids"]]
     assert tops and all(t.startswith("token_id:") for t in tops)
+
+
+def test_add_special_tokens(demo_server):
+    """Completions add the tokenizer's special tokens unless told not to; chat only when told to."""
+    plain = _post(demo_server, "/v1/completions", return_token_ids=True).json()["choices"][0]["prompt_token_ids"]
+    bare = _post(demo_server, "/v1/completions", return_token_ids=True,
+                 add_special_tokens=False).json()["choices"][0]["prompt_token_ids"]
+    tokenized = httpx.post(f"{demo_server}/tokenize", json={"prompt": "12+34=", "add_special_tokens": False}).json()
+    assert bare == tokenized["tokens"] and len(plain) > len(bare)
+    chat = _post(demo_server, "/v1/chat/completions", return_token_ids=True).json()["prompt_token_ids"]
+    chat_special = _post(demo_server, "/v1/chat/completions", return_token_ids=True,
+                         add_special_tokens=True).json()["prompt_token_ids"]
+    assert len(chat_special) > len(chat) and chat_special[-len(chat):] == chat
+
+
+def test_chat_echo_continues_the_last_message(demo_server):
+    messages = [*CHAT, {"role": "assistant", "content": "4"}]
+    fields = dict(messages=messages, add_generation_prompt=False, continue_final_message=True)
+    plain = httpx.post(f"{demo_server}/v1/chat/completions", timeout=60,
+                       json={"max_tokens": 2, "temperature": 0, **fields}).json()
+    echoed = httpx.post(f"{demo_server}/v1/chat/completions", timeout=60,
+                        json={"max_tokens": 2, "temperature": 0, "echo": True, **fields}).json()
+    assert echoed["choices"][0]["message"]["content"] == "4" + plain["choices"][0]["message"]["content"]
+    chunks = _stream(demo_server, "/v1/chat/completions", max_tokens=2, echo=True, **fields)
+    streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert streamed == echoed["choices"][0]["message"]["content"]
+    # with a generation prompt the reply's role (assistant) is not the last message's (user): nothing to echo
+    content = [_post(demo_server, "/v1/chat/completions", **extra).json()["choices"][0]["message"]["content"]
+               for extra in ({"echo": True}, {})]
+    assert content[0] == content[1]
