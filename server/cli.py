@@ -19,7 +19,7 @@ from anymodel.config import (ATTENTION_BACKENDS, CONVERTS, DTYPE_ALIASES, DTYPES
 
 from .request_fields import MAX_PROMPTS_PER_REQUEST
 
-BENCHES = ("attention", "throughput", "latency")
+BENCHES = ("attention", "throughput", "latency", "structured")
 EXAMPLES = """examples:
   anymodel serve                                      # the embedded demo model on :8000
   anymodel serve ./my-model --model-impl transformers --trust-remote-code
@@ -308,6 +308,8 @@ def _bench(kind: str, rest: list[str]) -> int:
     try:
         if kind == "attention":
             from anymodel.bench.attention import main as bench_main
+        elif kind == "structured":
+            from anymodel.bench.structured import main as bench_main
         else:
             from anymodel.bench.generation import main as bench_main
 

@@ -196,3 +196,16 @@ def test_grammar_starts_after_the_reasoning(model_dir):
     closed = {"prompt_token_ids": tok.encode("Question? <think>") + tok.encode("</think>", add_special_tokens=False)}
     plain = SamplingParams(temperature=0, max_tokens=40, structured_outputs=so)
     assert CHECKS["regex"](llm.generate(closed, plain, use_tqdm=False)[0].outputs[0].text)
+
+
+def test_structural_tag(llm):
+    """vLLM's structural tag: begin / schema / end, with triggers."""
+    import json as _json
+
+    tag = {"structures": [{"begin": "<f>", "schema": {"enum": ["a", "b"]}, "end": "</f>"}], "triggers": ["<f>"]}
+    so = StructuredOutputsParams(structural_tag=_json.dumps(tag))
+    # a logits processor forces the trigger; the tag's grammar then spells a value and the end
+    force = llm.get_tokenizer().encode("<f>", add_special_tokens=False)
+    params = SamplingParams(temperature=0, max_tokens=24, structured_outputs=so, logits_processors=[_forcing(force)])
+    text = llm.generate("x", params, use_tqdm=False)[0].outputs[0].text
+    assert text.startswith('<f>"a"</f>') or text.startswith('<f>"b"</f>'), text
