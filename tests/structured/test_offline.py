@@ -109,7 +109,7 @@ def test_structured_outputs_from_dict_refuses_unknown_keys():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(guided_decoding_backend="guidance"), "not supported"),
     (dict(structured_outputs_config={"backend": "lm-format-enforcer"}), "must be one of"),
-    (dict(structured_outputs_config={"backend": "xgrammar", "reasoning_parser": "x"}), "unsupported key"),
+    (dict(structured_outputs_config={"backend": "xgrammar", "enable_in_reasoning": True}), "unsupported key"),
 ])
 def test_engine_backend_options(kwargs, match):
     from anymodel.config import EngineArgs
@@ -155,20 +155,25 @@ def test_vocabulary_that_cannot_express_the_constraint_fails_the_request_alone(t
     assert err.value.outputs[0] is None and err.value.outputs[1].outputs[0].finish_reason == "length"
 
 
-def test_tensor_parallel_masks_on_every_rank(model_dir):
-    """TP=2 (one process per rank): each rank samples with the bitmask from the scheduler output,
-    and the constrained greedy tokens equal the single-process ones."""
-    so = StructuredOutputsParams(regex=CONSTRAINTS["regex"])
-    params = SamplingParams(temperature=0, max_tokens=16, structured_outputs=so)
-    single = LLM(str(model_dir), dtype="float32", model_impl="transformers")
-    want = [o.outputs[0].token_ids for o in single.generate(["hi", "cat"], params, use_tqdm=False)]
-    tp = LLM(str(model_dir), dtype="float32", model_impl="transformers", tensor_parallel_size=2, num_kv_blocks=64)
+def test_padded_vocab_and_tensor_parallel(tmp_path):
+    """TinyPlan: logits 385 wide over a 384-token tokenizer (the mask never allows the padding),
+    remote code with its own TP plan and uneven vocab shards. Under TP=2 (one process per rank)
+    every rank masks with the bitmask from the scheduler output: the constrained tokens equal the
+    single process's, and every stopped output is valid."""
+    model = build_tiny_model("tinyplan", tmp_path)
+    so = StructuredOutputsParams(json=SCHEMA, disable_any_whitespace=True)
+    params = [SamplingParams(temperature=1.0, seed=s, max_tokens=48, structured_outputs=so) for s in range(4)]
+    prompts = ["hi", "cat", "the dog", "x"]
+    engine = dict(dtype="float32", trust_remote_code=True, model_impl="transformers", num_kv_blocks=64)
+    single = LLM(str(model), **engine).generate(prompts, params, use_tqdm=False)
+    assert _check_outputs("json", single) >= 1
+    assert all(t < 384 for o in single for t in o.outputs[0].token_ids)
+    tp = LLM(str(model), tensor_parallel_size=2, **engine)
     try:
-        outs = tp.generate(["hi", "cat"], params, use_tqdm=False)
+        outs = tp.generate(prompts, params, use_tqdm=False)
     finally:
         tp.engine.shutdown()
-    assert [o.outputs[0].token_ids for o in outs] == want
-    assert all(CHECKS["regex"](o.outputs[0].text) for o in outs)
+    assert [o.outputs[0].token_ids for o in outs] == [o.outputs[0].token_ids for o in single]
 
 
 def _forcing(token_ids: list[int]):
