@@ -57,6 +57,6 @@ def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return torch.cat([bits, pad], dim=1)
 
 
-def allows_any(row: torch.Tensor) -> bool:
-    """Does a filled row allow at least one token? (A dead end would leave nothing to sample.)"""
-    return bool(row.ne(0).any())
+def rows_allowing_any(bitmask: torch.Tensor) -> list[bool]:
+    """[R, W] -> per row: does it allow at least one token? (A dead end would leave nothing to sample.)"""
+    return bitmask.ne(0).any(dim=1).tolist()
