@@ -83,3 +83,39 @@ def test_byte_level_bpe_regex_walk(tmp_path):
     assert all(t is None or re.fullmatch(r"(日本|naïve|\d)+!", t) for t in texts)
     assert any(t is not None for t in texts)
     assert compiler.num_cached == 1  # six requests, one compile
+
+
+def test_manager_replays_output_tokens_into_a_fresh_matcher(tmp_path):
+    """A request that already has output tokens when its matcher is made (or whose matcher fell out
+    of step) gets them replayed: its mask equals that of a matcher that followed every token."""
+    from types import SimpleNamespace
+
+    import xgrammar as xgr
+    from transformers import AutoTokenizer
+
+    from anymodel import SamplingParams
+    from anymodel.engine.request import Request
+    from anymodel.structured_output.manager import StructuredOutputManager
+    from tests.models.tokenizer import save_tokenizer
+
+    save_tokenizer(tmp_path)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    so = StructuredOutputsParams(json={"type": "object", "properties": {"a": {"type": "integer"}}},
+                                 disable_any_whitespace=True)
+    manager = StructuredOutputManager(tok, 384, frozenset({tok.eos_token_id}))
+    req = Request("r", [1, 5], SamplingParams(structured_outputs=so), max_tokens=32)
+    assert manager.park(req)
+    assert manager.num_parked == 1
+    manager.states["r"].future.result()  # compiled (in the pool)
+    assert manager.take_ready(idle=False) == [req] and manager.num_parked == 0
+    prefix = tok.encode('{"a": 1', add_special_tokens=False)
+    for token in prefix:
+        req.append_token(token)
+    sched = SimpleNamespace(scheduled=[SimpleNamespace(request=req, samples=True)])
+    got = manager.bitmask(sched)
+    reference = xgr.GrammarMatcher(manager.compiler.submit(so).result())
+    assert all(reference.accept_token(t) for t in prefix)
+    want = xgr.allocate_token_bitmask(1, manager.compiler.vocab_size)
+    reference.fill_next_token_bitmask(want)
+    assert torch.equal(got.row_of("r"), want[0])
+    assert manager.accept({"r": tok.encode("2", add_special_tokens=False)[0]}) == {}
