@@ -72,6 +72,34 @@ def test_wordpiece_tokenizer(tmp_path):
     assert rows_allowing_any(bitmask) == [False]
 
 
+def _sentencepiece_style_tokenizer():
+    """A Llama/SentencePiece-style tokenizer: ▁ for spaces, <0xNN> byte fallback (xgrammar: BYTE_FALLBACK)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.models.tokenizer import _CORPUS
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    tok.train_from_iterator(_CORPUS.splitlines() * 4, trainer=trainers.BpeTrainer(
+        vocab_size=600, special_tokens=specials, show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def test_sentencepiece_style_tokenizer_walks_to_valid_output():
+    tok = _sentencepiece_style_tokenizer()
+    compiler = GrammarCompiler(tok, len(tok), {tok.eos_token_id})
+    choices = ["new york", "paris", "日本 ok"]
+    texts = [_walk(compiler, tok, StructuredOutputsParams(choice=choices), s) for s in range(8)]
+    assert all(t in choices for t in texts), texts
+    regex = r"[a-z]+ [0-9]{2}!"
+    texts = [_walk(compiler, tok, StructuredOutputsParams(regex=regex), s) for s in range(8)]
+    assert all(t is None or re.fullmatch(regex, t) for t in texts) and any(texts), texts
+
+
 def test_byte_level_bpe_regex_walk(tmp_path):
     from tests.models.tokenizer import save_tokenizer
     from transformers import AutoTokenizer
