@@ -147,3 +147,25 @@ def test_manager_replays_output_tokens_into_a_fresh_matcher(tmp_path):
     reference.fill_next_token_bitmask(want)
     assert torch.equal(got.row_of("r"), want[0])
     assert manager.accept({"r": tok.encode("2", add_special_tokens=False)[0]}) == {}
+
+
+def test_sampler_applies_the_bitmask_in_both_paths():
+    """Greedy rows under a grammar (the fast path) and a batch mixing a sampled row (the full
+    pipeline): each constrained row's token is the argmax over its allowed tokens."""
+    from anymodel import SamplingParams
+    from anymodel.worker.sampler import SamplingRow, sample
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 100, generator=g)
+    bitmask = torch.randint(-2**31, 2**31 - 1, (3, 4), generator=g, dtype=torch.int64).to(torch.int32)
+    before, masked = logits.clone(), logits.clone()
+    apply_bitmask_reference(masked, bitmask, [0, 1, 2])
+    want = masked.argmax(dim=-1).tolist()
+
+    def row(i, temperature=0.0):
+        return SamplingRow(SamplingParams(temperature=temperature), [1], [], [], None, bitmask[i])
+
+    assert sample(logits, [row(0), row(1), row(2)]).token_ids == want
+    mixed = sample(logits, [row(0), row(1), row(2, temperature=1.0)])
+    assert mixed.token_ids[:2] == want[:2] and unpack_bitmask(bitmask, 100)[2, mixed.token_ids[2]]
+    assert torch.equal(logits, before)  # the caller's logits are left as they were
