@@ -148,6 +148,7 @@ class QKVParallelLinear(LinearBase):
     def __init__(self, hidden: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool, dtype) -> None:
         tp = dist.tp_size()
         self.head_dim = head_dim
+        self.total_num_kv_heads = num_kv_heads  # the checkpoint's (LoRA B of k/v_proj is cut like its weight)
         self.num_heads = _divide(num_heads, tp, "num_attention_heads")
         if num_kv_heads >= tp:
             self.num_kv_heads = _divide(num_kv_heads, tp, "num_key_value_heads")

@@ -1,7 +1,7 @@
 """build_app(engine_args) -> FastAPI: the OpenAI-compatible server around one AsyncEngine.
 
     GET  /health               200 while the engine loop runs (never needs the API key); HEAD too
-    GET  /v1/models            the one served model; HEAD too
+    GET  /v1/models            the served model and its LoRA adapters (--lora-modules); HEAD too
     POST /v1/completions       text completions, `stream: true` as SSE
     POST /v1/chat/completions  chat (tokenizer's template or --chat-template), SSE too
     POST /tokenize, /detokenize
@@ -33,6 +33,7 @@ from .chat_output import ChatOptions
 from .completions import CompletionHandler
 from .disconnect import unless_disconnected
 from .errors import CatchAllMiddleware, error_response, install_error_handlers
+from .lora_models import LoRAModulePath, ServedLoRAs, add_lora_routes, load_startup_loras
 from .metrics import ServerMetrics
 from .openapi import install_openapi
 from .pooling_routes import router as pooling_router
@@ -93,18 +94,30 @@ def _fatal_hook(on_fatal: Callable[[BaseException], None] | None) -> Callable[[B
 def build_app(engine_args: EngineArgs | None = None, *, api_key: str | None = None, engine: Any = None,
               max_prompts_per_request: int = MAX_PROMPTS_PER_REQUEST,
               on_fatal: Callable[[BaseException], None] | None = None,
-              chat_options: ChatOptions | None = None) -> FastAPI:
+              chat_options: ChatOptions | None = None,
+              lora_modules: list[LoRAModulePath] | None = None, metrics_prefix: str | None = None) -> FastAPI:
     """`engine`: an already-built Engine (tests pass fakes); by default one is built from engine_args.
     `on_fatal(error)`: called once if the engine dies for good (`anymodel serve` exits then).
-    `chat_options`: tool-call and reasoning parsers for chat completions (chat_output.ChatOptions)."""
+    `chat_options`: tool-call and reasoning parsers for chat completions (chat_output.ChatOptions).
+    `lora_modules`: LoRA adapters served by name (needs enable_lora).
+    `metrics_prefix`: "anymodel" or "vllm" (/metrics names; default $ANYMODEL_METRICS_PREFIX or "anymodel")."""
     engine_args = engine_args or EngineArgs()
+    if engine_args.skip_tokenizer_init:
+        raise ValueError("skip_tokenizer_init=True is offline-only (LLM(...)): the server tokenizes prompts, renders "
+                         "chat templates and returns text; serve without --skip-tokenizer-init")
+    if lora_modules and not engine_args.enable_lora:
+        raise ValueError("--lora-modules needs --enable-lora")
     chat_options = chat_options or ChatOptions()
     if engine is None:
         from anymodel.engine.engine import Engine
 
         engine = Engine(chat_options.engine_args(engine_args))  # grammars start after the reasoning
+    loras = ServedLoRAs(engine.model_name) if engine_args.enable_lora else None
+    if loras is not None:
+        load_startup_loras(engine, loras, lora_modules or [])  # before the engine thread owns the engine
     async_engine = AsyncEngine(engine)
-    async_engine.metrics = ServerMetrics(lambda: async_engine.stats)
+    async_engine.metrics = ServerMetrics(lambda: async_engine.stats, engine.model_name, metrics_prefix,
+                                         engine.max_model_len)
     async_engine.on_fatal = _fatal_hook(on_fatal)  # before start(): the engine thread may call it
     async_engine.start()
 
@@ -123,11 +136,16 @@ def build_app(engine_args: EngineArgs | None = None, *, api_key: str | None = No
     app.add_middleware(CatchAllMiddleware)  # last added = outermost: it also covers the API-key check
     tokenizer = _server_tokenizer(engine.tokenizer)
     template = engine_args.chat_template
-    _add_openai_routes(app, CompletionHandler(async_engine, engine.model_name, tokenizer, max_prompts_per_request),
-                       ChatHandler(async_engine, engine.model_name, tokenizer, chat_template=template,
-                                   options=chat_options.for_engine(engine)))
-    _add_model_routes(app, engine.model_name, engine_args.model or engine.model_name, engine.max_model_len)
-    _add_tokenizer_routes(app, TokenizationHandler(tokenizer, engine.max_model_len, template), engine.model_name)
+    completions = CompletionHandler(async_engine, engine.model_name, tokenizer, max_prompts_per_request)
+    chat = ChatHandler(async_engine, engine.model_name, tokenizer, chat_template=template,
+                       options=chat_options.for_engine(engine))
+    completions.loras = chat.loras = loras
+    _add_openai_routes(app, completions, chat)
+    _add_model_routes(app, engine.model_name, engine_args.model or engine.model_name, engine.max_model_len, loras)
+    _add_tokenizer_routes(app, TokenizationHandler(tokenizer, engine.max_model_len, template), engine.model_name,
+                          loras)
+    if loras is not None:
+        add_lora_routes(app, loras, async_engine)
     _add_ops_routes(app, async_engine)
     app.include_router(pooling_router)  # /v1/embeddings, /pooling, /classify, /score, /rerank
     return app
@@ -149,23 +167,28 @@ def _with_head(app: FastAPI, path: str, endpoint: Callable) -> None:
     app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
 
 
-def _add_model_routes(app: FastAPI, name: str, root: str, max_model_len: int) -> None:
+def _add_model_routes(app: FastAPI, name: str, root: str, max_model_len: int, loras: ServedLoRAs | None) -> None:
     @app.get("/v1/models", response_model=ModelList)
     async def list_models():
-        return json_response(ModelList(data=[ModelCard(id=name, root=root, max_model_len=max_model_len)]))
+        adapters = [ModelCard(id=r.lora_name, root=r.lora_path, parent=name, max_model_len=max_model_len)
+                    for r in (loras.by_name.values() if loras is not None else ())]
+        return json_response(ModelList(data=[ModelCard(id=name, root=root, max_model_len=max_model_len), *adapters]))
 
     _with_head(app, "/v1/models", list_models)
 
 
-def _add_tokenizer_routes(app: FastAPI, handler: TokenizationHandler, name: str) -> None:
+def _add_tokenizer_routes(app: FastAPI, handler: TokenizationHandler, name: str, loras: ServedLoRAs | None) -> None:
+    def check(model: str | None) -> None:  # an adapter tokenizes as its base model
+        loras.resolve(model) if loras is not None else check_model(model, name)
+
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest):
-        check_model(body.model, name)
+        check(body.model)
         return json_response(handler.tokenize(body))
 
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest):
-        check_model(body.model, name)
+        check(body.model)
         return json_response(handler.detokenize(body))
 
 

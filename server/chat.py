@@ -50,14 +50,17 @@ class ChatHandler(GenerationHandler):
         self.options = options or ChatOptions()  # tool-call and reasoning parsers
 
     async def create(self, req: ChatCompletionRequest) -> Response:
-        self.check_model(req.model)
+        lora = self.check_model(req.model)
         req.check_prompt_logprobs()
         top_k = req.num_logprobs()
         plan = ChatOutputPlan.for_request(req, self.options, self.tokenizer)
         params = plan.constrain(self.make_params(req, req.max_new_tokens(), top_k, req.prompt_logprobs))
         prompt = render_chat_request(self.tokenizer, req, self.chat_template)
         request_id = random_id("chatcmpl")
-        merged = await self.start(request_id, [prompt], params)
+        if req.use_beam_search:
+            merged = await self.start_beam(request_id, [prompt], req, req.max_new_tokens(), lora)
+        else:
+            merged = await self.start(request_id, [prompt], params, lora)
         if not req.stream:
             finals = await self.collect(merged)
             return json_response(self._response(request_id, finals[0], top_k, plan))

@@ -97,10 +97,18 @@ class SamplingRequest(APIRequest, StructuredFields):
     prompt_logprobs: Optional[int] = Field(None, ge=-1)  # vLLM extra: every prompt token's logprobs (not with stream)
     bad_words: Optional[list[str]] = None  # vLLM extra: words never generated
     spaces_between_special_tokens: bool = True  # vLLM extra, passed to the tokenizer's decode
+    use_beam_search: bool = False  # vLLM extra: the n best beams (server/beam_search.py)
+    length_penalty: float = 1.0  # vLLM extra, beam search only: score = cum_logprob / len ** length_penalty
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     user: Optional[str] = None  # OpenAI's end-user id: accepted, nothing to do with it
     parallel_tool_calls: Optional[bool] = None  # with tool_choice="required": False allows one call only
+
+    @model_validator(mode="after")
+    def _length_penalty_needs_beams(self) -> "SamplingRequest":
+        if self.length_penalty != 1.0 and not self.use_beam_search:
+            raise ValueError("length_penalty applies to beam search only: send use_beam_search=true with it")
+        return self
 
     @field_validator("stream_options")
     @classmethod
@@ -305,6 +313,7 @@ class ModelCard(BaseModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "anymodel"
     root: Optional[str] = None
+    parent: Optional[str] = None  # a LoRA adapter's base model
     max_model_len: Optional[int] = None
 
 

@@ -56,14 +56,13 @@ _NO_TOOLS = ("none", "auto", None)  # with no tools, neither asks for anything
 
 GENERATION: dict[str, Unsupported] = {
     "guided_whitespace_pattern": Unsupported(_GUIDED),
-    "use_beam_search": Unsupported("beam search is not implemented yet", (None, False)),
-    "length_penalty": Unsupported("length_penalty applies to beam search, which is not implemented yet", (None, 1.0, 1)),
     "logits_processors": Unsupported("request logits processors are code: they are offline-only "
                                      "(SamplingParams.logits_processors)", (None, [])),
     "return_tokens_as_token_ids": Unsupported("token ids in place of token strings are not implemented yet",
                                               (None, False)),
     "return_token_ids": Unsupported("returning token ids is not implemented yet", (None, False)),
-    "priority": Unsupported("priority scheduling is not implemented yet", (None, 0)),
+    "priority": Unsupported("a request's priority is not served yet (priority scheduling runs offline: "
+                            "LLM(scheduling_policy='priority').generate(..., priority=[...]))", (None, 0)),
     "kv_transfer_params": Unsupported("disaggregated prefill (KV transfer) is not implemented yet"),
     "cache_salt": Unsupported("per-request prefix-cache salts are not implemented yet"),
     "request_id": Unsupported("client-chosen request ids are not implemented yet"),

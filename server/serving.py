@@ -41,6 +41,8 @@ async def _with_first(first: Any, rest: AsyncIterator) -> AsyncIterator:
 
 
 class GenerationHandler:
+    loras = None  # server/lora_models.ServedLoRAs: `model` may name a LoRA adapter
+
     def __init__(self, engine: AsyncEngine, model_name: str, tokenizer: Any,
                  max_prompts: int = MAX_PROMPTS_PER_REQUEST):
         self.engine = engine
@@ -48,8 +50,12 @@ class GenerationHandler:
         self.tokenizer = tokenizer
         self.max_prompts = max_prompts
 
-    def check_model(self, name: str | None) -> None:
+    def check_model(self, name: str | None):
+        """404 for a model this server does not serve; the LoRARequest when `name` is an adapter."""
+        if self.loras is not None:
+            return self.loras.resolve(name)
         check_model(name, self.model_name)
+        return None
 
     def make_params(self, req: SamplingRequest, max_tokens: int | None, logprobs: int | None,
                     prompt_logprobs: int | None = None) -> SamplingParams:
@@ -58,6 +64,9 @@ class GenerationHandler:
         kwargs = dict(max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs, **req.sampling_kwargs())
         sent = req.model_fields_set | ({"max_tokens"} if "max_completion_tokens" in req.model_fields_set else set())
         kwargs.update({name: value for name, value in self.default_sampling_params.items() if name not in sent})
+        cap = self.default_sampling_params.get("max_tokens")
+        if cap is not None and kwargs["max_tokens"] is not None:  # vLLM's get_max_tokens: the model's
+            kwargs["max_tokens"] = min(kwargs["max_tokens"], cap)  # max_new_tokens caps a request's too
         return SamplingParams(**kwargs)
 
     @property
@@ -65,12 +74,28 @@ class GenerationHandler:
         """The engine's request defaults from generation_config.json (set at construction: safe to read here)."""
         return getattr(getattr(self.engine, "engine", None), "default_sampling_params", None) or {}
 
-    async def start(self, request_id: str, prompts: list, params: SamplingParams) -> MergedStreams:
+    async def start(self, request_id: str, prompts: list, params: SamplingParams, lora_request=None) -> MergedStreams:
         check_prompt_count(len(prompts), self.max_prompts, "prompt")
         prompts = [self._tokenized(p) for p in prompts]
         for p in prompts:
             self._check_context(len(p["prompt_token_ids"]), params)
-        return MergedStreams(await add_all(self.engine, request_id, prompts, params))
+        return MergedStreams(await add_all(self.engine, request_id, prompts, params, lora_request))
+
+    async def start_beam(self, request_id: str, prompts: list, req: SamplingRequest, max_tokens: int | None,
+                         lora_request=None):
+        """use_beam_search: each prompt's `n` best beams (server/beam_search.py), streamed like `start`'s."""
+        from .beam_search import BeamStreams, beam_params
+
+        if lora_request is not None:
+            raise APIError(400, "use_beam_search with a LoRA adapter is not supported yet; ask for the base model",
+                           param="use_beam_search")
+        check_prompt_count(len(prompts), self.max_prompts, "prompt")
+        params = self.make_params(req, max_tokens, None)  # max_tokens as a sampling request would get it
+        prompts = [self._tokenized(p) for p in prompts]
+        for p in prompts:
+            self._check_context(len(p["prompt_token_ids"]), params)
+        return BeamStreams(self.engine, request_id, prompts, beam_params(req, params.max_tokens,
+                                                                         self.engine.max_model_len), self.tokenizer)
 
     def _tokenized(self, prompt) -> Any:
         """Text prompts are tokenized here (as the engine would: `tokenizer.encode`), so that the
@@ -132,12 +157,14 @@ class GenerationHandler:
         return self.tokenizer.decode([token_id])
 
 
-async def add_all(engine: AsyncEngine, request_id: str, prompts: list, params: Any) -> list[RequestStream]:
+async def add_all(engine: AsyncEngine, request_id: str, prompts: list, params: Any,
+                  lora_request: Any = None) -> list[RequestStream]:
     """One engine request per prompt ("{request_id}-{i}"), all or none.
 
     The adds go out together: one engine-loop round trip, not one per prompt (each would wait for
     the step in progress)."""
-    adds = [asyncio.ensure_future(engine.add(f"{request_id}-{i}", p, params)) for i, p in enumerate(prompts)]
+    lora = {} if lora_request is None else {"lora_request": lora_request}
+    adds = [asyncio.ensure_future(engine.add(f"{request_id}-{i}", p, params, **lora)) for i, p in enumerate(prompts)]
     try:
         await asyncio.wait(adds)
         error = next((a.exception() for a in adds if a.exception() is not None), None)

@@ -8,9 +8,8 @@
 
 Each is a registration (`register(Transform(...))`), not a branch in the loader: a feature adds
 its transform under its stage, and `apply_transforms` runs those that apply, stage by stage, in
-registration order within a stage. Today none is registered: tensor/pipeline sharding happens
-while loading (adapters/parallel.py, native linears), quantized checkpoints are not served, and
-LoRA is not implemented yet.
+registration order within a stage. Tensor/pipeline sharding happens while loading
+(adapters/parallel.py, native linears); LoRA registers itself from anymodel/lora/transform.py.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ class TransformContext:
     config: object
     dtype: torch.dtype
     state: object  # anymodel.distributed.ParallelState
+    lora: object = None  # anymodel.lora.transform.LoRAConfig when enable_lora, else None
 
 
 @dataclass(frozen=True)

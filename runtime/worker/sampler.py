@@ -234,12 +234,14 @@ def _gather_logprobs(raw: torch.Tensor | None, rows: list[SamplingRow], tokens: 
 
 def top_logprobs(logprobs: torch.Tensor, token: int, k: int) -> dict[int, tuple[float, int]]:
     """logprobs [V] -> {token: (logprob, rank)} for the chosen token and the top k (rank 1 = best).
-    k may exceed V (max_logprobs above a small vocabulary, or padded logits): all V come back, as in vLLM."""
+    k may exceed V (max_logprobs above a small vocabulary, or padded logits): all V come back, as in vLLM.
+    The chosen token comes first; outside the top k its rank counts the tokens at least as likely
+    (itself included), as vLLM's does, so a tie ranks it after the tokens it ties with."""
     chosen = logprobs[token]
-    result = {token: (float(chosen), int((logprobs > chosen).sum()) + 1)}
+    result = {token: (float(chosen), int((logprobs >= chosen).sum()))}
     k = min(k, logprobs.shape[-1])
     if k > 0:
         vals, ids = logprobs.topk(k)
         for rank, (v, t) in enumerate(zip(vals.tolist(), ids.tolist()), start=1):
-            result.setdefault(t, (v, rank))
+            result[t] = (v, rank)  # a chosen token in the top k takes its top-k rank (vLLM's dict build)
     return result
