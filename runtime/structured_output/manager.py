@@ -59,7 +59,7 @@ class StructuredOutputManager:
 
     @property
     def compiler(self):
-        if self._compiler is None:  # built on the first constrained request: the vocabulary scan costs
+        if self._compiler is None:  # on the first constrained request (cheap: the vocabulary scan runs in its pool)
             from anymodel.structured_output.compiler import GrammarCompiler
 
             self._compiler = GrammarCompiler(self.tokenizer, self.vocab_size, self.eos_token_ids)
