@@ -4,6 +4,8 @@ work, and matchers stay in step under preemption."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from anymodel import GuidedDecodingParams, LLM, SamplingParams, StructuredOutputsParams
@@ -214,3 +216,28 @@ def test_structural_tag(llm):
     params = SamplingParams(temperature=0, max_tokens=24, structured_outputs=so, logits_processors=[_forcing(force)])
     text = llm.generate("x", params, use_tqdm=False)[0].outputs[0].text
     assert text.startswith('<f>"a"</f>') or text.startswith('<f>"b"</f>'), text
+
+
+def test_a_request_waiting_for_its_grammar_does_not_hold_up_others(llm, monkeypatch):
+    """Its compile is held back: the plain request beside it runs to the end meanwhile; released,
+    the constrained one runs too."""
+    import threading
+
+    from anymodel.structured_output.compiler import GrammarCompiler
+
+    release, compile_ = threading.Event(), GrammarCompiler._compile
+    monkeypatch.setattr(GrammarCompiler, "_compile", lambda self, g: release.wait(30) and compile_(self, g))
+    engine = llm.engine
+    so = StructuredOutputsParams(regex=r"[xyz]{3}!")  # a spec no other test compiled (not cached)
+    engine.add_request("slow", "a", SamplingParams(temperature=0, max_tokens=8, structured_outputs=so))
+    engine.add_request("plain", "b", SamplingParams(temperature=0, max_tokens=4))
+    done = {}
+    for _ in range(50):
+        done.update({o.request_id: o for o in engine.step() if o.finished})
+        if "plain" in done:
+            break
+    assert "plain" in done and "slow" not in done and engine.has_unfinished()
+    release.set()
+    while engine.has_unfinished():
+        done.update({o.request_id: o for o in engine.step() if o.finished})
+    assert re.fullmatch(r"[xyz]{3}!", done["slow"].outputs[0].text)
