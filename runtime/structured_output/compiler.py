@@ -35,6 +35,7 @@ class GrammarCompiler:
         self._xgr_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=COMPILE_THREADS, thread_name_prefix="anymodel-grammar")
         self._cache: OrderedDict[tuple, Future] = OrderedDict()
+        self._cache_lock = threading.Lock()  # the engine thread and the server's pre-check both submit
 
     def _compile(self, grammar):
         """In a pool thread: the grammar against the vocabulary -> xgrammar CompiledGrammar."""
@@ -50,15 +51,18 @@ class GrammarCompiler:
 
     def submit(self, params: StructuredOutputsParams) -> Future:
         key = params.key()
-        future = self._cache.get(key)
-        if future is not None and not (future.done() and future.exception() is not None):
-            self._cache.move_to_end(key)
-            return future
+        with self._cache_lock:
+            future = self._cache.get(key)
+            if future is not None and not (future.done() and future.exception() is not None):
+                self._cache.move_to_end(key)
+                return future
         grammar = build_grammar(params)  # ValueError now, in the caller, for an invalid spec
-        future = self._pool.submit(self._compile, grammar)
-        self._cache[key] = future
-        while len(self._cache) > CACHE_ENTRIES:
-            self._cache.popitem(last=False)
+        with self._cache_lock:
+            future = self._cache.get(key)
+            if future is None or (future.done() and future.exception() is not None):
+                future = self._cache[key] = self._pool.submit(self._compile, grammar)
+            while len(self._cache) > CACHE_ENTRIES:
+                self._cache.popitem(last=False)
         return future
 
     @property

@@ -53,16 +53,17 @@ class StructuredOutputManager:
     _batch: object | None = None  # xgrammar BatchGrammarMatcher, made on first use
 
     def __post_init__(self) -> None:
+        from anymodel.structured_output.compiler import GrammarCompiler
+
+        # made now (cheap: xgrammar's vocabulary scan waits for the first compile, in its pool), so that
+        # the engine thread and the server's pre-check (check_expressible) share one compiler and cache
+        self._compiler = GrammarCompiler(self.tokenizer, self.vocab_size, self.eos_token_ids)
         name = self.config.reasoning_parser if self.config is not None else None
         if name is not None:
             self._reasoning = ReasoningEnd.for_parser(name, self.tokenizer)
 
     @property
     def compiler(self):
-        if self._compiler is None:  # on the first constrained request (cheap: the vocabulary scan runs in its pool)
-            from anymodel.structured_output.compiler import GrammarCompiler
-
-            self._compiler = GrammarCompiler(self.tokenizer, self.vocab_size, self.eos_token_ids)
         return self._compiler
 
     def check(self, params: StructuredOutputsParams) -> StructuredOutputsParams:
@@ -76,6 +77,20 @@ class StructuredOutputManager:
                              or cfg.disable_additional_properties)
         self.compiler.submit(params)
         return params
+
+    def check_expressible(self, params: StructuredOutputsParams) -> None:
+        """ValueError when the vocabulary has no first token for the constraint (the server calls this
+        off the engine thread before it queues a request, so that such a request is a 400). Waits for
+        the compile, which the request would wait for anyway; the engine then finds it cached."""
+        import xgrammar as xgr
+
+        params = self.check(params)
+        matcher = xgr.GrammarMatcher(self.compiler.submit(params).result())
+        bitmask = xgr.allocate_token_bitmask(1, self.compiler.vocab_size)
+        matcher.fill_next_token_bitmask(bitmask)
+        if not rows_allowing_any(bitmask)[0]:
+            raise ValueError(f"structured outputs {params.kind}: the model's vocabulary has no token that can "
+                             "begin the constraint")
 
     def park(self, request: Request) -> bool:
         """Track a request with a constraint; True when it waits here for its grammar."""
