@@ -85,6 +85,9 @@ class ChatOutputPlan:
                                 "need the engine to know the reasoning parser (structured_outputs_config "
                                 "reasoning_parser), else the grammar would constrain the reasoning as well",
                            param="response_format" if grammar is None else "tool_choice")
+        parser = self.tools.parser if self.tools.mode == "auto" else None
+        if parser is not None and parser.needs_special_tokens and params.skip_special_tokens:
+            params = params.clone(skip_special_tokens=False)  # else the detokenizer drops the call marker
         return params if grammar is None else params.clone(structured_outputs=grammar)
 
     def message(self, text: str, finish_reason: Optional[str]) -> tuple[AssistantMessage, Optional[str]]:

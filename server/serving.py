@@ -85,7 +85,15 @@ class GenerationHandler:
         prompts = [self._tokenized(p) for p in prompts]
         for p in prompts:
             self._check_context(len(p["prompt_token_ids"]), params)
+        await self._check_expressible(params)
         return MergedStreams(await add_all(self.engine, request_id, prompts, params, lora_request, priority))
+
+    async def _check_expressible(self, params: SamplingParams) -> None:
+        """A constraint the vocabulary cannot begin is a 400 (ValueError) before the request is queued:
+        its grammar is compiled here, off the event loop and the engine thread (structured_output/)."""
+        structured = getattr(getattr(self.engine, "engine", None), "structured", None)
+        if params.structured_outputs is not None and structured is not None:
+            await asyncio.to_thread(structured.check_expressible, params.structured_outputs)
 
     async def start_beam(self, request_id: str, prompts: list, req: SamplingRequest, max_tokens: int | None,
                          lora_request=None, sampling: SamplingParams | None = None):

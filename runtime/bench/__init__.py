@@ -2,7 +2,7 @@
 `python -m anymodel.bench KIND ...`. throughput|latency (generation.py, against plain Transformers
 in the same process; the systems it times are in systems.py), attention (attention.py: the paged
 kernels against SDPA, GPU), serve (serve.py: load any OpenAI-compatible server, as vLLM's
-`bench serve`)."""
+`bench serve`), structured (structured.py: JSON-schema requests against the same unconstrained)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ KINDS: dict[str, tuple[str, bool]] = {
     "latency": ("anymodel.bench.generation", True),
     "serve": ("anymodel.bench.serve", False),
     "lora": ("anymodel.bench.lora", False),
+    "structured": ("anymodel.bench.structured", False),
 }
 
 

@@ -34,10 +34,14 @@ def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int]) 
     if logits.dtype != torch.float32 or logits.shape[1] < width:  # the kernel's contract; the reference has none
         apply_bitmask_reference(logits, bitmask, rows)
         return
-    full = torch.full((logits.shape[0], bitmask.shape[1]), -1, dtype=torch.int32)  # rows not listed: all allowed
-    full[rows] = bitmask
-    xgr.apply_token_bitmask_inplace(logits, full.to(logits.device), vocab_size=width, indices=list(rows))
-    logits[rows, width:] = float("-inf")
+    if list(rows) == list(range(logits.shape[0])):  # every row constrained (the common batch): no index list
+        xgr.apply_token_bitmask_inplace(logits, bitmask.to(logits.device), vocab_size=width)
+    else:
+        full = torch.full((logits.shape[0], bitmask.shape[1]), -1, dtype=torch.int32)  # rows not listed: all allowed
+        full[rows] = bitmask
+        xgr.apply_token_bitmask_inplace(logits, full.to(logits.device), vocab_size=width, indices=list(rows))
+    if logits.shape[1] > width:
+        logits[rows, width:] = float("-inf")
 
 
 def apply_bitmask_reference(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int]) -> None:
@@ -57,6 +61,6 @@ def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return torch.cat([bits, pad], dim=1)
 
 
-def allows_any(row: torch.Tensor) -> bool:
-    """Does a filled row allow at least one token? (A dead end would leave nothing to sample.)"""
-    return bool(row.ne(0).any())
+def rows_allowing_any(bitmask: torch.Tensor) -> list[bool]:
+    """[R, W] -> per row: does it allow at least one token? (A dead end would leave nothing to sample.)"""
+    return bitmask.ne(0).any(dim=1).tolist()

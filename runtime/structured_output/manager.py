@@ -21,10 +21,8 @@ import logging
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field, replace
 
-import torch
-
 from anymodel.engine.request import Request
-from anymodel.structured_output.bitmask import GrammarBitmask, allows_any
+from anymodel.structured_output.bitmask import GrammarBitmask, rows_allowing_any
 from anymodel.structured_output.config import StructuredOutputsConfig, check_backend
 from anymodel.structured_output.params import StructuredOutputsParams
 from anymodel.structured_output.reasoning import ReasoningEnd
@@ -52,18 +50,20 @@ class StructuredOutputManager:
     failed: dict[str, str] = field(default_factory=dict)  # request id -> why, reported with the next step
     _compiler: object | None = None
     _reasoning: ReasoningEnd | None = None
+    _batch: object | None = None  # xgrammar BatchGrammarMatcher, made on first use
 
     def __post_init__(self) -> None:
+        from anymodel.structured_output.compiler import GrammarCompiler
+
+        # made now (cheap: xgrammar's vocabulary scan waits for the first compile, in its pool), so that
+        # the engine thread and the server's pre-check (check_expressible) share one compiler and cache
+        self._compiler = GrammarCompiler(self.tokenizer, self.vocab_size, self.eos_token_ids)
         name = self.config.reasoning_parser if self.config is not None else None
         if name is not None:
             self._reasoning = ReasoningEnd.for_parser(name, self.tokenizer)
 
     @property
     def compiler(self):
-        if self._compiler is None:  # built on the first constrained request: the vocabulary scan costs
-            from anymodel.structured_output.compiler import GrammarCompiler
-
-            self._compiler = GrammarCompiler(self.tokenizer, self.vocab_size, self.eos_token_ids)
         return self._compiler
 
     def check(self, params: StructuredOutputsParams) -> StructuredOutputsParams:
@@ -77,6 +77,20 @@ class StructuredOutputManager:
                              or cfg.disable_additional_properties)
         self.compiler.submit(params)
         return params
+
+    def check_expressible(self, params: StructuredOutputsParams) -> None:
+        """ValueError when the vocabulary has no first token for the constraint (the server calls this
+        off the engine thread before it queues a request, so that such a request is a 400). Waits for
+        the compile, which the request would wait for anyway; the engine then finds it cached."""
+        import xgrammar as xgr
+
+        params = self.check(params)
+        matcher = xgr.GrammarMatcher(self.compiler.submit(params).result())
+        bitmask = xgr.allocate_token_bitmask(1, self.compiler.vocab_size)
+        matcher.fill_next_token_bitmask(bitmask)
+        if not rows_allowing_any(bitmask)[0]:
+            raise ValueError(f"structured outputs {params.kind}: the model's vocabulary has no token that can "
+                             "begin the constraint")
 
     def park(self, request: Request) -> bool:
         """Track a request with a constraint; True when it waits here for its grammar."""
@@ -102,21 +116,30 @@ class StructuredOutputManager:
         return ready
 
     def bitmask(self, sched) -> GrammarBitmask | None:
-        """Rows for the constrained requests that sample this step; [R, ceil(V / 32)] int32."""
+        """Rows for the constrained requests that sample this step; [R, ceil(V / 32)] int32, filled by
+        xgrammar's batch matcher (its threads work on the rows together)."""
         todo = [s.request for s in sched.scheduled if s.samples and self._constrained_now(s.request)]
-        if not todo:
+        matchers, ids = [], []
+        for req in todo:
+            try:
+                matchers.append(self._matcher(req))
+                ids.append(req.request_id)
+            except Exception as e:
+                self.failed[req.request_id] = f"structured output failed: {type(e).__name__}: {e}"
+        if not matchers:
             return None
         import xgrammar as xgr
 
-        bitmask = xgr.allocate_token_bitmask(len(todo), self.compiler.vocab_size)
-        rows = {}
-        for i, req in enumerate(todo):
-            try:
-                self._fill(req, bitmask, i)
-                rows[req.request_id] = i
-            except Exception as e:
-                self.failed[req.request_id] = f"structured output failed: {type(e).__name__}: {e}"
-        return GrammarBitmask(rows, bitmask)
+        bitmask = xgr.allocate_token_bitmask(len(matchers), self.compiler.vocab_size)
+        if self._batch is None:
+            self._batch = xgr.BatchGrammarMatcher()
+        self._batch.batch_fill_next_token_bitmask(matchers, bitmask)
+        alive = rows_allowing_any(bitmask)  # a row with no token is a dead end
+        for rid, ok in zip(ids, alive):
+            if not ok:
+                self.failed[rid] = ("structured output failed: the model's vocabulary has no token that continues "
+                                    "the constraint here")
+        return GrammarBitmask({rid: i for i, (rid, ok) in enumerate(zip(ids, alive)) if ok}, bitmask)
 
     def _constrained_now(self, req: Request) -> bool:
         """Has a grammar and is past its reasoning (the end marker's tokens seen: the grammar starts there)."""
@@ -126,13 +149,6 @@ class StructuredOutputManager:
         if state.start is None:
             state.start = self._reasoning.end_in_output(req.output_token_ids)
         return state.start is not None
-
-    def _fill(self, req: Request, bitmask: torch.Tensor, i: int) -> None:
-        matcher = self._matcher(req)
-        matcher.fill_next_token_bitmask(bitmask, i)
-        if not allows_any(bitmask[i]):
-            raise ValueError("the model's vocabulary has no token that continues the constraint here "
-                             f"(after {req.num_output_tokens} output tokens)")
 
     def _matcher(self, req: Request):
         """The request's matcher, in step with its output tokens (made or rebuilt by replay)."""

@@ -43,6 +43,10 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow], default_generator: tor
     given, logits = logits, logits.float()
     if all(_plain_greedy(r) for r in rows):  # the common case: skip every mask and index list
         return SamplerOutput(logits.argmax(dim=-1).tolist(), [None] * len(rows))
+    if all(_plain_greedy(r, grammar_ok=True) for r in rows):  # greedy under structured outputs: mask, argmax
+        logits = logits.clone() if logits is given else logits
+        _apply_grammar(logits, rows)
+        return SamplerOutput(logits.argmax(dim=-1).tolist(), [None] * len(rows))
     if logits is given and any(_writes_in_place(r) for r in rows):
         logits = logits.clone()  # penalties, masks and user processors write in place
     raw_logprobs = torch.log_softmax(logits, dim=-1) if any(_logprobs_k(r) is not None for r in rows) else None
@@ -65,11 +69,12 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow], default_generator: tor
     return SamplerOutput(token_list, _gather_logprobs(raw_logprobs, rows, token_list))
 
 
-def _plain_greedy(row: SamplingRow) -> bool:
-    """Greedy with nothing that changes the logits or the output: the result is a bare argmax."""
+def _plain_greedy(row: SamplingRow, grammar_ok: bool = False) -> bool:
+    """Greedy with nothing that changes the logits or the output (but the grammar bitmask, with
+    grammar_ok): the result is a bare argmax (of the masked logits)."""
     p = row.params
     return (p.greedy and _logprobs_k(row) is None and not row.blocked_token_ids and not p.allowed_token_ids
-            and row.grammar_bitmask is None
+            and (grammar_ok or row.grammar_bitmask is None)
             and not p.logit_bias and not p.has_penalties and not p.bad_words_token_ids and not p.logits_processors)
 
 

@@ -73,6 +73,8 @@ class ToolParser:
     """Subclass, set `start` (the marker that opens the calls) and implement `extract`."""
 
     start: str = ""
+    # the start marker is a special token (mistral's [TOOL_CALLS]): the text must keep special tokens
+    needs_special_tokens: bool = False
 
     def __init__(self, tokenizer=None) -> None:
         self.tokenizer = tokenizer

@@ -59,6 +59,7 @@ class MistralToolParser(ToolParser):
     """[TOOL_CALLS] [{"name": "f", "arguments": {...}}, ...]  or (v11 tokenizers) [TOOL_CALLS]f[ARGS]{...}."""
 
     start = "[TOOL_CALLS]"
+    needs_special_tokens = True
     _ARGS = re.compile(r"([A-Za-z0-9_\-.]+)\[ARGS\]")
 
     def extract(self, text: str) -> ExtractedToolCalls:

@@ -4,6 +4,8 @@ work, and matchers stay in step under preemption."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from anymodel import GuidedDecodingParams, LLM, SamplingParams, StructuredOutputsParams
@@ -109,7 +111,7 @@ def test_structured_outputs_from_dict_refuses_unknown_keys():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(guided_decoding_backend="guidance"), "not supported"),
     (dict(structured_outputs_config={"backend": "lm-format-enforcer"}), "must be one of"),
-    (dict(structured_outputs_config={"backend": "xgrammar", "reasoning_parser": "x"}), "unsupported key"),
+    (dict(structured_outputs_config={"backend": "xgrammar", "enable_in_reasoning": True}), "unsupported key"),
 ])
 def test_engine_backend_options(kwargs, match):
     from anymodel.config import EngineArgs
@@ -155,20 +157,25 @@ def test_vocabulary_that_cannot_express_the_constraint_fails_the_request_alone(t
     assert err.value.outputs[0] is None and err.value.outputs[1].outputs[0].finish_reason == "length"
 
 
-def test_tensor_parallel_masks_on_every_rank(model_dir):
-    """TP=2 (one process per rank): each rank samples with the bitmask from the scheduler output,
-    and the constrained greedy tokens equal the single-process ones."""
-    so = StructuredOutputsParams(regex=CONSTRAINTS["regex"])
-    params = SamplingParams(temperature=0, max_tokens=16, structured_outputs=so)
-    single = LLM(str(model_dir), dtype="float32", model_impl="transformers")
-    want = [o.outputs[0].token_ids for o in single.generate(["hi", "cat"], params, use_tqdm=False)]
-    tp = LLM(str(model_dir), dtype="float32", model_impl="transformers", tensor_parallel_size=2, num_kv_blocks=64)
+def test_padded_vocab_and_tensor_parallel(tmp_path):
+    """TinyPlan: logits 385 wide over a 384-token tokenizer (the mask never allows the padding),
+    remote code with its own TP plan and uneven vocab shards. Under TP=2 (one process per rank)
+    every rank masks with the bitmask from the scheduler output: the constrained tokens equal the
+    single process's, and every stopped output is valid."""
+    model = build_tiny_model("tinyplan", tmp_path)
+    so = StructuredOutputsParams(json=SCHEMA, disable_any_whitespace=True)
+    params = [SamplingParams(temperature=1.0, seed=s, max_tokens=48, structured_outputs=so) for s in range(4)]
+    prompts = ["hi", "cat", "the dog", "x"]
+    engine = dict(dtype="float32", trust_remote_code=True, model_impl="transformers", num_kv_blocks=64)
+    single = LLM(str(model), **engine).generate(prompts, params, use_tqdm=False)
+    assert _check_outputs("json", single) >= 1
+    assert all(t < 384 for o in single for t in o.outputs[0].token_ids)
+    tp = LLM(str(model), tensor_parallel_size=2, **engine)
     try:
-        outs = tp.generate(["hi", "cat"], params, use_tqdm=False)
+        outs = tp.generate(prompts, params, use_tqdm=False)
     finally:
         tp.engine.shutdown()
-    assert [o.outputs[0].token_ids for o in outs] == want
-    assert all(CHECKS["regex"](o.outputs[0].text) for o in outs)
+    assert [o.outputs[0].token_ids for o in outs] == [o.outputs[0].token_ids for o in single]
 
 
 def _forcing(token_ids: list[int]):
@@ -196,3 +203,41 @@ def test_grammar_starts_after_the_reasoning(model_dir):
     closed = {"prompt_token_ids": tok.encode("Question? <think>") + tok.encode("</think>", add_special_tokens=False)}
     plain = SamplingParams(temperature=0, max_tokens=40, structured_outputs=so)
     assert CHECKS["regex"](llm.generate(closed, plain, use_tqdm=False)[0].outputs[0].text)
+
+
+def test_structural_tag(llm):
+    """vLLM's structural tag: begin / schema / end, with triggers."""
+    import json as _json
+
+    tag = {"structures": [{"begin": "<f>", "schema": {"enum": ["a", "b"]}, "end": "</f>"}], "triggers": ["<f>"]}
+    so = StructuredOutputsParams(structural_tag=_json.dumps(tag))
+    # a logits processor forces the trigger; the tag's grammar then spells a value and the end
+    force = llm.get_tokenizer().encode("<f>", add_special_tokens=False)
+    params = SamplingParams(temperature=0, max_tokens=24, structured_outputs=so, logits_processors=[_forcing(force)])
+    text = llm.generate("x", params, use_tqdm=False)[0].outputs[0].text
+    assert text.startswith('<f>"a"</f>') or text.startswith('<f>"b"</f>'), text
+
+
+def test_a_request_waiting_for_its_grammar_does_not_hold_up_others(llm, monkeypatch):
+    """Its compile is held back: the plain request beside it runs to the end meanwhile; released,
+    the constrained one runs too."""
+    import threading
+
+    from anymodel.structured_output.compiler import GrammarCompiler
+
+    release, compile_ = threading.Event(), GrammarCompiler._compile
+    monkeypatch.setattr(GrammarCompiler, "_compile", lambda self, g: release.wait(30) and compile_(self, g))
+    engine = llm.engine
+    so = StructuredOutputsParams(regex=r"[xyz]{3}!")  # a spec no other test compiled (not cached)
+    engine.add_request("slow", "a", SamplingParams(temperature=0, max_tokens=8, structured_outputs=so))
+    engine.add_request("plain", "b", SamplingParams(temperature=0, max_tokens=4))
+    done = {}
+    for _ in range(50):
+        done.update({o.request_id: o for o in engine.step() if o.finished})
+        if "plain" in done:
+            break
+    assert "plain" in done and "slow" not in done and engine.has_unfinished()
+    release.set()
+    while engine.has_unfinished():
+        done.update({o.request_id: o for o in engine.step() if o.finished})
+    assert re.fullmatch(r"[xyz]{3}!", done["slow"].outputs[0].text)

@@ -108,3 +108,22 @@ def test_bad_constraints_are_400(server, body, param, message):
 def test_openai_client_bad_schema_is_bad_request(client):
     with pytest.raises(openai.BadRequestError, match="invalid"):
         client.chat.completions.create(model=None, messages=MSG, extra_body={"guided_regex": "[a-"})
+
+
+def test_a_vocabulary_that_cannot_begin_the_constraint_is_400(tmp_path):
+    """A WordPiece vocabulary without braces: a JSON request is a 400 before it is queued; a choice
+    it can spell is served."""
+    from tests.pooling.encoders import build_tokenizer
+
+    path = build_tiny_model("llama", tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (path / name).unlink(missing_ok=True)
+    build_tokenizer("bert").save_pretrained(str(path))
+    with ThreadedServer(build_app(EngineArgs(model=str(path), dtype="float32"))) as srv:
+        body = {"prompt": "the cat", "max_tokens": 4}
+        r = httpx.post(f"{srv.url}/v1/completions", json={**body, "response_format": {"type": "json_object"}},
+                       timeout=30)
+        assert r.status_code == 400 and "no token that can begin the constraint" in r.json()["error"]["message"]
+        r = httpx.post(f"{srv.url}/v1/completions", json={**body, "max_tokens": 16, "guided_choice": ["paris", "berlin"]},
+                       timeout=30)
+        assert r.status_code == 200 and r.json()["choices"][0]["text"].replace(" ", "") in ("paris", "berlin")

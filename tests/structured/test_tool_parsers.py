@@ -119,3 +119,15 @@ def test_reasoning_split_whole_and_streamed(name, text, reasoning, content):
 def test_unknown_reasoning_parser():
     with pytest.raises(ValueError, match="available: \\['deepseek_r1', 'qwen3'\\]"):
         get_reasoning_parser("o1")
+
+
+def test_auto_mistral_keeps_special_tokens_in_the_text():
+    """[TOOL_CALLS] is a special token: with the mistral parser the request detokenizes with them."""
+    from anymodel import SamplingParams
+    from anymodel.server.chat_output import ChatOutputPlan
+    from anymodel.server.tool_calls import ToolPlan
+
+    plan = ChatOutputPlan(ToolPlan("auto", [], parser=get_tool_parser("mistral")()))
+    assert plan.constrain(SamplingParams()).skip_special_tokens is False
+    plan = ChatOutputPlan(ToolPlan("auto", [], parser=get_tool_parser("hermes")()))
+    assert plan.constrain(SamplingParams()).skip_special_tokens is True
