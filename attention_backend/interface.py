@@ -146,14 +146,19 @@ def _check_sinks_supported(backend) -> None:
         )
 
 
+class OwnMaskError(ValueError):
+    """The model hands the attention function a mask or bias of its own (see `_check_no_own_mask`);
+    the start-up self-check sends such a model to the compat path, where its own attention applies it."""
+
+
 def _check_no_own_mask(module: torch.nn.Module, attention_mask) -> None:
     """With our implementation Transformers' mask builders return None, so a mask that reaches us
     is one the model made itself (a learned bias, Doge's dynamic mask): the paged kernels cannot
-    apply it, and ignoring it would change the tokens. Refused at start-up."""
+    apply it, and ignoring it would change the tokens. Caught at start-up, never served."""
     if isinstance(attention_mask, torch.Tensor):
-        raise ValueError(
+        raise OwnMaskError(
             f"{type(module).__name__} passes its own attention mask / bias to the attention function, which "
-            "anymodel's paged attention cannot apply; this architecture is not supported yet"
+            "anymodel's paged attention cannot apply"
         )
 
 

@@ -29,6 +29,7 @@ from anymodel.config import EngineArgs
 
 from .async_engine import AsyncEngine
 from .chat import ChatHandler
+from .chat_output import ChatOptions
 from .completions import CompletionHandler
 from .disconnect import unless_disconnected
 from .errors import CatchAllMiddleware, error_response, install_error_handlers
@@ -93,17 +94,23 @@ def _fatal_hook(on_fatal: Callable[[BaseException], None] | None) -> Callable[[B
 def build_app(engine_args: EngineArgs | None = None, *, api_key: str | None = None, engine: Any = None,
               max_prompts_per_request: int = MAX_PROMPTS_PER_REQUEST,
               on_fatal: Callable[[BaseException], None] | None = None,
+              chat_options: ChatOptions | None = None,
               lora_modules: list[LoRAModulePath] | None = None) -> FastAPI:
     """`engine`: an already-built Engine (tests pass fakes); by default one is built from engine_args.
     `on_fatal(error)`: called once if the engine dies for good (`anymodel serve` exits then).
+    `chat_options`: tool-call and reasoning parsers for chat completions (chat_output.ChatOptions).
     `lora_modules`: LoRA adapters served by name (needs enable_lora)."""
     engine_args = engine_args or EngineArgs()
+    if engine_args.skip_tokenizer_init:
+        raise ValueError("skip_tokenizer_init=True is offline-only (LLM(...)): the server tokenizes prompts, renders "
+                         "chat templates and returns text; serve without --skip-tokenizer-init")
     if lora_modules and not engine_args.enable_lora:
         raise ValueError("--lora-modules needs --enable-lora")
+    chat_options = chat_options or ChatOptions()
     if engine is None:
         from anymodel.engine.engine import Engine
 
-        engine = Engine(engine_args)
+        engine = Engine(chat_options.engine_args(engine_args))  # grammars start after the reasoning
     loras = ServedLoRAs(engine.model_name) if engine_args.enable_lora else None
     if loras is not None:
         load_startup_loras(engine, loras, lora_modules or [])  # before the engine thread owns the engine
@@ -128,7 +135,8 @@ def build_app(engine_args: EngineArgs | None = None, *, api_key: str | None = No
     tokenizer = _server_tokenizer(engine.tokenizer)
     template = engine_args.chat_template
     completions = CompletionHandler(async_engine, engine.model_name, tokenizer, max_prompts_per_request)
-    chat = ChatHandler(async_engine, engine.model_name, tokenizer, chat_template=template)
+    chat = ChatHandler(async_engine, engine.model_name, tokenizer, chat_template=template,
+                       options=chat_options.for_engine(engine))
     completions.loras = chat.loras = loras
     _add_openai_routes(app, completions, chat)
     _add_model_routes(app, engine.model_name, engine_args.model or engine.model_name, engine.max_model_len, loras)

@@ -46,7 +46,10 @@ class CompletionHandler(GenerationHandler):
         echo_only = req.echo and req.max_tokens == 0  # one token is generated, then dropped
         params = self.make_params(req, 1 if echo_only else req.max_tokens, req.logprobs, _prompt_logprobs(req))
         request_id = random_id("cmpl")
-        merged = await self.start(request_id, req.prompts(), params, lora)
+        if req.use_beam_search:
+            merged = await self.start_beam(request_id, req.prompts(), req, req.max_tokens, lora)
+        else:
+            merged = await self.start(request_id, req.prompts(), params, lora)
         if not req.stream:
             finals = await self.collect(merged)
             if echo_only:

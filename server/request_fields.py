@@ -49,22 +49,13 @@ class Unsupported:
         return any(value == ok and type(value) is type(ok) for ok in self.allows)
 
 
-_TOOLS = "tool calling is not implemented yet"
-_GUIDED = "structured output (guided decoding) is not implemented yet"
+_TOOLS = "the legacy function-calling fields are not implemented; send `tools` and `tool_choice`"
+_GUIDED = ("the xgrammar backend takes no whitespace pattern; pass structured_outputs "
+           '{"disable_any_whitespace": true} for compact JSON')
 _NO_TOOLS = ("none", "auto", None)  # with no tools, neither asks for anything
 
 GENERATION: dict[str, Unsupported] = {
-    "response_format": Unsupported(_GUIDED, (None, {"type": "text"})),
-    "structured_outputs": Unsupported(_GUIDED),
-    "guided_json": Unsupported(_GUIDED),
-    "guided_regex": Unsupported(_GUIDED),
-    "guided_choice": Unsupported(_GUIDED),
-    "guided_grammar": Unsupported(_GUIDED),
-    "guided_decoding_backend": Unsupported(_GUIDED),
     "guided_whitespace_pattern": Unsupported(_GUIDED),
-    "structural_tag": Unsupported(_GUIDED),
-    "use_beam_search": Unsupported("beam search is not implemented yet", (None, False)),
-    "length_penalty": Unsupported("length_penalty applies to beam search, which is not implemented yet", (None, 1.0, 1)),
     "logits_processors": Unsupported("request logits processors are code: they are offline-only "
                                      "(SamplingParams.logits_processors)", (None, [])),
     "return_tokens_as_token_ids": Unsupported("token ids in place of token strings are not implemented yet",
@@ -89,7 +80,6 @@ COMPLETION: dict[str, Unsupported] = {
 }
 
 _CHAT_TEMPLATE_INPUTS: dict[str, Unsupported] = {
-    "tools": Unsupported(_TOOLS, (None, [])),
     "documents": Unsupported("documents for the chat template are not implemented yet", (None, [])),
     "chat_template": Unsupported("a per-request chat template is not allowed; start the server with "
                                  "--chat-template instead"),
@@ -99,7 +89,6 @@ _CHAT_TEMPLATE_INPUTS: dict[str, Unsupported] = {
 CHAT: dict[str, Unsupported] = {
     **GENERATION,
     **_CHAT_TEMPLATE_INPUTS,
-    "tool_choice": Unsupported(_TOOLS, _NO_TOOLS),
     "functions": Unsupported(_TOOLS, (None, [])),
     "function_call": Unsupported(_TOOLS, _NO_TOOLS),
     "reasoning_effort": Unsupported("reasoning effort is not implemented yet"),

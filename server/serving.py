@@ -64,6 +64,9 @@ class GenerationHandler:
         kwargs = dict(max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs, **req.sampling_kwargs())
         sent = req.model_fields_set | ({"max_tokens"} if "max_completion_tokens" in req.model_fields_set else set())
         kwargs.update({name: value for name, value in self.default_sampling_params.items() if name not in sent})
+        cap = self.default_sampling_params.get("max_tokens")
+        if cap is not None and kwargs["max_tokens"] is not None:  # vLLM's get_max_tokens: the model's
+            kwargs["max_tokens"] = min(kwargs["max_tokens"], cap)  # max_new_tokens caps a request's too
         return SamplingParams(**kwargs)
 
     @property
@@ -77,6 +80,22 @@ class GenerationHandler:
         for p in prompts:
             self._check_context(len(p["prompt_token_ids"]), params)
         return MergedStreams(await add_all(self.engine, request_id, prompts, params, lora_request))
+
+    async def start_beam(self, request_id: str, prompts: list, req: SamplingRequest, max_tokens: int | None,
+                         lora_request=None):
+        """use_beam_search: each prompt's `n` best beams (server/beam_search.py), streamed like `start`'s."""
+        from .beam_search import BeamStreams, beam_params
+
+        if lora_request is not None:
+            raise APIError(400, "use_beam_search with a LoRA adapter is not supported yet; ask for the base model",
+                           param="use_beam_search")
+        check_prompt_count(len(prompts), self.max_prompts, "prompt")
+        params = self.make_params(req, max_tokens, None)  # max_tokens as a sampling request would get it
+        prompts = [self._tokenized(p) for p in prompts]
+        for p in prompts:
+            self._check_context(len(p["prompt_token_ids"]), params)
+        return BeamStreams(self.engine, request_id, prompts, beam_params(req, params.max_tokens,
+                                                                         self.engine.max_model_len), self.tokenizer)
 
     def _tokenized(self, prompt) -> Any:
         """Text prompts are tokenized here (as the engine would: `tokenizer.encode`), so that the

@@ -1,11 +1,9 @@
-"""`python -m anymodel.bench throughput|latency|lora ...`"""
+"""`python -m anymodel.bench KIND ...` (the kinds: anymodel.bench.KINDS)."""
 
 import sys
 
-if sys.argv[1:2] == ["lora"]:
-    from anymodel.bench.lora import main
+from anymodel.bench import KINDS, run_bench
 
-    sys.exit(main(sys.argv[2:]))
-from anymodel.bench.generation import main  # noqa: E402
-
-sys.exit(main(sys.argv[1:]))
+if len(sys.argv) < 2 or sys.argv[1] not in KINDS:
+    sys.exit(f"usage: python -m anymodel.bench {{{','.join(KINDS)}}} [args...]")
+sys.exit(run_bench(sys.argv[1], sys.argv[2:]))

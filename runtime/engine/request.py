@@ -32,6 +32,7 @@ class Request:
     max_tokens: int = 0  # generation cap after max_model_len is applied; 0 for pooling
     eos_token_ids: frozenset[int] = frozenset()
     arrival_time: float = 0.0
+    priority: int = 0  # scheduling_policy="priority": lower first (vLLM)
     status: RequestStatus = RequestStatus.WAITING
     num_computed_tokens: int = 0  # tokens whose K/V are in the cache
     num_cached_tokens: int = 0  # of those, how many came from the prefix cache at admission

@@ -118,9 +118,10 @@ class ModelRunner:
             self.model.compute_logits(hidden[:num_logit_rows])
         return self.bytes_per_block(layers) * num_blocks
 
-    def allocate_kv_cache(self, layers, num_blocks: int) -> None:
+    def allocate_kv_cache(self, layers, num_blocks: int, capture: bool = True) -> None:
+        """`capture=False`: no decode graphs yet (sleep mode wakes the cache before the weights)."""
         self.kv_caches = self._new_kv_cache(layers, num_blocks)
-        if self.graph_spec is not None:
+        if capture and self.graph_spec is not None:
             self.capture_decode_graphs(self.graph_spec)
 
     @torch.inference_mode()
@@ -259,7 +260,7 @@ class ModelRunner:
                 prompt_lp.append((i, s))
             if s.samples:
                 sample_idx.append(starts[i + 1] - 1)
-                rows.append(_sampling_row(r))
+                rows.append(_sampling_row(r, sched.grammar_bitmask))
                 reqs.append(r)
         if rows:
             self._sample_rows(hidden, sample_idx, rows, reqs, out)
@@ -314,9 +315,10 @@ def _failure(what: str, e: Exception) -> str:
     return f"{what} failed: {type(e).__name__}: {e}"
 
 
-def _sampling_row(r: Request) -> SamplingRow:
+def _sampling_row(r: Request, grammar_bitmask=None) -> SamplingRow:
     p = r.params
     blocked = []
     if r.num_output_tokens < p.min_tokens:
         blocked = sorted(set(p.stop_token_ids) | (set() if p.ignore_eos else set(r.eos_token_ids)))
-    return SamplingRow(p, r.prompt_token_ids, r.output_token_ids, blocked, r.generator)
+    mask = None if grammar_bitmask is None else grammar_bitmask.row_of(r.request_id)
+    return SamplingRow(p, r.prompt_token_ids, r.output_token_ids, blocked, r.generator, mask)
