@@ -90,8 +90,12 @@ class Engine:
 
     # ---- public API -----------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt, params: SamplingParams | PoolingParams | None = None,
-                                   policy=args.scheduling_policy, max_loras=args.max_loras if args.enable_lora else None)
-        self.loras = LoRARegistry(args.enable_lora, self.executor)  # add_lora / remove_lora / list_loras
+                    priority: int = 0, lora_request=None) -> None:
+        """`params` None: the model's defaults (`default_params()`, generation_config.json's, as vLLM);
+        `lora_request`: the adapter it runs with (None: the base model)."""
+        check_priority(priority, self.args.scheduling_policy)
+        params = params or (self.default_params() if self.task == "generate" else PoolingParams())
+        lora_request = self.loras.check(lora_request)
         pooling.check_request(self.task, params, self.hf_config, self.embedding_size)
         if isinstance(params, SamplingParams):
             params = params.clone()
