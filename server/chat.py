@@ -63,18 +63,18 @@ class ChatHandler(GenerationHandler):
             merged = await self.start(request_id, [prompt], params, lora)
         if not req.stream:
             finals = await self.collect(merged)
-            return json_response(self._response(request_id, finals[0], top_k, plan))
+            return json_response(self._response(request_id, finals[0], top_k, plan, self.served_name(req)))
         events = await self.first_then_rest(merged)
         return self.sse(self._chunks(request_id, req, events, top_k, plan), merged)
 
     def _response(self, request_id: str, final: RequestDelta, top_k: int | None,
-                  plan: ChatOutputPlan) -> ChatCompletionResponse:
+                  plan: ChatOutputPlan, model: str) -> ChatCompletionResponse:
         choices = []
         for s in sorted(final.samples.values(), key=lambda s: s.index):
             message, finish_reason = plan.message(s.text, s.finish_reason)
             choices.append(ChatCompletionChoice(index=s.index, message=message, logprobs=self._logprobs(s, top_k),
                                                 finish_reason=finish_reason, stop_reason=s.stop_reason))
-        return ChatCompletionResponse(id=request_id, model=self.model_name, choices=choices,
+        return ChatCompletionResponse(id=request_id, model=model, choices=choices,
                                       usage=self.usage([final]),
                                       prompt_logprobs=prompt_logprobs_field(final.prompt_logprobs))
 
@@ -99,7 +99,7 @@ class ChatHandler(GenerationHandler):
         created = int(time.time())
 
         def chunk(choices: list, usage: UsageInfo | None = None) -> str:
-            return sse_data(ChatCompletionChunk(id=request_id, created=created, model=self.model_name,
+            return sse_data(ChatCompletionChunk(id=request_id, created=created, model=self.served_name(req),
                                                 choices=choices, usage=usage))
 
         for index in range(req.n):  # OpenAI opens every choice with the role

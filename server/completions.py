@@ -72,7 +72,7 @@ class CompletionHandler(GenerationHandler):
                 choice = self._choice(i * req.n + s.index, s, req.logprobs, echo)
                 choice.prompt_logprobs = prompt_lps
                 choices.append(choice)
-        return CompletionResponse(id=request_id, model=self.model_name, choices=choices, usage=self.usage(finals))
+        return CompletionResponse(id=request_id, model=self.served_name(req), choices=choices, usage=self.usage(finals))
 
     def _choice(self, index: int, sample: SampleDelta, k: int | None, echo: Echo | None,
                 offset: int = 0) -> CompletionChoice:
@@ -131,11 +131,11 @@ class CompletionHandler(GenerationHandler):
                 choice = self._choice(index, sample, req.logprobs, echo, offsets.get(index, 0))
                 offsets[index] = offsets.get(index, 0) + len(choice.text)
                 completion_tokens += len(sample.token_ids)
-                yield sse_data(CompletionResponse(id=request_id, created=created, model=self.model_name,
+                yield sse_data(CompletionResponse(id=request_id, created=created, model=self.served_name(req),
                                                   choices=[choice]))
         if req.include_usage:
             usage = _usage(sum(prompt_tokens.values()), completion_tokens)
-            yield sse_data(CompletionResponse(id=request_id, created=created, model=self.model_name,
+            yield sse_data(CompletionResponse(id=request_id, created=created, model=self.served_name(req),
                                               choices=[], usage=usage))
 
 
