@@ -56,7 +56,9 @@ def test_llama_mixed_adapters_equal_merged_peft(tmp_path, impl):
     llm = LLM(str(base), dtype="float32", model_impl=impl, enable_lora=True, max_loras=2, max_lora_rank=8)
     base_only = merged_greedy(base, None, prompts, N_TOKENS)
     _check(llm, prompts, loras, expected, base_only)
-    # again, now with every adapter in host memory and slots reused (LRU): same tokens
+    # three adapters, two slots and two kept in host memory (max_cpu_loras = max_loras): the LRU
+    # evicted one, which is read again from its path when its requests run again: same tokens
+    assert len(llm.collective_rpc("list_loras")[0]) == 2
     assert llm_greedy_lora(llm, prompts, loras) == expected
     assert llm_greedy(llm, prompts, N_TOKENS) == base_only  # no lora_request: the base model
 
