@@ -72,10 +72,10 @@ class EngineArgs:
     # False: decode steps on one GPU replay CUDA graphs (runtime/worker/cuda_graph.py). Default True until
     # the path has run on a GPU (vLLM's default is False).
     enforce_eager: bool = True
-    served_model_name: str | None = None
+    served_model_name: str | list[str] | None = None  # several: each is accepted as `model`; the first is answered
     chat_template: str | None = None
     device: str = "auto"
-    disable_log_stats: bool = False  # accepted: anymodel logs no periodic stats (the server's /metrics has them)
+    disable_log_stats: bool = False  # the server's periodic stats line off (server/stats_logger.py); offline logs none
     download_dir: str | None = None  # the Hub cache directory for snapshot downloads
     load_format: str = "auto"  # "pt": only a checkpoint without safetensors; "dummy": random weights (model_loader/build.py)
     tokenizer_mode: str = "auto"  # "slow": the Python tokenizer (use_fast=False)
@@ -122,6 +122,7 @@ class EngineArgs:
             self.override_pooler_config, self.pooler_config = self.pooler_config, None
         if self.override_pooler_config is not None and not isinstance(self.override_pooler_config, dict):
             raise ValueError("pooler_config must be a dict, e.g. {'pooling_type': 'MEAN', 'normalize': true}")
+        self.served_model_name = _served_names(self.served_model_name)
         self.structured_outputs_config = resolve_config(self.structured_outputs_config, self.guided_decoding_backend)
         if not isinstance(self.generation_config, str) or not self.generation_config:
             raise ValueError(f"generation_config must be 'auto', 'vllm' or a directory, got {self.generation_config!r}")
@@ -185,3 +186,13 @@ def _task_from_runner(task: str, runner: str, convert: str) -> str:
         given = ", ".join(f"{k}={v!r}" for k, v in (("runner", runner), ("convert", convert)) if v != "auto")
         raise ValueError(f"task={task!r} conflicts with {given}; pass one of them (task is the older name)")
     return task
+
+
+def _served_names(value):
+    """vLLM's served_model_name: one name or a list of them (a one-element list becomes the name)."""
+    names = [value] if isinstance(value, str) else value
+    if names is None:
+        return None
+    if not (isinstance(names, (list, tuple)) and names and all(isinstance(n, str) and n for n in names)):
+        raise ValueError(f"served_model_name must be a non-empty name or a list of them, got {value!r}")
+    return names[0] if len(names) == 1 else list(names)

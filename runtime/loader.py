@@ -114,6 +114,11 @@ def load_config(model_dir: Path, trust_remote_code: bool, hf_overrides=None):
         raise ValueError(f"model {str(model_dir)!r} has no config.json")
     raw = json.loads(config_file.read_text())
     if raw.get("auto_map") and raw.get("model_type") not in CONFIG_MAPPING_NAMES and not trust_remote_code:
+        from anymodel.native_overrides.remapped import plain_family_config
+
+        family = plain_family_config(raw)  # a natively served remote-code family: config.json as data
+        if family is not None:
+            return apply_hf_overrides(family, hf_overrides)
         raise ValueError(
             f"model {str(model_dir)!r} ships its own modeling code (auto_map: {sorted(raw['auto_map'])}); "
             "anymodel runs repository code only with trust_remote_code=True (--trust-remote-code)"
@@ -284,6 +289,10 @@ def resolve_causal_lm_class(config, model_dir: Path, trust_remote_code: bool) ->
         return _model_class(MODEL_FOR_CAUSAL_LM_MAPPING[type(config)], True, config)
     if type(config) in MODEL_MAPPING:
         return _model_class(MODEL_MAPPING[type(config)], False, config)
+    if auto_map and not trust_remote_code:
+        raise ValueError(f"architecture {getattr(config, 'architectures', None)} has no causal-LM class in Transformers; "
+                         "the model ships its own modeling code (auto_map), which anymodel runs only with "
+                         "trust_remote_code=True (--trust-remote-code)")
     raise ValueError(f"architecture {getattr(config, 'architectures', None)} has no causal-LM class in Transformers")
 
 

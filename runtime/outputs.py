@@ -124,6 +124,7 @@ class EngineStats:
     generation_tokens_total: int = 0
     num_preemptions_total: int = 0
     prefix_cache_hit_tokens_total: int = 0
+    prefix_cache_query_tokens_total: int = 0
 
     @property
     def kv_cache_usage(self) -> float:

@@ -193,7 +193,8 @@ class SamplingParams:
                     or (isinstance(stop, (list, tuple)) and all(isinstance(s, str) for s in stop)),
                     "stop", "None, a str or a list of str", stop)
         ids = self.stop_token_ids
-        _check_type(ids is None or isinstance(ids, (list, tuple)), "stop_token_ids", "None or a list of int", ids)
+        _check_type(ids is None or isinstance(ids, (list, tuple, set, frozenset)), "stop_token_ids",
+                    "None or a list of int", ids)
         _check_type(all(_is_int(t) for t in ids or []), "stop_token_ids", "a list that contains only integers", ids)
         for name in _FLOAT_FIELDS:
             value = getattr(self, name)

@@ -100,6 +100,7 @@ class AddCommand:
     request: _Request
     ack: asyncio.Future
     lora_request: Any = None  # anymodel.LoRARequest (None: the base model)
+    priority: int = 0  # scheduling_policy="priority": lower runs first
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,7 @@ class AsyncEngine:
         self.engine = engine
         self.metrics = metrics
         self.stats: EngineStats | None = None  # last snapshot; replaced whole, so readers need no lock
+        self.stats_logger = None  # server/stats_logger.StatsLogger: the periodic engine line (None: off)
         self._commands: queue.Queue[Command] = queue.Queue()
         self._requests: dict[str, _Request] = {}  # engine thread only
         self._lock = threading.Lock()  # orders "closed" against new adds
@@ -213,7 +215,8 @@ class AsyncEngine:
             self._commands.put(CallCommand(fn, loop, ack))
         return await ack
 
-    async def add(self, request_id: str, prompt: Any, params: Any, lora_request: Any = None) -> RequestStream:
+    async def add(self, request_id: str, prompt: Any, params: Any, lora_request: Any = None,
+                  priority: int = 0) -> RequestStream:
         """Hand a request to the engine; raises the engine's ValueError for invalid input."""
         loop = asyncio.get_running_loop()
         ack = loop.create_future()
@@ -222,7 +225,7 @@ class AsyncEngine:
         with self._lock:
             if self._closed:
                 raise EngineDeadError("the engine loop is not running")
-            self._commands.put(AddCommand(request_id, prompt, params, req, ack, lora_request))
+            self._commands.put(AddCommand(request_id, prompt, params, req, ack, lora_request, priority))
         try:
             await ack
         except asyncio.CancelledError:  # client gone before the engine even saw the request
@@ -309,9 +312,10 @@ class AsyncEngine:
         cmd.loop.call_soon_threadsafe(_settle, cmd.ack, result, error)
 
     def _add(self, cmd: AddCommand) -> None:
-        lora = {} if cmd.lora_request is None else {"lora_request": cmd.lora_request}
+        # only what the request sets: an engine without LoRA or priorities takes the plain call
+        extra = {k: v for k, v in (("lora_request", cmd.lora_request), ("priority", cmd.priority)) if v}
         try:
-            self.engine.add_request(cmd.request_id, cmd.prompt, cmd.params, **lora)
+            self.engine.add_request(cmd.request_id, cmd.prompt, cmd.params, **extra)
         except Exception as e:  # ValueError: a bad request (400); anything else: 500
             cmd.request.resolve(cmd.ack, e)
             return
@@ -326,7 +330,7 @@ class AsyncEngine:
         except Exception:
             logger.exception("engine.abort(%r) failed", request_id)
         if self.metrics is not None:
-            self.metrics.finished.labels("abort").inc()
+            self.metrics.finished("abort")
 
     def _step(self) -> None:
         try:
@@ -338,6 +342,8 @@ class AsyncEngine:
             self._fail_all(EngineStepError(f"engine step failed: {type(e).__name__}: {e}"))
             return
         now = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.step(getattr(self.engine, "last_step_num_tokens", 0))
         for out in outputs:
             req = self._requests.get(out.request_id)
             if req is not None:  # None: aborted since it was scheduled
@@ -348,12 +354,12 @@ class AsyncEngine:
         if error is not None:  # this request alone failed inside the step; it is over
             req.send(RequestStepError(error) if isinstance(error, RequestFailedError) else error)
             del self._requests[request_id]
-            self._observe_finished(req, "error", now)
+            self._observe_finished(req, "error", now, None)
             return
         if not isinstance(out, RequestOutput):  # a PoolingRequestOutput: one final output, sent as is
             req.send(out)
             del self._requests[request_id]
-            self._observe_finished(req, "stop", now)
+            self._observe_finished(req, "stop", now, out)
             return
         delta = req.tracker.delta(out)
         if delta.num_new_tokens:
@@ -362,19 +368,22 @@ class AsyncEngine:
             req.send(delta)
         if out.finished:
             del self._requests[request_id]
-            self._observe_finished(req, (out.outputs[0].finish_reason if out.outputs else None) or "unknown", now)
+            reason = (out.outputs[0].finish_reason if out.outputs else None) or "unknown"
+            self._observe_finished(req, reason, now, out)
 
-    def _observe_finished(self, req: _Request, reason: str, now: float) -> None:
-        if self.metrics is not None:
-            self.metrics.finished.labels(reason).inc()
-            self.metrics.e2e.observe(now - req.arrival)
+    def _observe_finished(self, req: _Request, reason: str, now: float, out) -> None:
+        if self.metrics is None:
+            return
+        try:  # metrics must never stop the engine loop
+            self.metrics.finished(reason)
+            self.metrics.request_done(out, now - req.arrival)
+        except Exception:
+            logger.exception("recording the metrics of request %s failed", getattr(out, "request_id", "?"))
 
     def _observe_latency(self, req: _Request, now: float) -> None:
         if self.metrics is not None:
-            if req.last_token_time is None:
-                self.metrics.ttft.observe(now - req.arrival)
-            else:
-                self.metrics.itl.observe(now - req.last_token_time)
+            first = req.last_token_time is None
+            self.metrics.token_latency(first, now - (req.arrival if first else req.last_token_time))
         req.last_token_time = now
 
     def _fail_all(self, error: BaseException) -> None:
@@ -392,6 +401,8 @@ class AsyncEngine:
     def _publish_stats(self) -> None:
         try:
             self.stats = self.engine.stats()
+            if self.stats_logger is not None:
+                self.stats_logger.maybe_log(self.stats)
         except Exception:
             logger.exception("engine.stats() failed")
 

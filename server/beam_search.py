@@ -23,7 +23,7 @@ from .merged_streams import MergedStreams
 # 400 naming it (vLLM silently drops them).
 _NOT_WITH_BEAMS = ("top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids", "presence_penalty",
                    "frequency_penalty", "repetition_penalty", "min_tokens", "logit_bias", "allowed_token_ids",
-                   "bad_words", "best_of", "prompt_logprobs", "echo", "truncate_prompt_tokens")
+                   "bad_words", "best_of", "prompt_logprobs", "echo", "truncate_prompt_tokens", "priority")
 
 
 def beam_params(req, max_tokens: int | None, max_model_len: int) -> BeamSearchParams:
@@ -53,6 +53,7 @@ class BeamStreams:
         self.streams = prompts  # len(): how many prompts (the handlers read it)
         self._results = self._run()
         self._open: MergedStreams | None = None
+        self._closed = False
 
     def __aiter__(self) -> "BeamStreams":
         return self
@@ -61,8 +62,10 @@ class BeamStreams:
         return await self._results.__anext__()
 
     def close(self) -> None:
+        """The client is gone: abort the step in flight and start no other."""
+        self._closed = True
         if self._open is not None:
-            self._open.close()  # aborts the step in flight
+            self._open.close()
 
     async def _run(self):
         from .serving import GenerationHandler, add_all
@@ -73,6 +76,8 @@ class BeamStreams:
             batch = [{"prompt_token_ids": seq} for inst in live for seq in inst.pending()]
             self._open = MergedStreams(await add_all(self.engine, f"{self.request_id}-step{step}", batch, sampling))
             finals = await GenerationHandler.collect(self._open)
+            if self._closed:
+                return
             entries = iter([f.samples[0].logprobs[0] for f in finals])
             for inst in live:
                 inst.advance([next(entries) for _ in inst.beams])

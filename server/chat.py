@@ -58,9 +58,9 @@ class ChatHandler(GenerationHandler):
         prompt = render_chat_request(self.tokenizer, req, self.chat_template)
         request_id = random_id("chatcmpl")
         if req.use_beam_search:
-            merged = await self.start_beam(request_id, [prompt], req, req.max_new_tokens(), lora)
+            merged = await self.start_beam(request_id, [prompt], req, req.max_new_tokens(), lora, params)
         else:
-            merged = await self.start(request_id, [prompt], params, lora)
+            merged = await self.start(request_id, [prompt], params, lora, req.priority)
         if not req.stream:
             finals = await self.collect(merged)
             return json_response(self._response(request_id, finals[0], top_k, plan, self.served_name(req)))

@@ -142,6 +142,9 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-logprobs", type=int, metavar="N",
                    help="most logprobs / prompt_logprobs a request may ask for (default: 20; -1: no cap)")
     g.add_argument("--max-num-batched-tokens", type=int, metavar="N", help="token budget of one step")
+    g.add_argument("--scheduling-policy", choices=["fcfs", "priority"],
+                   help="order of waiting requests (default: fcfs); priority: lower `priority` first (a "
+                        "request's field on the server, generate(priority=[...]) offline)")
     g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None,
                    help="reuse KV blocks of shared prompt prefixes (default: on)")
     g.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=None,
@@ -156,12 +159,13 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cpu-offload-gb", type=float, metavar="GiB", help="only 0 (weights stay on the device)")
     g.add_argument("--compilation-config", "-O", type=_compilation_config, metavar="LEVEL|JSON",
                    help="only 0 / {} (anymodel does not compile the model)")
-    g.add_argument("--disable-log-stats", action="store_true", default=None, help="accepted: no periodic stats are logged anyway")
+    g.add_argument("--disable-log-stats", action="store_true", default=None, help="no periodic engine stats line (throughput, requests, KV usage; every $ANYMODEL_LOG_STATS_INTERVAL s, default 10)")
     g.add_argument("--structured-outputs-config", type=_json_dict, metavar="JSON",
                    help='e.g. \'{"backend": "xgrammar", "disable_any_whitespace": true}\'')
     g.add_argument("--guided-decoding-backend", choices=["auto", "xgrammar", "guidance"],
                    help="vLLM's older name of structured_outputs_config.backend (guidance: refused)")
-    g.add_argument("--served-model-name", metavar="NAME", help="the name clients send as `model` (default: MODEL)")
+    g.add_argument("--served-model-name", metavar="NAME", nargs="+",
+                   help="the name(s) clients send as `model`; responses carry the first (default: MODEL)")
     g.add_argument("--chat-template", type=_chat_template, metavar="FILE|TEMPLATE",
                    help="Jinja chat template, a file or inline (default: the tokenizer's)")
     lora = p.add_argument_group("LoRA adapters")
@@ -190,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help='LoRA adapters served as model NAME (needs --enable-lora); also '
                            '\'{"name": ..., "path": ..., "base_model_name": ...}\'')
     http.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    http.add_argument("--root-path", default="", metavar="PATH",
+                      help="the path prefix a proxy serves this server under (FastAPI's root_path), e.g. /llm")
+    http.add_argument("--metrics-prefix", choices=["anymodel", "vllm"], default=None,
+                      help="/metrics names: anymodel:* (default, or $ANYMODEL_METRICS_PREFIX) or vllm:*, vLLM's "
+                           "names exactly, for dashboards and autoscalers written for vLLM")
     tools = serve.add_argument_group("tools and reasoning")
     tools.add_argument("--enable-auto-tool-choice", action="store_true",
                        help='tool_choice "auto": find tool calls in the output with --tool-call-parser')
@@ -278,8 +287,8 @@ def _serve(ns: argparse.Namespace) -> int:
     exit_on_fatal = ExitOnFatal()
     app = build_app(engine_args, api_key=ns.api_key, max_prompts_per_request=ns.max_prompts_per_request,
                     on_fatal=exit_on_fatal, chat_options=chat_options,
-                    lora_modules=ns.lora_modules)
-    return exit_on_fatal.run(app, host=ns.host, port=ns.port, log_level=ns.log_level)
+                    lora_modules=ns.lora_modules, metrics_prefix=ns.metrics_prefix)
+    return exit_on_fatal.run(app, host=ns.host, port=ns.port, log_level=ns.log_level, root_path=ns.root_path)
 
 
 _GENERATE_FALLBACKS = {"max_tokens": 16, "temperature": 0.0}  # where neither a flag nor the model says

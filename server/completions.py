@@ -47,9 +47,9 @@ class CompletionHandler(GenerationHandler):
         params = self.make_params(req, 1 if echo_only else req.max_tokens, req.logprobs, _prompt_logprobs(req))
         request_id = random_id("cmpl")
         if req.use_beam_search:
-            merged = await self.start_beam(request_id, req.prompts(), req, req.max_tokens, lora)
+            merged = await self.start_beam(request_id, req.prompts(), req, req.max_tokens, lora, params)
         else:
-            merged = await self.start(request_id, req.prompts(), params, lora)
+            merged = await self.start(request_id, req.prompts(), params, lora, req.priority)
         if not req.stream:
             finals = await self.collect(merged)
             if echo_only:

@@ -89,6 +89,7 @@ class SamplingRequest(APIRequest, StructuredFields):
     repetition_penalty: float = Field(1.0, gt=0)
     ignore_eos: bool = False
     min_tokens: int = Field(0, ge=0)
+    priority: int = 0  # lower runs first, with --scheduling-policy priority (vLLM's); non-zero under fcfs: 400
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     logit_bias: Optional[dict[str, float]] = None  # OpenAI's string token ids -> bias, clamped to [-100, 100]

@@ -61,7 +61,6 @@ GENERATION: dict[str, Unsupported] = {
     "return_tokens_as_token_ids": Unsupported("token ids in place of token strings are not implemented yet",
                                               (None, False)),
     "return_token_ids": Unsupported("returning token ids is not implemented yet", (None, False)),
-    "priority": Unsupported("priority scheduling is not implemented yet", (None, 0)),
     "kv_transfer_params": Unsupported("disaggregated prefill (KV transfer) is not implemented yet"),
     "cache_salt": Unsupported("per-request prefix-cache salts are not implemented yet"),
     "request_id": Unsupported("client-chosen request ids are not implemented yet"),
@@ -104,7 +103,8 @@ CHAT: dict[str, Unsupported] = {
 TOKENIZE: dict[str, Unsupported] = {**_CHAT_TEMPLATE_INPUTS}
 
 POOLING: dict[str, Unsupported] = {
-    "priority": GENERATION["priority"],
+    "priority": Unsupported("a pooling request's priority is not served yet (completions and chat take one "
+                            "with --scheduling-policy priority)", (None, 0)),
     "request_id": GENERATION["request_id"],
     "mm_processor_kwargs": GENERATION["mm_processor_kwargs"],
     "cache_salt": GENERATION["cache_salt"],

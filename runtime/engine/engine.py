@@ -55,7 +55,9 @@ class Engine:
         lower_case = self.task == "embed" and pooling.sentence_transformers_lower_case(model_dir)
         self.inputs = PromptProcessor(self.tokenizer, lower_case)
         self.embedding_size = pooling.embedding_size(self.hf_config, model_dir) if self.task == "embed" else None
-        self.model_name = args.served_model_name or args.model or "anymodel-demo"
+        names = args.served_model_name
+        self.served_model_names = tuple(names) if isinstance(names, list) else (names or args.model or "anymodel-demo",)
+        self.model_name = self.served_model_names[0]  # what responses name; every one is accepted as `model`
         self.eos_token_ids = loader.eos_token_ids(model_dir, self.tokenizer)  # all of them (beam search reads it)
         # vLLM's split: the tokenizer's EOS is EOS; generation_config.json's other ids become each
         # request's stop_token_ids (SamplingParams.update_from_generation_config)
@@ -81,6 +83,7 @@ class Engine:
         self.pooling = PoolingOutputs()
         self._ids = itertools.count()
         self._counters = {"prompt": 0, "generation": 0, "prefix_hits": 0}
+        self.last_step_num_tokens = 0
         log_engine_summary(self, model_dir)
 
     @property
@@ -143,6 +146,7 @@ class Engine:
         for req in self.structured.take_ready(idle=self.scheduler.num_unfinished == 0):
             self.scheduler.add(req)
         sched = self.scheduler.schedule()
+        self.last_step_num_tokens = sched.num_tokens  # /metrics: iteration_tokens_total
         if sched.is_empty and not sched.released_req_ids:
             return []
         self.outputs.mark_scheduled(sched)
@@ -234,6 +238,7 @@ class Engine:
             generation_tokens_total=self._counters["generation"],
             num_preemptions_total=self.scheduler.num_preemptions,
             prefix_cache_hit_tokens_total=self.scheduler.num_prefix_cache_hit_tokens,
+            prefix_cache_query_tokens_total=self.scheduler.num_prefix_cache_query_tokens,
         )
 
     @property

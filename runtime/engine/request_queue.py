@@ -37,6 +37,15 @@ class PriorityQueue:
 
     appendleft = append  # a preempted request rejoins in its priority order
 
+    def extendleft(self, reqs) -> None:
+        """Back in front of their equal keys (deque.extendleft's order: the last given ends first),
+        as requests the scheduler set aside this step (a LoRA slot they wait for)."""
+        for req in reqs:
+            key = priority_key(req)
+            i = bisect.bisect_left(self._keys, key)
+            self._items.insert(i, req)
+            self._keys.insert(i, key)
+
     def popleft(self) -> Request:
         self._keys.pop(0)
         return self._items.pop(0)

@@ -75,6 +75,7 @@ class Scheduler:
         self.running: list[Request] = []
         self.num_preemptions = 0
         self.num_prefix_cache_hit_tokens = 0  # prompt tokens a first schedule found cached
+        self.num_prefix_cache_query_tokens = 0  # prompt tokens a first schedule looked up
         self._finished_ids: set[str] = set()
 
     def add(self, request: Request) -> None:
@@ -136,6 +137,7 @@ class Scheduler:
             if req.status is RequestStatus.WAITING:
                 req.num_cached_tokens = num_cached
                 self.num_prefix_cache_hit_tokens += num_cached
+                self.num_prefix_cache_query_tokens += req.num_tokens
             req.status = RequestStatus.RUNNING
             self.running.append(req)
             out.scheduled.append(ScheduledRequest(req, n))

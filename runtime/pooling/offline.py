@@ -30,6 +30,7 @@ from anymodel.outputs import (
 from anymodel.params import PoolingParams
 
 POOLING_REQUEST_TASKS = ("encode", "embed", "classify", "score", "reward")
+VLLM_TASK_NAMES = {"token_classify": "reward"}  # vLLM's newer name of a reward request (per-token labels)
 
 
 class PoolingMixin:
@@ -47,6 +48,7 @@ class PoolingMixin:
         """
         if pooling_task is None:
             pooling_task = _default_pooling_task(self.engine.task)
+        pooling_task = VLLM_TASK_NAMES.get(pooling_task, pooling_task)
         if pooling_task not in POOLING_REQUEST_TASKS:
             raise ValueError(f"unsupported pooling_task {pooling_task!r}; supported: {list(POOLING_REQUEST_TASKS)}")
         from anymodel.llm import _as_list, _broadcast
@@ -93,6 +95,9 @@ class PoolingMixin:
         """One cross-encoder prompt: the pair tokenized together ([CLS] a [SEP] b [SEP] for BERT)."""
         if not (isinstance(a, str) and isinstance(b, str)):
             raise ValueError("score with a cross-encoder takes texts (str) for text_1 and text_2")
+        if self.engine.tokenizer is None:
+            raise ValueError("score with a cross-encoder tokenizes each pair, and this LLM has no tokenizer "
+                             "(skip_tokenizer_init=True)")
         enc = self.engine.tokenizer(a, b)
         prompt = {"prompt": a + "\n" + b, "prompt_token_ids": list(enc["input_ids"])}
         if enc.get("token_type_ids") is not None:

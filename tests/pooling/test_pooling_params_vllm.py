@@ -103,3 +103,5 @@ def test_reward_model_applies_vllm_default_activation(num_labels, act):
         assert torch.allclose(d.outputs.data, act(ref), atol=1e-5)
         assert torch.allclose(r.outputs.data, ref, atol=1e-4)
     assert llm.encode(TEXTS[:1], use_tqdm=False)[0].outputs.data.shape == logits[0].shape  # one kind: no task needed
+    vllm_name = llm.encode(TEXTS[:1], use_tqdm=False, pooling_task="token_classify")[0].outputs.data
+    assert torch.allclose(vllm_name, default[0].outputs.data)  # vLLM's newer name of a reward request

@@ -12,6 +12,7 @@ finish early and the finished-hypothesis rules (only the top beam_width candidat
 counts in the length) are exercised, not only max_tokens.
 """
 
+import functools
 import json
 import math
 
@@ -59,11 +60,16 @@ def eos_ranks(monkeypatch):
     return ranks
 
 
-def hf_beams(path, prompt, k, lp, eos_ids, max_new=MAX_TOKENS):
-    """Transformers' beams for one prompt: [(generated tokens, score)], best first."""
+@functools.lru_cache(maxsize=1)
+def _hf_model(path: str):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+
+def hf_beams(path, prompt, k, lp, eos_ids, max_new=MAX_TOKENS):
+    """Transformers' beams for one prompt: [(generated tokens, score)], best first."""
+    model = _hf_model(str(path))
     with torch.no_grad():
         out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
                              num_beams=k, num_return_sequences=k, do_sample=False, early_stopping="never",

@@ -219,3 +219,27 @@ def test_a_generation_config_eos_ends_with_its_id_as_stop_reason(gen_dir):
     ignored = llm.generate([{"prompt_token_ids": PROMPT}], SamplingParams(
         temperature=0, max_tokens=3, logit_bias={55: 100}, ignore_eos=True), use_tqdm=False)[0].outputs[0]
     assert ignored.token_ids == [55, 55, 55] and ignored.finish_reason == "length"
+
+
+def test_dummy_weights_under_tensor_parallelism(config_only):
+    """Native models shard themselves: each rank fills its own shard; the Transformers backend's
+    multi-rank loader reads checkpoint slices, so dummy is refused there by name."""
+    llm = LLM(str(config_only), load_format="dummy", model_impl="native", tensor_parallel_size=2, dtype="float32",
+              num_kv_blocks=32)
+    try:
+        out = llm.generate([{"prompt_token_ids": PROMPT}], GREEDY, use_tqdm=False)[0].outputs[0]
+        assert len(out.token_ids) == 5
+    finally:
+        llm.engine.shutdown()
+    with pytest.raises(ValueError, match="load_format='dummy'"):
+        LLM(str(config_only), load_format="dummy", model_impl="transformers", tensor_parallel_size=2,
+            dtype="float32", num_kv_blocks=32)
+
+
+def test_skip_tokenizer_init_cross_encoder_score_refuses_by_name():
+    from tests.pooling.encoders import cached_encoder
+
+    path = cached_encoder("bert", "BertForSequenceClassification", num_labels=1)
+    llm = LLM(str(path), skip_tokenizer_init=True, num_kv_blocks=32)
+    with pytest.raises(ValueError, match="skip_tokenizer_init"):
+        llm.score("a", "b")

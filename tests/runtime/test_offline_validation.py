@@ -37,6 +37,11 @@ def test_non_finite_numbers_are_rejected(name, value):
         SamplingParams(**{name: value})
 
 
+def test_stop_token_ids_may_be_any_collection_of_ints():
+    assert sorted(SamplingParams(stop_token_ids={3, 4}).stop_token_ids) == [3, 4]
+    assert SamplingParams(stop_token_ids=(5,)).stop_token_ids == [5]
+
+
 def test_empty_stop_string_and_logprobs_true():
     with pytest.raises(ValueError, match="stop cannot contain an empty string"):
         SamplingParams(stop=["a", ""])

@@ -44,7 +44,6 @@ def test_openai_client_suffix_is_refused(openai_client):
     ("/v1/chat/completions", "metadata", {"k": "v"}),
     ("/v1/chat/completions", "documents", [{"text": "x"}]),
     ("/v1/chat/completions", "mm_processor_kwargs", {"size": 3}),
-    ("/v1/chat/completions", "priority", 5),
     ("/v1/chat/completions", "kv_transfer_params", {"do_remote_decode": True}),
     ("/v1/chat/completions", "return_tokens_as_token_ids", True),
     ("/v1/chat/completions", "return_token_ids", True),
