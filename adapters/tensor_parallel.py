@@ -300,7 +300,12 @@ def apply_style(t: Target) -> dict[str, ShardSpec]:
     t.module.anymodel_tp_style = t.style  # what LLM.describe() reports
     if t.style in _REPLICA_STYLES:
         return {}
-    return STYLES[t.style](t)
+    weight = getattr(t.module, "weight", None)
+    full = tuple(weight.shape) if isinstance(weight, torch.Tensor) else None
+    specs = STYLES[t.style](t)
+    # the unsharded shape and this rank's cut: LoRA (anymodel/lora/transform.py) cuts A / B alike
+    t.module.anymodel_tp_shard = (full, specs.get("weight"))
+    return specs
 
 
 def shard_parameter(module: nn.Module, param: str, t: Target) -> ShardSpec:

@@ -94,7 +94,7 @@ class ChatHandler(GenerationHandler):
                                                 logprobs=self._logprobs(s, top_k, req.return_tokens_as_token_ids),
                                                 finish_reason=finish_reason, stop_reason=s.stop_reason,
                                                 token_ids=s.token_ids if ids else None))
-        return ChatCompletionResponse(id=request_id, model=self.model_name, choices=choices,
+        return ChatCompletionResponse(id=request_id, model=self.served_name(req), choices=choices,
                                       usage=self.usage([final]),
                                       prompt_logprobs=prompt_logprobs_field(final.prompt_logprobs),
                                       prompt_token_ids=final.prompt_token_ids if ids else None)
@@ -120,7 +120,7 @@ class ChatHandler(GenerationHandler):
         created = int(time.time())
 
         def chunk(choices: list, usage: UsageInfo | None = None, prompt_ids: list[int] | None = None) -> str:
-            return sse_data(ChatCompletionChunk(id=request_id, created=created, model=self.model_name,
+            return sse_data(ChatCompletionChunk(id=request_id, created=created, model=self.served_name(req),
                                                 choices=choices, usage=usage, prompt_token_ids=prompt_ids))
 
         echo = echoed_text(req)

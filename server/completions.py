@@ -76,7 +76,7 @@ class CompletionHandler(GenerationHandler):
                     choice.prompt_token_ids, choice.token_ids = final.prompt_token_ids, s.token_ids
                 choice.prompt_logprobs = prompt_lps
                 choices.append(choice)
-        return CompletionResponse(id=request_id, model=self.model_name, choices=choices, usage=self.usage(finals))
+        return CompletionResponse(id=request_id, model=self.served_name(req), choices=choices, usage=self.usage(finals))
 
     def _choice(self, index: int, sample: SampleDelta, k: int | None, echo: Echo | None,
                 offset: int = 0, as_ids: bool = False) -> CompletionChoice:
@@ -141,11 +141,11 @@ class CompletionHandler(GenerationHandler):
                 offsets[index] = offsets.get(index, 0) + len(choice.text)
                 completion_tokens += len(sample.token_ids)
                 usage = UsageInfo.of(sum(prompt_tokens.values()), completion_tokens) if req.continuous_usage else None
-                yield sse_data(CompletionResponse(id=request_id, created=created, model=self.model_name,
+                yield sse_data(CompletionResponse(id=request_id, created=created, model=self.served_name(req),
                                                   choices=[choice], usage=usage))
         if self.include_usage(req):
             usage = UsageInfo.of(sum(prompt_tokens.values()), completion_tokens)
-            yield sse_data(CompletionResponse(id=request_id, created=created, model=self.model_name,
+            yield sse_data(CompletionResponse(id=request_id, created=created, model=self.served_name(req),
                                               choices=[], usage=usage))
 
 

@@ -54,6 +54,12 @@ class GenerationHandler:
         self.tokenizer = tokenizer
         self.max_prompts = max_prompts
 
+    def served_name(self, req) -> str:
+        """The `model` a response names: the LoRA adapter the request picked, else the served model (vLLM's rule)."""
+        if self.loras is not None and req.model in self.loras.by_name:
+            return req.model
+        return self.model_name
+
     def check_model(self, name: str | None):
         """404 for a model this server does not serve; the LoRARequest when `name` is an adapter."""
         served = served_names(self.engine)

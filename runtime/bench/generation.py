@@ -152,7 +152,7 @@ def print_report(report: dict) -> None:
         print(f"{name:<44} throughput x{r['output_tok_s']:.2f}   per-request decode x{r['decode_tok_s']:.2f}")
 
 
-def run_bench(args: argparse.Namespace, run_fn, print_fn) -> int:
+def run_report(args: argparse.Namespace, run_fn, print_fn) -> int:
     """A bench's driver: run it in a temporary work dir, print the report, write it to --json."""
     with tempfile.TemporaryDirectory(prefix="anymodel-bench-") as tmp:
         report = run_fn(args, Path(tmp))
@@ -163,7 +163,7 @@ def run_bench(args: argparse.Namespace, run_fn, print_fn) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_bench(parse_args(list(sys.argv[1:] if argv is None else argv)), run, print_report)
+    return run_report(parse_args(list(sys.argv[1:] if argv is None else argv)), run, print_report)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from anymodel.bench.generation import PRESETS, make_prompts, run_bench
+from anymodel.bench.generation import PRESETS, make_prompts, run_report
 from anymodel.bench.systems import prepare_model_dir
 
 TARGETS = {"self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
@@ -118,7 +118,7 @@ def print_report(r: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_bench(parse_args(list(sys.argv[1:] if argv is None else argv)), run, print_report)
+    return run_report(parse_args(list(sys.argv[1:] if argv is None else argv)), run, print_report)
 
 
 if __name__ == "__main__":

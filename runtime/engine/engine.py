@@ -94,7 +94,8 @@ class Engine:
     # ---- public API -----------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt, params: SamplingParams | PoolingParams | None = None,
                     priority: int = 0, lora_request=None) -> None:
-        """`params` None: the model's defaults (`default_params()`, generation_config.json's, as vLLM)."""
+        """`params` None: the model's defaults (`default_params()`, generation_config.json's, as vLLM);
+        `lora_request`: the adapter it runs with (None: the base model)."""
         check_priority(priority, self.args.scheduling_policy)
         params = params or (self.default_params() if self.task == "generate" else PoolingParams())
         lora_request = self.loras.check(lora_request)

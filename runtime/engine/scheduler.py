@@ -142,7 +142,8 @@ class Scheduler:
             self.running.append(req)
             out.scheduled.append(ScheduledRequest(req, n))
             budget -= n
-        self.waiting.extendleft(reversed(skipped))
+        for req in reversed(skipped):  # back in front, in their order (a priority queue re-sorts them anyway)
+            self.waiting.appendleft(req)
 
     def _lora_fits(self, req: Request) -> bool:
         if self.max_loras is None or not req.lora_int_id:

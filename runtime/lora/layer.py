@@ -62,7 +62,13 @@ class LoRALinear(nn.Module):
         kw = {"device": weight.device if weight is not None else None, "dtype": _float_dtype(weight)}
         width = len(pieces) * state.max_rank
         self.register_buffer("lora_a", torch.zeros(state.max_loras, width, local_in, **kw), persistent=False)
-        self.register_buffer("lora_b", torch.zeros(state.max_loras, local_out, width, **kw), persistent=False)
+        # B stored [out, S, n R] (see lora_b): all slots side by side are one [out, S n R] matrix (ops.py)
+        self.register_buffer("lora_b_by_row", torch.zeros(local_out, state.max_loras, width, **kw), persistent=False)
+
+    @property
+    def lora_b(self) -> torch.Tensor:
+        """[S, out, n R]: slot s's B (a view of `lora_b_by_row`)."""
+        return self.lora_b_by_row.permute(1, 0, 2)
 
     def __getattr__(self, name: str):
         try:

@@ -5,7 +5,7 @@ wrapped (an adapter may name any of them); a layer no adapter in the step uses c
 
     Transformers backend  each nn.Linear (or whatever linear an earlier transform left, e.g. a quantized
                           one: anything with in_features / out_features) is wrapped where it sits, so any
-                          `auto_map` custom model works
+                          `auto_map` custom model works; a tensor-parallel one is cut as its plan cut it
     native                qkv_proj / gate_up_proj take the checkpoint's q/k/v_proj and gate/up_proj as
                           pieces (weights.STACKED); tensor-parallel layers cut A / B with their own loaders
 """
@@ -39,9 +39,9 @@ def wrap_model(model: nn.Module, context: TransformContext) -> nn.Module:
         raise ValueError(f"enable_lora=True: LoRA adapters run on the native and Transformers-backend paths, and this "
                          f"model runs on the {context.impl!r} path; pass enable_lora=False")
     state = context.state
-    if state.pp_size > 1 or (state.tp_size > 1 and context.impl != "native"):
-        raise ValueError("enable_lora=True with tensor parallelism runs native models only, and not with pipeline "
-                         "parallelism; pass tensor_parallel_size=1 / pipeline_parallel_size=1 or enable_lora=False")
+    if state.pp_size > 1:
+        raise ValueError("enable_lora=True does not run with pipeline parallelism yet; pass pipeline_parallel_size=1 "
+                         "or enable_lora=False")
     decoder = getattr(model, "model", None)
     if not isinstance(decoder, nn.Module):
         raise ValueError(f"enable_lora=True: {type(model).__name__} has no decoder (.model) to adapt")
@@ -60,13 +60,36 @@ def wrap_model(model: nn.Module, context: TransformContext) -> nn.Module:
 
 
 def _hf_layer(name: str, module: nn.Module, state: LoRAState) -> LoRALinear | None:
-    """Any leaf linear: nn.Linear or a replacement that keeps its in_features / out_features."""
+    """Any leaf linear: nn.Linear or a replacement that keeps its in_features / out_features; under
+    tensor parallelism cut like its weight (adapters/tensor_parallel.py records the cut)."""
     n_in, n_out = getattr(module, "in_features", None), getattr(module, "out_features", None)
     if isinstance(module, LoRALinear) or not (isinstance(n_in, int) and isinstance(n_out, int)):
         return None
     if any(True for _ in module.children()) and not isinstance(module, nn.Linear):
         return None
-    return LoRALinear(module, [Piece(name, None, n_out)], n_in, n_in, n_out, False, copy_checked, state)
+    full, spec = getattr(module, "anymodel_tp_shard", (None, None))
+    if spec is None:
+        return LoRALinear(module, [Piece(name, None, n_out)], n_in, n_in, n_out, False, copy_checked, state)
+    full_out, full_in = full
+    style = getattr(module, "anymodel_tp_style", "")
+    if style in ("colwise_gather_output", "rowwise_split_input"):  # whole input and output: A and B whole
+        return LoRALinear(module, [Piece(name, None, full_out)], full_in, full_in, full_out, False, copy_checked,
+                          state)
+    loader = _cutter(spec)
+    if spec.dim == 0:  # column-parallel: this rank's output rows; B cut, A whole
+        return LoRALinear(module, [Piece(name, None, full_out)], full_in, full_in, spec.size, False, loader, state)
+    # row-parallel: this rank's input columns; A cut, the shrink summed over ranks, B whole
+    return LoRALinear(module, [Piece(name, None, full_out)], full_in, spec.size, full_out, True, loader, state)
+
+
+def _cutter(spec):
+    """loader(dst, full, shard_id): this rank's ranges of `full` along the weight's sharded dim."""
+    import torch
+
+    def load(dst, full, shard_id=None):
+        copy_checked(dst, torch.cat([full.narrow(spec.dim, s, e - s) for s, e in spec.ranges], dim=spec.dim))
+
+    return load
 
 
 def _native_layer(name: str, module: nn.Module, state: LoRAState) -> LoRALinear | None:

@@ -4,7 +4,8 @@ program per (token, output tile), a GEMV per token as punica's BGMV (decode batc
     shrink  h[t, r]  = sum_k x[t, k] a[slot[t], r, k]            x [T, in],  a [S, R, in]  -> h [T, R]
     expand  out[t, j] = y[t, j] + sum_r h[t, r] b[slot[t], j, r]  h [T, R],   b [S, out, R] -> [T, out]
 
-A token with slot -1 (the base model) gets h = 0 and out = y. Accumulation is float32.
+A token with slot -1 (the base model) gets h = 0 and out = y. Accumulation is float32. `h` is
+always [T, R] here (the torch path's dense form is a CPU matter; `mapping.mask` is not read).
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ def lora_shrink(x: torch.Tensor, a: torch.Tensor, mapping: LoRAMapping) -> torch
 
 def lora_expand(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, mapping: LoRAMapping) -> torch.Tensor:
     """y [T, out] + B[slot] h: h [T, R], b [S, out, R] -> [T, out] (a new tensor; `y` is unchanged)."""
-    y, h, b = y.contiguous(), h.contiguous(), b.contiguous()
+    y, h = y.contiguous(), h.contiguous()
+    if b.stride(2) != 1:
+        b = b.contiguous()  # the kernel reads R contiguous; slot and output strides are free
     T, n_out, R = y.shape[0], y.shape[1], h.shape[1]
     out = torch.empty_like(y)
     block_o = min(64, triton.next_power_of_2(n_out))

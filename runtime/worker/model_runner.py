@@ -192,7 +192,7 @@ class ModelRunner:
             return None
         slots = self.lora.activate([s.request.lora_request for s in sched.scheduled])
         return LoRAMapping.build([slot for s, slot in zip(sched.scheduled, slots) for _ in range(s.num_tokens)],
-                                 self.device)
+                                 self.device, self.lora.state.max_loras)
 
     def _token_type_ids(self, sched: SchedulerOutput) -> torch.Tensor | None:
         """[1, T] segment ids (cross-encoder pairs); zeros for requests without them."""

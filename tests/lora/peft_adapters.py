@@ -13,14 +13,15 @@ from tests.models.zoo import _one_thread
 
 
 def make_adapter(base_dir: str | Path, out_dir: str | Path, target_modules: list[str], *, r: int = 4,
-                 alpha: int = 8, seed: int = 0, rank_pattern: dict | None = None) -> Path:
+                 alpha: int = 8, seed: int = 0, rank_pattern: dict | None = None,
+                 alpha_pattern: dict | None = None, use_rslora: bool = False) -> Path:
     """A PEFT LoRA adapter of the checkpoint in `base_dir` with random non-zero A and B
     (init_lora_weights=False), saved to `out_dir` (adapter_config.json + adapter_model.safetensors)."""
     from peft import LoraConfig, get_peft_model
 
     base = _load_reference(base_dir)
     config = LoraConfig(r=r, lora_alpha=alpha, target_modules=target_modules, init_lora_weights=False,
-                        rank_pattern=rank_pattern or {})
+                        rank_pattern=rank_pattern or {}, alpha_pattern=alpha_pattern or {}, use_rslora=use_rslora)
     torch.manual_seed(seed)
     model = get_peft_model(base, config)
     with torch.no_grad():  # B ~ N(0, 0.3): enough to change greedy tokens of the tiny models

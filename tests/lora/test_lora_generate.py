@@ -17,10 +17,10 @@ LLAMA_TARGETS = [
 N_TOKENS = 6
 
 
-def _case(arch: str, tmp_path, targets: list[list[str]], ranks=(4, 8, 2)):
+def _case(arch: str, tmp_path, targets: list[list[str]], ranks=(4, 8, 2), options=({}, {}, {})):
     base = build_tiny_model(arch, tmp_path / "base")
-    adapters = [make_adapter(base, tmp_path / f"lora{i}", t, r=r, alpha=2 * r, seed=i)
-                for i, (t, r) in enumerate(zip(targets, ranks))]
+    adapters = [make_adapter(base, tmp_path / f"lora{i}", t, r=r, alpha=2 * r, seed=i, **o)
+                for i, (t, r, o) in enumerate(zip(targets, ranks, options))]
     prompts = mixed_prompts(base, n=8, seed=4)
     # prompt k runs adapter k % 4 - 1 (-1: the base model): every adapter and the base in one call
     choice = [k % (len(adapters) + 1) - 1 for k in range(len(prompts))]
@@ -56,14 +56,18 @@ def test_llama_mixed_adapters_equal_merged_peft(tmp_path, impl):
     llm = LLM(str(base), dtype="float32", model_impl=impl, enable_lora=True, max_loras=2, max_lora_rank=8)
     base_only = merged_greedy(base, None, prompts, N_TOKENS)
     _check(llm, prompts, loras, expected, base_only)
-    # again, now with every adapter in host memory and slots reused (LRU): same tokens
+    # three adapters, two slots and two kept in host memory (max_cpu_loras = max_loras): the LRU
+    # evicted one, which is read again from its path when its requests run again: same tokens
+    assert len(llm.collective_rpc("list_loras")[0]) == 2
     assert llm_greedy_lora(llm, prompts, loras) == expected
     assert llm_greedy(llm, prompts, N_TOKENS) == base_only  # no lora_request: the base model
 
 
 def test_custom_auto_map_model(tmp_path):
     targets = [["wq", "wv"], ["wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"], ["w_down"]]
-    base, prompts, loras, expected = _case("tinycustom", tmp_path, targets)
+    # per-module rank and alpha (PEFT's rank_pattern / alpha_pattern) and rsLoRA scaling
+    options = ({}, {"rank_pattern": {"w_up": 2}, "alpha_pattern": {"wq": 3}}, {"use_rslora": True})
+    base, prompts, loras, expected = _case("tinycustom", tmp_path, targets, options=options)
     llm = LLM(str(base), dtype="float32", trust_remote_code=True, enable_lora=True, max_loras=3, max_lora_rank=8)
     _check(llm, prompts, loras, expected, merged_greedy(base, None, prompts, N_TOKENS))
 

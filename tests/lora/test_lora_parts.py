@@ -21,14 +21,17 @@ def _per_token(x, a, b, y, slots):
 
 def test_shrink_expand_equal_the_per_token_definition():
     torch.manual_seed(0)
-    S, R, T, n_in, n_out = 3, 4, 9, 8, 6
-    a, b = torch.randn(S, R, n_in), torch.randn(S, n_out, R)
+    S, R, T, n_in, n_out = 4, 4, 9, 8, 6
+    a = torch.randn(S, R, n_in)
+    b = torch.randn(n_out, S, R).permute(1, 0, 2)  # [S, out, R] stored by row, as LoRALinear keeps it
     x, y = torch.randn(T, n_in), torch.randn(T, n_out)
-    for slots in ([-1, 0, 2, 2, -1, 1, 0, 0, 2], [1] * T, [-1] * 4 + [0] * 5):
-        mapping = LoRAMapping.build(slots, torch.device("cpu"))
+    cases = {"dense": [-1, 0, 3, 3, -1, 1, 0, 0, 3], "single": [1] * T, "grouped": [-1] * 4 + [2] * 5}
+    for form, slots in cases.items():
+        mapping = LoRAMapping.build(slots, torch.device("cpu"), S)
+        assert (mapping.mask is not None) == (form == "dense") and (mapping.groups[0][1] is None) == (form == "single")
         got = lora_expand(y, lora_shrink(x, a, mapping), b, mapping)
         torch.testing.assert_close(got, _per_token(x, a, b, y, slots), atol=1e-5, rtol=1e-5)
-    assert LoRAMapping.build([-1] * T, torch.device("cpu")) is None  # base only: the layers skip LoRA
+    assert LoRAMapping.build([-1] * T, torch.device("cpu"), S) is None  # base only: the layers skip LoRA
 
 
 def _request(rid: str, lora_id: int, n: int = 4) -> Request:

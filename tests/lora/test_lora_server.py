@@ -67,7 +67,10 @@ def test_model_name_picks_the_adapter(setup):
     for name in ("base", "a0", "a1"):
         assert _complete(client, name, prompt) == texts[name]
     chat = client.chat.completions.create(model="a1", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
-    assert chat.choices[0].message.content is not None
+    assert chat.choices[0].message.content is not None and chat.model == "a1"  # vLLM names the adapter
+    stream = client.completions.create(model="a0", prompt=prompt, max_tokens=2, stream=True)
+    assert {chunk.model for chunk in stream} == {"a0"}
+    assert client.completions.create(model="base", prompt=prompt, max_tokens=1).model == "base"
     with pytest.raises(openai.NotFoundError, match="a9"):
         _complete(client, "a9", prompt)
     assert httpx.post(f"{url}/tokenize", json={"model": "a0", "prompt": "hi"}).status_code == 200
