@@ -143,6 +143,7 @@ def build_app(engine_args: EngineArgs | None = None, *, api_key: str | None = No
     app = FastAPI(title="anymodel", description="OpenAI-compatible API", lifespan=lifespan)
     app.state.async_engine = async_engine
     app.state.max_prompts_per_request = max_prompts_per_request
+    app.state.chat_template = engine_args.chat_template
     install_error_handlers(app)
     install_openapi(app)
     if api_key:

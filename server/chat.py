@@ -43,7 +43,7 @@ def render_chat_request(tokenizer: Any, req, chat_template: str | None) -> dict:
     them); `add_special_tokens`: the tokenizer's special tokens on top of what the template wrote."""
     rendered = render_chat(tokenizer, req.messages, chat_template, add_generation_prompt=req.add_generation_prompt,
                            continue_final_message=req.continue_final_message, template_kwargs=req.template_kwargs())
-    if req.add_special_tokens:
+    if getattr(req, "add_special_tokens", False):  # chat and /tokenize fields; other forms add none
         rendered["prompt_token_ids"] = tokenizer.encode(rendered["prompt"], add_special_tokens=True)
     return rendered
 

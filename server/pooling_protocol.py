@@ -6,9 +6,10 @@ from __future__ import annotations
 import time
 from typing import ClassVar, Literal, Optional, Union
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from . import request_fields
+from .chat_messages import ChatMessage, TemplateFields
 from .protocol import APIRequest, random_id
 from .request_fields import Unsupported
 
@@ -34,12 +35,27 @@ def _now() -> int:
 
 
 # ---- /v1/embeddings, /pooling ------------------------------------------------------------------------
-class EmbeddingRequest(_Request):
-    input: PoolingInput
+class EmbeddingRequest(_Request, TemplateFields):
+    """OpenAI's embeddings request, or vLLM's chat form: `messages` rendered by the chat template
+    (without a generation prompt unless asked) and embedded as one input."""
+
+    unsupported: ClassVar[dict[str, Unsupported]] = request_fields.EMBEDDING
+
+    input: Optional[PoolingInput] = None
+    messages: Optional[list[ChatMessage]] = None
+    add_generation_prompt: bool = False  # vLLM's default for chat-style embeddings
+    # None: True for `input` (the tokenizer's own), False for `messages` (the template writes them)
+    add_special_tokens: Optional[bool] = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Optional[int] = Field(None, ge=1)
     user: Optional[str] = None
     normalize: Optional[bool] = None
+
+    @model_validator(mode="after")
+    def _one_input(self) -> "EmbeddingRequest":
+        if (self.input is None) == (self.messages is None):
+            raise ValueError("send exactly one of `input` or `messages`")
+        return self
 
 
 class EmbeddingData(BaseModel):

@@ -36,8 +36,10 @@ router = APIRouter()
 
 
 class PoolingHandler:
-    def __init__(self, async_engine: Any, max_prompts: int = MAX_PROMPTS_PER_REQUEST):
+    def __init__(self, async_engine: Any, max_prompts: int = MAX_PROMPTS_PER_REQUEST,
+                 chat_template: str | None = None):
         self.engine = async_engine
+        self.chat_template = chat_template  # the server's --chat-template (None: the tokenizer's own)
         self.max_prompts = max_prompts
         self.model_name = async_engine.engine.model_name
         self.served_names = served_names(async_engine)
@@ -48,11 +50,21 @@ class PoolingHandler:
         except Exception:
             self.tokenizer = async_engine.engine.tokenizer
 
-    def inputs(self, value, param: str = "input") -> list:
-        """A request's `input` as engine prompts, within --max-prompts-per-request."""
+    def inputs(self, value, body=None, param: str = "input") -> list:
+        """A request's `input` as engine prompts, within --max-prompts-per-request; texts tokenized
+        without special tokens when the body says add_special_tokens=false."""
         prompts = _prompts(value)
         check_prompt_count(len(prompts), self.max_prompts, param)
+        if getattr(body, "add_special_tokens", None) is False:
+            prompts = [{"prompt": p, "prompt_token_ids": self.tokenizer.encode(p, add_special_tokens=False)}
+                       if isinstance(p, str) else p for p in prompts]
         return prompts
+
+    def chat_input(self, body) -> list:
+        """vLLM's chat-style embeddings: the conversation rendered by the served chat template, one prompt."""
+        from .chat import render_chat_request
+
+        return [render_chat_request(self.tokenizer, body, self.chat_template)]
 
     async def run(self, prompts: list, params: PoolingParams) -> list:
         """Every prompt's PoolingRequestOutput, in order; aborts the rest if one fails."""
@@ -111,7 +123,8 @@ def _handler(raw: Request) -> PoolingHandler:
     state = raw.app.state
     if getattr(state, "pooling_handler", None) is None:
         state.pooling_handler = PoolingHandler(state.async_engine,
-                                               getattr(state, "max_prompts_per_request", MAX_PROMPTS_PER_REQUEST))
+                                               getattr(state, "max_prompts_per_request", MAX_PROMPTS_PER_REQUEST),
+                                               getattr(state, "chat_template", None))
     return state.pooling_handler
 
 
@@ -150,7 +163,7 @@ async def _embeddings(h: PoolingHandler, body: EmbeddingRequest) -> Response:
     check_model(body.model, h.served_names)
     params = PoolingParams(dimensions=body.dimensions, normalize=body.normalize, task="embed",
                            truncate_prompt_tokens=body.truncate_prompt_tokens)
-    outs = await h.run(h.inputs(body.input), params)
+    outs = await h.run(h.chat_input(body) if body.messages is not None else h.inputs(body.input, body), params)
     data = [EmbeddingData(index=i, embedding=_encode(o.outputs.data, body.encoding_format)) for i, o in enumerate(outs)]
     return json_response(EmbeddingResponse(model=h.model_name, data=data, usage=_usage(_tokens(outs))))
 

@@ -101,10 +101,13 @@ POOLING: dict[str, Unsupported] = {
     "request_id": GENERATION["request_id"],
     "mm_processor_kwargs": GENERATION["mm_processor_kwargs"],
     "cache_salt": GENERATION["cache_salt"],
-    "messages": Unsupported("chat-style pooling input (messages) is not implemented yet"),
+    "messages": Unsupported("chat-style input (messages) is served by /v1/embeddings only"),
     "add_special_tokens": Unsupported("pooling inputs always get the tokenizer's special tokens", (None, True)),
     "embed_dtype": Unsupported("embeddings are returned as float32", (None, "float32")),
 }
+
+# /v1/embeddings takes chat `messages` too (vLLM's chat-style embeddings)
+EMBEDDING: dict[str, Unsupported] = {k: v for k, v in POOLING.items() if k not in ("messages", "add_special_tokens")}
 
 
 def screen(kind: str, body: dict, null_is_default: dict[str, bool], table: dict[str, Unsupported]) -> dict:

@@ -134,3 +134,23 @@ def test_invocations_routes_input_to_embeddings(embed_server):
     via = httpx.post(f"{embed_server}/invocations", json=body, timeout=60).json()
     direct = httpx.post(f"{embed_server}/v1/embeddings", json=body, timeout=60).json()
     assert via["object"] == "list" and via["data"][0]["embedding"] == direct["data"][0]["embedding"]
+
+
+def test_chat_style_embeddings(minilm_dir, minilm_llm):
+    """vLLM's /v1/embeddings with `messages`: rendered by the served chat template, embedded as one input."""
+    from anymodel.server.app import build_app
+
+    template = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+    app = build_app(EngineArgs(model=str(minilm_dir), task="embed", chat_template=template), engine=minilm_llm.engine)
+    messages = [{"role": "user", "content": "A man is eating food."}, {"role": "assistant", "content": "Yes."}]
+    text = "user: A man is eating food.\nassistant: Yes.\n"
+    with ThreadedServer(app) as server:
+        def embed(**body) -> list[float]:
+            return httpx.post(f"{server.url}/v1/embeddings", json=body, timeout=60).json()["data"][0]["embedding"]
+
+        # the template writes no [CLS]/[SEP]; add_special_tokens puts the tokenizer's on top (as `input` gets them)
+        assert embed(messages=messages, add_special_tokens=True) == pytest.approx(embed(input=text), abs=1e-5)
+        assert embed(messages=messages) == pytest.approx(embed(input=text, add_special_tokens=False), abs=1e-5)
+        assert embed(messages=messages) != pytest.approx(embed(input=text), abs=1e-3)
+        both = httpx.post(f"{server.url}/v1/embeddings", json={"messages": messages, "input": "x"}, timeout=60)
+    assert both.status_code == 400 and "exactly one of `input` or `messages`" in both.json()["error"]["message"]

@@ -50,7 +50,7 @@ def test_openai_client_suffix_is_refused(openai_client):
     ("/v1/completions", "logits_processors", ["my_module.MyProcessor"]),
     ("/v1/completions", "prompt_embeds", "AAAA"),
     ("/v1/embeddings", "priority", 1),
-    ("/v1/embeddings", "messages", CHAT),
+    ("/classify", "messages", CHAT),
     ("/pooling", "mm_processor_kwargs", {"a": 1}),
     ("/classify", "priority", 1),
     ("/score", "priority", 1),
@@ -110,7 +110,7 @@ def test_unknown_field_over_http_is_a_200(demo_server):
 
 @pytest.mark.parametrize("model, table", [
     (CompletionRequest, request_fields.COMPLETION), (ChatCompletionRequest, request_fields.CHAT),
-    (TokenizeRequest, request_fields.TOKENIZE), (EmbeddingRequest, request_fields.POOLING),
+    (TokenizeRequest, request_fields.TOKENIZE), (EmbeddingRequest, request_fields.EMBEDDING),
     (RerankRequest, request_fields.POOLING),
 ])
 def test_every_request_kind_has_its_table_and_no_row_shadows_a_field(model, table):
