@@ -14,8 +14,9 @@ import re
 import sys
 from dataclasses import fields
 
-from anymodel.config import (ATTENTION_BACKENDS, CONVERTS, DTYPE_ALIASES, DTYPES, EXECUTOR_BACKENDS, LOAD_FORMATS,
-                              MODEL_IMPLS, RUNNERS, TASKS, TOKENIZER_MODES, EngineArgs)
+from anymodel.config import (ATTENTION_BACKENDS, CONVERTS, DTYPE_ALIASES, DTYPES, EXECUTOR_BACKENDS,
+                              KV_CACHE_DTYPES, LOAD_FORMATS, MODEL_IMPLS, RUNNERS, TASKS, TOKENIZER_MODES,
+                              EngineArgs)
 
 from .request_fields import MAX_PROMPTS_PER_REQUEST
 
@@ -114,6 +115,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--load-format", choices=LOAD_FORMATS,
                    help="auto | safetensors | pt (a .bin-only checkpoint); dummy is not supported (default: auto)")
     g.add_argument("--seed", type=int, help="default: 0")
+    g.add_argument("--quantization", "-q", metavar="METHOD",
+                   help="the checkpoint's quant_method (default: read from config.json; fp8, compressed-tensors)")
+    g.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, help="only auto (the model's dtype) for now")
     g.add_argument("--device", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
 
 
@@ -203,6 +207,7 @@ def _add_inspect_parser(sub) -> None:
                    help="run models our attention cannot reach through their own forward (default: on)")
     p.add_argument("--hf-overrides", type=_json_dict, metavar="JSON", help="config.json entries to override")
     p.add_argument("--revision", help="Hub revision of the model")
+    p.add_argument("--quantization", "-q", metavar="METHOD", help="the checkpoint's quant_method (default: config.json's)")
 
 
 # ---------------------------------------------------------------------------- commands
