@@ -16,7 +16,7 @@ from anymodel.model_facts import text_config_of
 from anymodel.native_overrides.quantization.checkpoint import unmarked_quantized_tensors
 
 # vLLM's names for what a checkpoint may say (or `quantization=` may name); the ones we load:
-SUPPORTED = ("fp8", "compressed-tensors")
+SUPPORTED = ("fp8", "compressed-tensors", "awq", "gptq")
 # vLLM's `quantization=` aliases of the checkpoint's quant_method
 _ALIASES = {"compressed_tensors": "compressed-tensors", "awq_marlin": "awq", "gptq_marlin": "gptq",
             "fbgemm_fp8": "fp8"}

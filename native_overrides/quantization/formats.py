@@ -8,6 +8,7 @@ stores (checkpoint names, dtypes, shapes, how shards cut them) and how it dequan
                        pack-quantized (weight_packed int32 [out, in*bits/32]) with weight_scale per tensor,
                        channel or group (+ weight_zero_point when asymmetric); dequantized by the
                        compressed-tensors package's own compressors
+    awq / gptq         int4 (GPTQ also int8) packed in int32 with group scales and zero points (packed_int.py)
 """
 
 from __future__ import annotations
@@ -95,4 +96,8 @@ def method_for(quant) -> QuantMethod:
         from anymodel.native_overrides.quantization.compressed import compressed_tensors_method
 
         return compressed_tensors_method(quant.raw)
+    if quant.method in ("awq", "gptq"):
+        from anymodel.native_overrides.quantization import packed_int
+
+        return packed_int.awq_method(quant.raw) if quant.method == "awq" else packed_int.gptq_method(quant.raw)
     raise ValueError(f"unsupported quantization method {quant.method!r}")

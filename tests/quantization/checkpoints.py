@@ -116,3 +116,60 @@ def _qparams(w: torch.Tensor, args) -> tuple[torch.Tensor, torch.Tensor | None]:
     scale = ((hi - lo) / (2 * qmax + 1)).clamp(min=1e-8)
     zero = (-qmax - 1 - torch.round(lo / scale)).clamp(-qmax - 1, qmax).to(torch.int8)
     return scale, zero
+
+
+# ---- AWQ (AutoAWQ gemm) and GPTQ (AutoGPTQ), packed as their quantizers pack ---------------------------
+AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
+
+
+def _int_groups(w: torch.Tensor, bits: int, group: int):
+    """Asymmetric integer quantization per group of input columns: (q [in, out], zeros [in/g, out],
+    float16 scales [in/g, out]) of the transposed weight, and the dequantized weight [out, in]. Zero
+    points stay >= 1: GPTQ v1 stores zero - 1, which its packers wrap for 0."""
+    wt = w.t()  # [in, out]
+    in_, out = wt.shape
+    g = in_ if group == -1 else group
+    view = wt.reshape(in_ // g, g, out)
+    lo, hi = view.amin(1), view.amax(1)
+    qmax = 2**bits - 1
+    scales = ((hi - lo) / qmax).clamp(min=1e-4).half()
+    per_row = scales.float().repeat_interleave(g, 0)  # [in, out]
+    zeros = torch.round(-lo / scales.float()).clamp(1, qmax).to(torch.int32)
+    q = torch.clamp(torch.round(wt / per_row) + zeros.repeat_interleave(g, 0), 0, qmax).to(torch.int32)
+    deq = ((q - zeros.repeat_interleave(g, 0)).float() * per_row).t()
+    return q, zeros, scales, deq
+
+
+def _pack_cols(values: torch.Tensor, bits: int, order=None) -> torch.Tensor:
+    """int32 [r, c] -> [r, c * bits / 32]: field i of word k holds column k * pf + order[i]."""
+    pf = 32 // bits
+    order = order or tuple(range(pf))
+    packed = torch.zeros(values.shape[0], values.shape[1] // pf, dtype=torch.int32)
+    for i in range(pf):
+        packed |= (values[:, [k * pf + order[i] for k in range(values.shape[1] // pf)]] & (2**bits - 1)) << (bits * i)
+    return packed
+
+
+def awq(group: int) -> Format:
+    def quantize(w: torch.Tensor):
+        q, zeros, scales, deq = _int_groups(w, 4, group)
+        return {"qweight": _pack_cols(q, 4, AWQ_ORDER), "qzeros": _pack_cols(zeros, 4, AWQ_ORDER), "scales": scales}, deq
+
+    config = {"quant_method": "awq", "bits": 4, "group_size": group, "zero_point": True, "version": "gemm",
+              "modules_to_not_convert": None}
+    return Format(config, quantize)
+
+
+def gptq(bits: int, group: int) -> Format:
+    def quantize(w: torch.Tensor):
+        q, zeros, scales, deq = _int_groups(w, bits, group)
+        g = w.shape[1] if group == -1 else group
+        g_idx = torch.arange(w.shape[1], dtype=torch.int32) // g
+        stored = {"qweight": _pack_cols(q.t().contiguous(), bits).t().contiguous(),  # packed along `in`
+                  "qzeros": _pack_cols(zeros - 1, bits), "scales": scales, "g_idx": g_idx}  # v1: zero - 1
+        return stored, deq
+
+    config = {"quant_method": "gptq", "bits": bits, "group_size": group, "desc_act": False, "sym": False,
+              "checkpoint_format": "gptq"}
+    return Format(config, quantize)
+

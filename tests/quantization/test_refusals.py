@@ -15,7 +15,7 @@ from anymodel.server.cli import main as cli_main
 from tests.models.zoo import build_tiny_model, tiny_config
 from tests.quantization.checkpoints import block_fp8, quantized_pair
 
-SUPPORTED = r"supported: \['fp8', 'compressed-tensors'"
+SUPPORTED = r"supported: \['fp8', 'compressed-tensors', 'awq', 'gptq'\]"
 
 
 def _with_config(path, **fields):
