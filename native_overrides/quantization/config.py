@@ -17,6 +17,13 @@ from anymodel.native_overrides.quantization.checkpoint import unmarked_quantized
 
 # vLLM's names for what a checkpoint may say (or `quantization=` may name); the ones we load:
 SUPPORTED = ("fp8", "compressed-tensors", "awq", "gptq")
+# Methods refused with a reason beyond "not implemented"
+_REFUSED = {
+    "bitsandbytes": "its NF4 / FP4 / LLM.int8 weights are not implemented by anymodel's quantized linears (nor are "
+                    "bitsandbytes' kernels used, on CPU or GPU); use an AWQ / GPTQ / compressed-tensors W4A16 "
+                    "checkpoint of the model instead",
+    "gguf": "pass the .gguf file itself as the model (LLM(model='x.gguf', tokenizer=...)): it is dequantized at load",
+}
 # vLLM's `quantization=` aliases of the checkpoint's quant_method
 _ALIASES = {"compressed_tensors": "compressed-tensors", "awq_marlin": "awq", "gptq_marlin": "gptq",
             "fbgemm_fp8": "fp8"}
@@ -70,6 +77,9 @@ def resolve_quantization(config, requested: str | None, model_dir) -> QuantConfi
     if requested is not None and canonical(requested) != method:
         raise ValueError(f"quantization={requested!r} contradicts the checkpoint's quantization_config "
                          f"(quant_method {raw['quant_method']!r}); pass quantization=None or {method!r}")
+    if method in _REFUSED:
+        raise ValueError(f"quantization method {raw['quant_method']!r} is not supported: {_REFUSED[method]}; "
+                         f"supported: {list(SUPPORTED)}")
     if method not in SUPPORTED:
         raise ValueError(f"unsupported quantization method {raw['quant_method']!r} (quantization_config."
                          f"quant_method); supported: {list(SUPPORTED)}")

@@ -43,7 +43,7 @@ def test_multimodal_text_config_quantization_is_read(tmp_path):
     config.text_config = text
     decision = decide(EngineArgs(), config, tmp_path, ParallelState())
     assert (decision.impl, decision.rule) == ("refuse", "quantization")
-    assert "'bitsandbytes'" in decision.reason
+    assert decision.reason.startswith("quantization method 'bitsandbytes' is not supported: its NF4 / FP4")
 
 
 def test_quantization_argument_must_agree_with_the_checkpoint(fp8_dir, tmp_path):
