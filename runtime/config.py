@@ -17,7 +17,7 @@ LOAD_FORMATS = ("auto", "safetensors", "pt", "dummy")
 TOKENIZER_MODES = ("auto", "slow")
 ATTENTION_BACKENDS = ("auto", "triton", "torch", "flash_attn")
 EXECUTOR_BACKENDS = (None, "uni", "mp", "ray")
-KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")  # vLLM's; only "auto" is implemented
+KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")  # vLLM's (fp8: the torch attention backend)
 
 
 def _choice(name: str, value, allowed) -> None:
@@ -80,7 +80,7 @@ class EngineArgs:
     cpu_offload_gb: float = 0  # > 0 is refused: weights stay on the device
     compilation_config: int | dict | None = None  # only "no compilation" (None, 0, {}, {"level": 0}) is accepted
     quantization: str | None = None  # names the checkpoint's quant_method (checked at load: model_loader rules)
-    kv_cache_dtype: str = "auto"  # "auto" only: the KV cache has the model's dtype
+    kv_cache_dtype: str = "auto"  # "auto": the model's dtype; "fp8" (e4m3) / "fp8_e5m2": one byte per element
 
     def __post_init__(self) -> None:
         self.dtype = _dtype_name(self.dtype)
@@ -132,10 +132,7 @@ class EngineArgs:
                              "pass cpu_offload_gb=0")
         if not (self.quantization is None or isinstance(self.quantization, str)):
             raise ValueError(f"quantization must be None or a method name, got {self.quantization!r}")
-        if self.kv_cache_dtype != "auto":
-            _choice("kv_cache_dtype", self.kv_cache_dtype, KV_CACHE_DTYPES)
-            raise ValueError(f"kv_cache_dtype={self.kv_cache_dtype!r} is not supported yet: the KV cache has the "
-                             "model's dtype; pass kv_cache_dtype='auto'")
+        _choice("kv_cache_dtype", self.kv_cache_dtype, KV_CACHE_DTYPES)
         if self.compilation_config not in (None, 0, {}, {"level": 0}, {"mode": 0}):
             raise ValueError(f"compilation_config={self.compilation_config!r} is not supported: anymodel does not "
                              "compile the model (CUDA graphs: enforce_eager=False); pass compilation_config=None")

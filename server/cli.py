@@ -117,7 +117,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, help="default: 0")
     g.add_argument("--quantization", "-q", metavar="METHOD",
                    help="the checkpoint's quant_method (default: read from config.json; fp8, compressed-tensors)")
-    g.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, help="only auto (the model's dtype) for now")
+    g.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, help="auto (the model's dtype) or fp8 / fp8_e4m3 / fp8_e5m2 (torch attention backend)")
     g.add_argument("--device", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
 
 
