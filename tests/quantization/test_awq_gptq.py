@@ -65,3 +65,13 @@ def test_unsupported_details_are_refused(method, raw, message):
 
     with pytest.raises(ValueError, match=message):
         method_for(QuantConfig(method, {"quant_method": method, **raw}))
+
+
+def test_awq_pp2(tmp_path):
+    """Pipeline stages quantize only the linears they own (the Transformers backend stages)."""
+    quant, prompts, reference = _case(awq(16), tmp_path)
+    llm = LLM(str(quant), dtype="float32", model_impl="transformers", pipeline_parallel_size=2, num_kv_blocks=64)
+    try:
+        assert llm_greedy(llm, prompts, 6) == reference
+    finally:
+        llm.engine.shutdown()
