@@ -76,6 +76,13 @@ class CompressedTensors(QuantMethod):
         compressor = BaseCompressor.get_value_from_registry(self.format)
         return compressor.decompress(state, self.dequant_scheme)["weight"].to(dtype)
 
+    def triton_gemm(self, t, shape, x):
+        if not (self.packed and self.bits == 4 and self.symmetric and self.strategy == "group"):
+            return None
+        from anymodel.native_overrides.quantization.triton_gemm import w4a16_gemm
+
+        return w4a16_gemm(x, t["weight_packed"], t["weight_scale"], self.group)
+
     def describe(self) -> str:
         kind = "float" if self.scheme.weights.type == "float" else "int"
         group = f" (group {self.group})" if self.strategy == "group" else ""

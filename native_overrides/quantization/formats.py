@@ -49,6 +49,13 @@ class BlockFp8(QuantMethod):
         scale = t["weight_scale_inv"].repeat_interleave(bo, 0)[:out].repeat_interleave(bi, 1)[:, :in_]
         return (t["weight"].to(torch.float32) * scale).to(dtype)
 
+    def triton_gemm(self, t, shape, x):
+        if torch.cuda.get_device_capability(x.device) < (8, 9):  # no float8 conversions before Ada / Hopper
+            return None
+        from anymodel.native_overrides.quantization.triton_gemm import fp8_block_gemm
+
+        return fp8_block_gemm(x, t["weight"], t["weight_scale_inv"], self.block)
+
     def describe(self) -> str:
         return f"block FP8 (float8_e4m3fn weights, {self.block[0]}x{self.block[1]} block scales)"
 

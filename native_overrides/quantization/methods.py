@@ -17,6 +17,7 @@ each projection's own scale (per-slice scales) without requantizing.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -92,8 +93,18 @@ class QuantMethod:
         return next(s for s in self.stored() if s.name == name)
 
     def apply(self, t: dict[str, torch.Tensor], shape: tuple[int, int], x: torch.Tensor, bias) -> torch.Tensor:
-        """y = x W^T + b with W dequantized into x's dtype: x [..., in] -> [..., out]."""
+        """y = x W^T + b with W dequantized into x's dtype: x [..., in] -> [..., out]. On CUDA, a
+        format's Triton GEMM when it has one (triton_gemm.py; ANYMODEL_QUANT_TRITON=0: never)."""
+        if x.is_cuda and os.environ.get("ANYMODEL_QUANT_TRITON", "1") != "0":
+            y = self.triton_gemm(t, shape, x.reshape(-1, x.shape[-1]).contiguous())
+            if y is not None:
+                y = y.view(*x.shape[:-1], y.shape[-1])
+                return y if bias is None else y + bias
         return F.linear(x, self.dequantize(t, shape, x.dtype), bias)
+
+    def triton_gemm(self, t: dict[str, torch.Tensor], shape: tuple[int, int], x: torch.Tensor) -> torch.Tensor | None:
+        """x [M, in] -> [M, out] by a Triton kernel reading the stored tensors; None: no kernel for this case."""
+        return None
 
     def load_weight(self, name: str, param: torch.Tensor, loaded: torch.Tensor, cut: Cut | None) -> None:
         """Copy `loaded` (the whole checkpoint tensor) into `param` (this layer's stored tensor),
