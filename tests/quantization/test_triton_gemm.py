@@ -16,7 +16,7 @@ pytest.importorskip("triton")
 
 def _kernels():
     mod = importlib.import_module("anymodel.native_overrides.quantization.triton_gemm")
-    if not HAS_CUDA and type(mod._fp8_block_kernel).__name__ != "InterpretedFunction":
+    if not HAS_CUDA and type(mod._dequant_gemm_kernel).__name__ != "InterpretedFunction":
         os.environ["TRITON_INTERPRET"] = "1"  # imported before: re-decorate under the interpreter
         mod = importlib.reload(mod)
     return mod
