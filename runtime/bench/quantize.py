@@ -72,6 +72,20 @@ def block_fp8(block: tuple[int, int]) -> Format:
     return Format(config, quantize)
 
 
+def tensor_fp8(static_input: bool) -> Format:
+    """quant_method "fp8" without weight_block_size: one scale per tensor (+ a static input scale)."""
+    def quantize(w: torch.Tensor):
+        scale = (w.abs().amax() / 448.0).clamp(min=1e-8).reshape(1)
+        q = (w / scale).to(torch.float8_e4m3fn)
+        stored = {"weight": q, "weight_scale": scale}
+        if static_input:
+            stored["input_scale"] = torch.tensor([0.05])
+        return stored, q.float() * scale
+
+    config = {"quant_method": "fp8", "activation_scheme": "static" if static_input else "dynamic"}
+    return Format(config, quantize)
+
+
 # ---- compressed-tensors, through the library's own compressors ------------------------------------------
 def compressed_tensors(fmt: str, weights: dict, input_activations: dict | None = None) -> Format:
     """`weights`: QuantizationArgs fields (num_bits, type, strategy, group_size, symmetric)."""

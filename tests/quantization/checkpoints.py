@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from anymodel.bench.quantize import Format, awq, block_fp8, compressed_tensors, gptq, quantize_checkpoint  # noqa: F401
+from anymodel.bench.quantize import (  # noqa: F401
+    Format, awq, block_fp8, compressed_tensors, gptq, quantize_checkpoint, tensor_fp8)
 from tests.models.zoo import build_tiny_model
 
 

@@ -7,7 +7,7 @@ import torch
 
 from anymodel import LLM
 from tests.models.zoo import mixed_prompts
-from tests.quantization.checkpoints import block_fp8, quantized_pair
+from tests.quantization.checkpoints import block_fp8, quantized_pair, tensor_fp8
 from tests.reference import hf_greedy, llm_greedy
 
 
@@ -63,3 +63,16 @@ def test_block_fp8_dequantize_matches_the_formula():
     expected = q.float() * scale.repeat_interleave(16, 0)[:40].repeat_interleave(16, 1)[:, :24]
     got = BlockFp8((16, 16)).dequantize({"weight": q, "weight_scale_inv": scale}, (40, 24), torch.float32)
     torch.testing.assert_close(got, expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("static, impl", [(True, "native"), (False, "transformers")])
+def test_per_tensor_fp8(tmp_path, static, impl):
+    """No weight_block_size: one scale per checkpoint tensor; the native fused q/k/v and gate/up keep
+    each projection's own (per-slice scales); static input scales are read, unused (weight-only)."""
+    quant, plain = quantized_pair("llama", tmp_path, tensor_fp8(static))
+    prompts = mixed_prompts(plain, n=4, seed=5)
+    llm = LLM(str(quant), dtype="float32", model_impl=impl, num_kv_blocks=64)
+    assert llm_greedy(llm, prompts, 6) == hf_greedy(plain, prompts, 6)
+    stored = llm.apply_model(_stored)[0]
+    assert stored["weight_scale"] == ("torch.float32", (128 if impl == "native" else 64, 1))
+    assert ("input_scale" in stored) == static
