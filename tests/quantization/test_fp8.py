@@ -37,6 +37,7 @@ def test_block_fp8_one_process(fp8_case, impl, stored):
     assert llm.engine.hf_config.quantization_config["quant_method"] == "fp8"
     assert llm_greedy(llm, prompts, 6) == reference
     assert llm.apply_model(_stored) == [stored]
+    assert "quantization  fp8: block FP8 (float8_e4m3fn weights, 16x16 block scales)\n" in llm.describe()
 
 
 @pytest.mark.parametrize("impl", ["transformers", "native"])
