@@ -17,26 +17,26 @@ import torch
 from anymodel.native_overrides.quantization.methods import QuantMethod, Stored, _ceil
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
+AWQ_FIELD_OF = tuple(AWQ_ORDER.index(j) for j in range(8))  # column 8c + j is field AWQ_FIELD_OF[j] of word c
 
 
-def unpack_last(packed: torch.Tensor, bits: int) -> torch.Tensor:
-    """int32 [r, c] -> int32 [r, c * 32/bits]: each word's fields from the low bits up."""
-    shifts = torch.arange(0, 32, bits, dtype=torch.int32, device=packed.device)
-    fields = (packed.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)  # [r, c, 32/bits]
-    return fields.reshape(packed.shape[0], -1)
+def unpack_last(packed: torch.Tensor, bits: int, field_of: tuple[int, ...] | None = None) -> torch.Tensor:
+    """int32 [r, c] -> int32 [r, c * 32/bits]: column (32/bits) c + j is field field_of[j] of word c
+    (fields counted from the low bits; default: field j), so a packing order costs nothing to undo."""
+    fields = field_of or range(32 // bits)
+    shifts = torch.tensor([bits * f for f in fields], dtype=torch.int32, device=packed.device)
+    values = (packed.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)  # [r, c, 32/bits]
+    return values.reshape(packed.shape[0], -1)
 
 
-def _undo_awq_order(fields: torch.Tensor) -> torch.Tensor:
-    """Columns in AWQ's packed order [r, 8c + i] -> natural order: field i is column 8c + AWQ_ORDER[i]."""
-    rows, cols = fields.shape
-    out = torch.empty_like(fields)
-    out.view(rows, cols // 8, 8)[:, :, list(AWQ_ORDER)] = fields.view(rows, cols // 8, 8)
-    return out
-
-
-def _grouped(t: torch.Tensor, group: int, rows: int) -> torch.Tensor:
-    """[in/g, out] per-group values -> [in, out], one row per input row."""
-    return t.repeat_interleave(group, 0)[:rows]
+def dequantize_groups(q: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor, group: int) -> torch.Tensor:
+    """(q - zero) * scale per group of `group` rows: q [in, out], zeros / scales [ceil(in/g), out] ->
+    float32 [in, out] (broadcast over whole groups; repeated rows when the last group is partial)."""
+    rows = q.shape[0]
+    if rows == zeros.shape[0] * group:
+        return ((q.view(-1, group, q.shape[1]) - zeros[:, None]).float() * scales[:, None]).view(rows, -1)
+    per_row = lambda t: t.repeat_interleave(group, 0)[:rows]  # noqa: E731
+    return (q - per_row(zeros)).float() * per_row(scales)
 
 
 class _PackedInt(QuantMethod):
@@ -71,11 +71,9 @@ class Awq(_PackedInt):
 
     def dequantize(self, t, shape, dtype) -> torch.Tensor:
         out, in_ = shape
-        q = _undo_awq_order(unpack_last(t["qweight"], 4))[:, :out]  # [in, out]
-        z = _undo_awq_order(unpack_last(t["qzeros"], 4))[:, :out]  # [in/g, out]
-        g = self.group(in_)
-        w = (q - _grouped(z, g, in_)).to(torch.float32) * _grouped(t["scales"], g, in_)
-        return w.t().to(dtype)
+        q = unpack_last(t["qweight"], 4, AWQ_FIELD_OF)[:, :out]  # [in, out]
+        z = unpack_last(t["qzeros"], 4, AWQ_FIELD_OF)[:, :out]  # [in/g, out]
+        return dequantize_groups(q, z, t["scales"], self.group(in_)).t().to(dtype)
 
 
 class Gptq(_PackedInt):
@@ -102,10 +100,8 @@ class Gptq(_PackedInt):
         out, in_ = shape
         q = unpack_last(t["qweight"].t().contiguous(), self.bits).t()[:in_]  # [in, out]
         z = unpack_last(t["qzeros"], self.bits)[:, :out] + self.zero_offset  # [in/g, out]
-        g = self.group(in_)
         # groups are contiguous runs of g rows (desc_act is refused): this rank's rows start a group
-        w = (q - _grouped(z, g, in_)).to(torch.float32) * _grouped(t["scales"], g, in_)
-        return w.t().to(dtype)
+        return dequantize_groups(q, z, t["scales"], self.group(in_)).t().to(dtype)
 
 
 def _group_size(raw: dict, method: str) -> int:
