@@ -81,6 +81,22 @@ def load_causal_lm(cls: type, has_lm_head: bool, model_dir, config, dtype: torch
     return TransformersForCausalLM(hf, _load_lm_head(hf, model_dir, dtype), hf.config)
 
 
+def random_causal_lm(cls: type, has_lm_head: bool, config, dtype: torch.dtype, seed: int = 0) -> TransformersForCausalLM:
+    """load_format="dummy": the Transformers class built from the config with its own random
+    initialisation (seeded), no checkpoint read; a base-only class gets a head tied to the embeddings."""
+    from anymodel.attention_backend.interface import register
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        hf = cls._from_config(config, dtype=dtype, attn_implementation=register()).eval().requires_grad_(False)
+    if has_lm_head:
+        return TransformersForCausalLM(decoder_of(hf), hf.get_output_embeddings(), hf.config)
+    embed = hf.get_input_embeddings()
+    head = nn.Linear(embed.weight.shape[1], embed.weight.shape[0], bias=False, dtype=dtype)
+    head.weight = embed.weight
+    return TransformersForCausalLM(hf, head, hf.config)
+
+
 def decoder_of(hf: nn.Module) -> nn.Module:
     """The base model under a *ForCausalLM: `base_model`, unless the class's prefix names no
     attribute (Llama 4 text says "language_model" but keeps it in `model`): then `model`."""

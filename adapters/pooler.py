@@ -80,13 +80,19 @@ class PoolingInput:
 Head = Callable[[torch.Tensor], torch.Tensor]
 
 
+def label_activation(x: torch.Tensor) -> torch.Tensor:
+    """vLLM's default classifier activation (PoolerClassify), by the size of the last dim: sigmoid
+    for one label, softmax over several."""
+    return torch.sigmoid(x) if x.shape[-1] < 2 else torch.softmax(x, dim=-1)
+
+
 @dataclass
 class Pooler:
     config: PoolerConfig
     head: Head | None = None
     # Applied when softmax is on: torch.softmax over the last dim, or torch.sigmoid (1-label
     # cross-encoders, multi-label classifiers).
-    activation: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda x: torch.softmax(x, dim=-1))
+    activation: Callable[[torch.Tensor], torch.Tensor] = label_activation
     # False: the head consumes the whole sequence [T, H] itself (e.g. BERT's CLS pooler inside the
     # HF classification head), so `pooling_type` selection is skipped.
     selects: bool = True

@@ -21,7 +21,7 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from anymodel.adapters.causal_lm import run_base_model
-from anymodel.adapters.pooler import Head, Pooler, PoolerConfig, PoolingInput, PoolingType
+from anymodel.adapters.pooler import Head, Pooler, PoolerConfig, PoolingInput, PoolingType, label_activation
 from anymodel.adapters.sliding_windows import kernel_windows
 from anymodel.model_protocol import ModelTraits
 
@@ -144,13 +144,15 @@ def as_classification_model(model: nn.Module, score: nn.Module, config: PoolerCo
     return TransformersPoolingModel(base, Pooler(config, head=score, activation=activation), base.config)
 
 
-def as_reward_model(model: nn.Module, config: PoolerConfig, head: Head | None = None) -> TransformersForReward:
-    """Default: every token's hidden state. A STEP pooler with `returned_token_ids` on a model with
-    an LM head reads those tokens' logits instead (math-shepherd style process reward)."""
+def as_reward_model(model: nn.Module, config: PoolerConfig, head: Head | None = None,
+                    activation=label_activation) -> TransformersForReward:
+    """Default: every token's hidden state (or the head's labels), activated as vLLM does (see
+    default_config). A STEP pooler with `returned_token_ids` on a model with an LM head reads those
+    tokens' logits instead (math-shepherd style process reward)."""
     if head is None and config.pooling_type is PoolingType.STEP and config.returned_token_ids:
         head = getattr(model, "compute_logits", None)
     base = getattr(model, "model", model) if hasattr(model, "lm_head") else model
-    reward = TransformersForReward(base, Pooler(config, head=head), base.config)
+    reward = TransformersForReward(base, Pooler(config, head=head, activation=activation), base.config)
     if head is not None and hasattr(model, "lm_head"):
         reward.lm = model  # keep the LM head alive (and visible to apply_model)
     return reward

@@ -73,7 +73,8 @@ def _load_reward(model_dir, config, dtype, overrides, trust_remote_code, state=N
         cls = task_class("reward", config, model_dir, trust_remote_code)
         hf = _load(cls, model_dir, config, dtype, head_required=True, state=state)
         head = getattr(hf, "classifier", None) or getattr(hf, "score")  # per token: [n, H] -> [n, L]
-        return _mark_compat(as_reward_model(hf.base_model, default_config("reward", hf.base_model).merged(overrides), head))
+        return _mark_compat(as_reward_model(hf.base_model, default_config("reward", hf.base_model).merged(overrides), head,
+                                            classification_activation(hf.config)))
     cfg = default_config("reward", None).merged(overrides)
     if cfg.pooling_type is PoolingType.STEP and cfg.returned_token_ids:  # needs the LM head's logits
         from anymodel.adapters.causal_lm import TransformersForCausalLM
@@ -87,13 +88,15 @@ def _load_reward(model_dir, config, dtype, overrides, trust_remote_code, state=N
 # ---- defaults ---------------------------------------------------------------------------------------
 def default_config(task: str, base: nn.Module | None) -> PoolerConfig:
     """vLLM's defaults: embed = CLS (encoders) or LAST (decoders), normalised; classify / score =
-    the last token, activated; reward = every token, raw."""
+    the last token, activated; reward = every token, activated (vLLM's token_classify: sigmoid for
+    one label, softmax over several, even over hidden states without a head; use_activation=False
+    gives them raw)."""
     if task == "embed":
         kind = PoolingType.LAST if base is None or is_causal(base) else PoolingType.CLS
         return PoolerConfig(pooling_type=kind, normalize=True)
     if task in ("classify", "score"):
         return PoolerConfig(pooling_type=PoolingType.LAST, softmax=True)
-    return PoolerConfig(pooling_type=PoolingType.ALL)
+    return PoolerConfig(pooling_type=PoolingType.ALL, softmax=True)
 
 
 def is_causal(base: nn.Module) -> bool:

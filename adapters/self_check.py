@@ -9,7 +9,8 @@
          over all tokens, those past the longest window, and the decode steps)
 
 It catches, in general, what the paged path cannot see for itself: a mask-only feature our kernels
-miss (a window the config says some way `sliding_windows.py` does not know), a buffer the
+miss (a window the config says some way `sliding_windows.py` does not know; a mask or bias the
+model computes itself and hands the attention function, as Doge does), a buffer the
 checkpoint left uninitialised (NaN / inf logits), attention math that differs from the model's.
 A disagreement with finite own logits sends the model to the compat path (the caller decides);
 non-finite own logits mean the model itself is broken, and it is refused.
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from anymodel.attention_backend.forward_context import ForwardContext
+from anymodel.attention_backend.interface import OwnMaskError
 from anymodel.attention_backend.metadata import AttentionMetadata
 from anymodel.model_facts import text_config_of
 from anymodel.model_protocol import traits_of
@@ -89,7 +91,10 @@ def _compare(model, ids, backend, block_size: int) -> CheckFailure | None:
     length = ids.shape[1]
     decode = min(DECODE_STEPS, length - 1)  # fewer only in a context shorter than the probe
     steps = [length - decode] + [1] * decode  # a prefill, then decode steps
-    ours = model.compute_logits(_paged_forward(model, ids, backend, block_size, steps)).float()
+    try:
+        ours = model.compute_logits(_paged_forward(model, ids, backend, block_size, steps)).float()
+    except OwnMaskError as e:  # a mask or bias of its own (Doge): only its own attention can apply it
+        return CheckFailure(str(e), fatal=False)
     impl, own = _own_logits(model, ids)
     if own is None:  # the model cannot run its own attention here: only finiteness is checked
         return _finite(ours, "the paged forward", ids, fatal=False)

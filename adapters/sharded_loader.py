@@ -1,4 +1,5 @@
-"""Read each rank's slices of a safetensors checkpoint into a model built on the meta device.
+"""Read each rank's slices of a checkpoint (safetensors, or `pytorch_model*.bin` pickles loaded with
+weights_only=True) into a model built on the meta device.
 
 A rank never materialises a whole sharded tensor: `get_slice` reads only the ranges of its
 ShardSpec. Checkpoint names go through Transformers' own renamings (legacy names, base-model
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import json
 import sys
+import zipfile
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -29,21 +32,51 @@ class MissingTensorsError(ValueError):
 
 
 def checkpoint_files(model_dir) -> dict[str, Path]:
-    """checkpoint tensor name -> the safetensors file that holds it."""
+    """checkpoint tensor name -> the file that holds it: safetensors, else `pytorch_model*.bin`
+    pickles (read with weights_only=True, as every other loader here)."""
     model_dir = Path(model_dir)
-    index = model_dir / "model.safetensors.index.json"
-    if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return {name: model_dir / file for name, file in weight_map.items()}
-    from safetensors import safe_open
+    for index_name, pattern in (("model.safetensors.index.json", "*.safetensors"),
+                                ("pytorch_model.bin.index.json", "pytorch_model*.bin")):
+        index = model_dir / index_name
+        if index.exists():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            return {name: model_dir / file for name, file in weight_map.items()}
+        files: dict[str, Path] = {}
+        for file in sorted(model_dir.glob(pattern)):
+            with open_checkpoint(file) as f:
+                files.update({name: file for name in f.keys()})
+        if files:
+            return files
+    raise ValueError(f"model {str(model_dir)!r}: no *.safetensors or pytorch_model*.bin checkpoint found")
 
-    files: dict[str, Path] = {}
-    for file in sorted(model_dir.glob("*.safetensors")):
+
+class _PickledCheckpoint:
+    """A `pytorch_model*.bin` state dict behind safetensors' reader interface (a slice is the tensor,
+    memory-mapped where the file allows, so indexing it reads only that range)."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.tensors = tensors
+
+    def keys(self):
+        return self.tensors.keys()
+
+    def get_tensor(self, key: str) -> torch.Tensor:
+        return self.tensors[key]
+
+    get_slice = get_tensor
+
+
+@contextmanager
+def open_checkpoint(file: Path):
+    """safe_open for a safetensors file; for a pickle, torch.load(weights_only=True) (a refusal is the
+    UnpicklingError the executors turn into one message, see native_overrides/weights.py)."""
+    if file.suffix == ".safetensors":
+        from safetensors import safe_open
+
         with safe_open(file, framework="pt") as f:
-            files.update({name: file for name in f.keys()})
-    if not files:
-        raise ValueError(f"model {str(model_dir)!r}: tensor/pipeline parallelism loads safetensors checkpoints; none found")
-    return files
+            yield f
+        return
+    yield _PickledCheckpoint(torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file)))
 
 
 def model_names(hf_model, checkpoint_names) -> dict[str, str]:
@@ -98,8 +131,6 @@ def load_sharded(model: nn.Module, model_dir, specs: dict[str, ShardSpec], dtype
 
     `tied` maps a parameter the checkpoint may omit (lm_head.weight) to the one it shares
     (embed_tokens.weight): it is read from that tensor, cut by its own spec."""
-    from safetensors import safe_open
-
     files = checkpoint_files(model_dir)
     sources = model_names(model, files)
     wanted = {n: v for n, v in _tensors_to_load(model).items() if not is_placeholder(v[0], v[1])}
@@ -115,7 +146,7 @@ def load_sharded(model: nn.Module, model_dir, specs: dict[str, ShardSpec], dtype
     if missing:
         raise MissingTensorsError(model_dir, missing)
     for file, items in plan.items():
-        with safe_open(file, framework="pt") as f:
+        with open_checkpoint(file) as f:
             for name, key in items:
                 module, attr, is_param = wanted[name]
                 tensor = read_part(f, key, specs.get(name))

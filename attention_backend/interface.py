@@ -75,6 +75,7 @@ def paged_attention_forward(
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", True)))
     sinks = _sinks(module, kwargs)
+    alibi = kwargs.get("alibi_slopes")  # [Hq] this rank's heads (native ALiBi models)
     # MLA heads: values narrower than queries/keys. Zero columns change no dot product and give
     # zero output columns, cut off below; the cache then keeps one width for K and V, as every
     # backend's kernels expect.
@@ -89,15 +90,18 @@ def paged_attention_forward(
 
     if forward.mode is _DISCOVERY:  # one request, no cache yet
         if sinks is not None:
-            _check_sinks_supported(backend)
+            _check_supported(backend, "sinks", "learnable sinks (`s_aux`)")
+        if alibi is not None:
+            _check_supported(backend, "alibi_slopes", "ALiBi position biases")
         _check_no_own_mask(module, attention_mask)
         forward.discovered.append((k.shape[1], k.shape[2], k.dtype))
-        out = _dense_single_request(query, key, value, scale, causal, sliding_window, softcap, sinks)
+        out = _dense_single_request(query, key, value, scale, causal, sliding_window, softcap, sinks, alibi)
         return out[..., :value_dim].contiguous(), None
 
     key_cache, value_cache = forward.kv_caches[layer]
     backend.store_kv(k, v, key_cache, value_cache, meta.slot_mapping)
-    extra = {} if sinks is None else {"sinks": sinks}  # only backends that take sinks get the argument
+    # only backends that take sinks / ALiBi slopes get the argument
+    extra = {name: t for name, t in (("sinks", sinks), ("alibi_slopes", alibi)) if t is not None}
     out = backend.paged_attention(
         q, key_cache, value_cache, meta, scale=scale, causal=causal, sliding_window=sliding_window, softcap=softcap,
         **extra,
@@ -132,32 +136,37 @@ def _sinks(module: torch.nn.Module, kwargs: dict) -> torch.Tensor | None:
 
 
 @functools.lru_cache(maxsize=None)
-def _takes_sinks(paged_attention) -> bool:
-    return "sinks" in inspect.signature(paged_attention).parameters
+def _takes(paged_attention, parameter: str) -> bool:
+    return parameter in inspect.signature(paged_attention).parameters
 
 
-def _check_sinks_supported(backend) -> None:
+def _check_supported(backend, parameter: str, what: str) -> None:
     """At discovery, so that the engine fails at start-up rather than on its first step."""
-    if not _takes_sinks(backend.paged_attention):
+    if not _takes(backend.paged_attention, parameter):
         name = getattr(backend, "__name__", type(backend).__name__)
         raise ValueError(
-            f"this model's attention has learnable sinks (`s_aux`), which attention backend {name!r} does not "
+            f"this model's attention has {what}, which attention backend {name!r} does not "
             "implement; use attention_backend='triton' (GPU) or 'torch'"
         )
+
+
+class OwnMaskError(ValueError):
+    """The model hands the attention function a mask or bias of its own (see `_check_no_own_mask`);
+    the start-up self-check sends such a model to the compat path, where its own attention applies it."""
 
 
 def _check_no_own_mask(module: torch.nn.Module, attention_mask) -> None:
     """With our implementation Transformers' mask builders return None, so a mask that reaches us
     is one the model made itself (a learned bias, Doge's dynamic mask): the paged kernels cannot
-    apply it, and ignoring it would change the tokens. Refused at start-up."""
+    apply it, and ignoring it would change the tokens. Caught at start-up, never served."""
     if isinstance(attention_mask, torch.Tensor):
-        raise ValueError(
+        raise OwnMaskError(
             f"{type(module).__name__} passes its own attention mask / bias to the attention function, which "
-            "anymodel's paged attention cannot apply; this architecture is not supported yet"
+            "anymodel's paged attention cannot apply"
         )
 
 
-def _dense_single_request(query, key, value, scale, causal, sliding_window, softcap, sinks=None):
+def _dense_single_request(query, key, value, scale, causal, sliding_window, softcap, sinks=None, alibi=None):
     """Plain attention over one request's tokens ([1, H, T, D] in, [1, T, Hq, D] out)."""
     T = query.shape[2]
     pos = torch.arange(T, device=query.device)
@@ -168,7 +177,8 @@ def _dense_single_request(query, key, value, scale, causal, sliding_window, soft
         dist = pos[:, None] - pos[None, :]
         allowed &= (dist if causal else dist.abs()) < sliding_window
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # [1, T, H, D]
-    out = torch_ref._masked_attention(q, k, v, allowed[None], scale, softcap, sinks)
+    bias = None if alibi is None else torch_ref.alibi_bias(alibi, pos[None], pos[None])
+    out = torch_ref._masked_attention(q, k, v, allowed[None], scale, softcap, sinks, bias)
     return out
 
 

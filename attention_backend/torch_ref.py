@@ -6,8 +6,9 @@ Both functions share their signature with the kernels in `triton/`:
     paged_attention(query[T,Hq,D], key_cache, value_cache, meta, *, scale, causal,
                     sliding_window, softcap) -> out[T,Hq,D]
 
-`paged_attention` here also takes `sinks` [Hq] (learnable sink logits, GPT-OSS); a backend
-without that parameter is refused for such models at start-up (see interface.py).
+`paged_attention` here also takes `sinks` [Hq] (learnable sink logits, GPT-OSS) and `alibi_slopes`
+[Hq] (ALiBi: score + slope * (key position - query position), Baichuan-13B); a backend without
+such a parameter is refused for such models at start-up (see interface.py).
 
 Decode requests (one query token) are attended in one vectorised gather; each prefill chunk is
 attended on its own so that a long prompt never pads the decode batch. K/V are gathered a whole
@@ -92,15 +93,17 @@ def paged_attention(
     sliding_window: int | None = None,
     softcap: float | None = None,
     sinks: torch.Tensor | None = None,
+    alibi_slopes: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    plain = sinks is None and not (softcap is not None and softcap > 0)
+    plain = sinks is None and alibi_slopes is None and not (softcap is not None and softcap > 0)
     attend = _sdpa_attention if plain else _masked_attention
     plan = _plan(meta)
     out = None if len(plan) == 1 else torch.empty_like(query)
     for g in plan:
         q = query[g.rows].view(g.num_reqs, -1, *query.shape[1:])  # [S, Q, Hq, D]
+        bias = None if alibi_slopes is None else alibi_bias(alibi_slopes, g.q_pos, g.k_pos[None])
         o = attend(q, g.gather(key_cache, q.dtype), g.gather(value_cache, q.dtype), g.allowed(causal, sliding_window),
-                   scale, softcap, sinks).reshape(-1, *query.shape[1:])  # [S * Q, Hq, D]
+                   scale, softcap, sinks, bias).reshape(-1, *query.shape[1:])  # [S * Q, Hq, D]
         if out is None:  # one group holds every token, in order (all decode, or one prefill)
             return o
         out[g.rows] = o
@@ -141,9 +144,17 @@ def _group(meta: AttentionMetadata, reqs: list[int]) -> _Group:
     )
 
 
-def _masked_attention(q, k, v, allowed, scale, softcap, sinks=None):
+def alibi_bias(slopes: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+    """ALiBi's score bias slope[h] * (k - q): slopes [Hq], q_pos [S, Q], k_pos [S or 1, L] ->
+    [S, Hq, Q, L] float32 (the remote codes add slope * k; the same softmax, as q is fixed per row)."""
+    rel = (k_pos[:, None, :] - q_pos[:, :, None]).float()  # [S, Q, L]
+    return slopes.float().view(1, -1, 1, 1) * rel[:, None]
+
+
+def _masked_attention(q, k, v, allowed, scale, softcap, sinks=None, bias=None):
     """q [S,Q,Hq,D], k/v [S,L,Hkv,D], allowed [S,Q,L] -> [S,Q,Hq,D]; scores in float32.
     `sinks` [Hq]: one extra logit per head in the softmax denominator, attending to nothing.
+    `bias` [S, Hq, Q, L]: added to the scaled scores (ALiBi, `alibi_bias`).
 
     The G query heads that share a KV head are folded into the query rows ([G*Q, D] @ [D, L]), so
     K and V are read once per KV head: broadcasting K over G would copy it G times (most of a CPU
@@ -156,6 +167,8 @@ def _masked_attention(q, k, v, allowed, scale, softcap, sinks=None):
     scores = torch.matmul(qg, kt).view(S, Hkv, G, Q, L) * scale
     if softcap is not None and softcap > 0:
         scores = torch.tanh(scores / softcap) * softcap
+    if bias is not None:
+        scores = scores + bias.view(S, Hkv, G, Q, L)
     scores = scores.masked_fill(~allowed[:, None, None], float("-inf"))
     if sinks is None:
         probs = torch.softmax(scores, dim=-1)
@@ -167,7 +180,7 @@ def _masked_attention(q, k, v, allowed, scale, softcap, sinks=None):
     return o.view(S, Hkv, G, Q, D).permute(0, 3, 1, 2, 4).reshape(S, Q, Hq, D).to(q.dtype)
 
 
-def _sdpa_attention(q, k, v, allowed, scale, softcap=None, sinks=None):
+def _sdpa_attention(q, k, v, allowed, scale, softcap=None, sinks=None, bias=None):
     """`_masked_attention` without softcap or sinks, through torch's fused SDPA: q [S,Q,Hq,D],
     k/v [S,L,Hkv,D] read in place as [S,Hkv,L,D] views, allowed [S,Q,L] -> [S,Q,Hq,D]."""
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))

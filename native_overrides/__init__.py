@@ -20,6 +20,13 @@ NATIVE_MODELS: dict[str, str] = {
     "Qwen3ForCausalLM": "qwen3:Qwen3ForCausalLM",
     "Gemma2ForCausalLM": "gemma2:Gemma2ForCausalLM",
     "Gemma3ForCausalLM": "gemma3:Gemma3ForCausalLM",
+    # remote-code families, loaded from their own checkpoint layout (remapped.py)
+    "InternLM2ForCausalLM": "internlm2:InternLM2ForCausalLM",
+    "BaichuanForCausalLM": "baichuan:BaichuanForCausalLM",
+    "BaiChuanForCausalLM": "baichuan:BaiChuanForCausalLM",
+    "QWenLMHeadModel": "qwen:QWenLMHeadModel",
+    "MiniCPMForCausalLM": "minicpm:MiniCPMForCausalLM",
+    "ChatGLMModel": "chatglm:ChatGLMModel",
 }
 
 

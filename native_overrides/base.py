@@ -16,7 +16,7 @@ from torch import nn
 from anymodel.model_facts import text_config_of
 from anymodel.model_protocol import ModelTraits
 from anymodel.native_overrides.layers import ParallelLMHead, softcapped, unsupported_rope
-from anymodel.native_overrides.weights import iter_checkpoint, load_weights
+from anymodel.native_overrides.weights import iter_checkpoint, load_weights, random_fill_
 
 
 def quantize_checkpoint_linears(model: nn.Module, config, model_dir) -> None:
@@ -72,6 +72,18 @@ class NativeForCausalLM(nn.Module):
         model = cls(text_config_of(config), dtype)
         quantize_checkpoint_linears(model, config, model_dir)
         load_weights(model, iter_checkpoint(model_dir), skip=model.skipped_checkpoint_names())
+        return model.eval()
+
+    @classmethod
+    def with_random_weights(cls, config, dtype: torch.dtype, seed: int = 0) -> "NativeForCausalLM":
+        """load_format="dummy" (vLLM's, for benchmarks): the architecture with random weights, no
+        checkpoint read: matrices ~ N(0, initializer_range), biases 0, norms as constructed (1)."""
+        reason = cls.unsupported(config)
+        if reason is not None:
+            raise ValueError(f"{cls.__name__} does not support {reason}; use model_impl='transformers'")
+        text = text_config_of(config)
+        model = cls(text, dtype)
+        random_fill_(model, getattr(text, "initializer_range", 0.02), seed)
         return model.eval()
 
     def _init_lm_head(self, config, dtype: torch.dtype) -> None:

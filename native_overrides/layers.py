@@ -135,17 +135,22 @@ class PagedAttention(nn.Module):
     the forward's `ForwardContext` hands it over (the layer is its call's position in the forward)."""
 
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scaling: float,
-                 sliding_window: int | None = None, softcap: float | None = None) -> None:
+                 sliding_window: int | None = None, softcap: float | None = None,
+                 alibi_slopes: torch.Tensor | None = None) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.scaling, self.sliding_window, self.softcap = scaling, sliding_window, softcap
         self.is_causal = True
+        # ALiBi slopes [num_heads] of this rank's heads (Baichuan-13B), moved with the model
+        self.register_buffer("alibi_slopes", alibi_slopes, persistent=False)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta) -> torch.Tensor:
         """q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq * D]."""
+        extra = {} if self.alibi_slopes is None else {"alibi_slopes": self.alibi_slopes}
         out, _ = paged_attention_forward(
             self, q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], None,
             scaling=self.scaling, sliding_window=self.sliding_window, softcap=self.softcap, attn_metadata=meta,
+            **extra,
         )
         return out.reshape(q.shape[0], -1)
 

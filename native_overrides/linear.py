@@ -106,12 +106,10 @@ class LinearBase(nn.Module):
         return None
 
     def weight_loader(self, param: torch.Tensor, loaded: torch.Tensor, shard_id=None) -> None:
-        cut = None if (param.ndim == 1 and self.bias_is_whole) else self.cut(shard_id)
+        cut = self.cut(shard_id)
         if cut is None:
             return _copy(param, loaded)
         _copy(param.narrow(cut.dim, cut.dst, cut.length), loaded.narrow(cut.dim, cut.src, cut.length))
-
-    bias_is_whole = False  # a row-parallel bias is added once, after the reduction: never cut
 
     def prepare(self) -> None:
         """Once per device placement: pack the weight for the CPU GEMM, or drop a stale packing."""
@@ -143,6 +141,11 @@ class ColumnParallelLinear(LinearBase):
         size = self.logical_shape[0]
         return Cut(0, 0, self.tp_rank * size, size)
 
+    def weight_loader(self, param, loaded, shard_id=None) -> None:
+        # sized by `param` (not the layer): LoRA loads its [out, r] B matrices through it too
+        size = param.shape[0]
+        _copy(param, loaded.narrow(0, self.tp_rank * size, size))
+
 
 class MergedColumnParallelLinear(LinearBase):
     """Several column-parallel outputs stacked on dim 0: [A_r; B_r; ...], e.g. [gate_r; up_r]."""
@@ -164,6 +167,7 @@ class QKVParallelLinear(LinearBase):
     def __init__(self, hidden: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool, dtype) -> None:
         tp = dist.tp_size()
         self.head_dim = head_dim
+        self.total_num_kv_heads = num_kv_heads  # the checkpoint's (LoRA B of k/v_proj is cut like its weight)
         self.num_heads = _divide(num_heads, tp, "num_attention_heads")
         if num_kv_heads >= tp:
             self.num_kv_heads = _divide(num_kv_heads, tp, "num_key_value_heads")
@@ -189,11 +193,15 @@ class RowParallelLinear(LinearBase):
     def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype) -> None:
         super().__init__(_divide(in_features, dist.tp_size(), "input size"), out_features, bias, dtype)
 
-    bias_is_whole = True
-
     def cut(self, shard_id=None) -> Cut:
         size = self.logical_shape[1]
         return Cut(1, 0, self.tp_rank * size, size)
+
+    def weight_loader(self, param, loaded, shard_id=None) -> None:
+        if param.ndim == 1:  # the bias is added once, after the reduction
+            return _copy(param, loaded)
+        size = param.shape[1]  # sized by `param`: LoRA loads its [r, in] A matrices through it too
+        _copy(param, loaded.narrow(1, self.tp_rank * size, size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tp_size == 1:

@@ -153,3 +153,16 @@ def _check(params: dict, filled: dict[str, set], unexpected: list[str]) -> None:
 
 def _expected_shards(name: str) -> set:
     return {shard for fused, _, shard in STACKED if f".{fused}." in name}
+
+
+@torch.no_grad()
+def random_fill_(model: nn.Module, std: float, seed: int) -> None:
+    """Random weights in place of a checkpoint (load_format="dummy"): every matrix ~ N(0, std), every
+    bias 0; other vectors (norm scales) keep their constructed values. Seeded: each rank, and each
+    run, builds the same weights."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, param in model.named_parameters():
+        if param.dim() >= 2:
+            param.copy_(torch.randn(param.shape, generator=gen, dtype=torch.float32) * std)
+        elif name.endswith("bias"):
+            param.zero_()

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
 from anymodel.params import SEED_RANGE
+from anymodel.structured_output.config import resolve_config
 
 TASKS = ("auto", "generate", "embed", "classify", "score", "reward")
 RUNNERS = ("auto", "generate", "pooling")  # vLLM's current spelling of `task`: runner + convert
@@ -60,27 +61,35 @@ class EngineArgs:
     max_num_seqs: int = 256
     max_num_batched_tokens: int | None = None  # None: max(2048, max_model_len) on CPU
     max_logprobs: int = 20  # the most logprobs / prompt_logprobs a request may ask for; -1: no cap
+    scheduling_policy: str = "fcfs"  # or "priority": LLM.generate(..., priority=[...]), lower first
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     attention_backend: str = "auto"
     enable_compat_path: bool = True  # run non-backend-compatible models through their own forward
+    enable_lora: bool = False  # LoRA adapters per request (anymodel.lora); the three below size them
+    max_loras: int = 1  # distinct adapters in one step (device slots)
+    max_lora_rank: int = 16
+    max_cpu_loras: int | None = None  # adapters kept in host memory (LRU); None: max_loras
     # False: decode steps on one GPU replay CUDA graphs (runtime/worker/cuda_graph.py). Default True until
     # the path has run on a GPU (vLLM's default is False).
     enforce_eager: bool = True
-    served_model_name: str | None = None
+    served_model_name: str | list[str] | None = None  # several: each is accepted as `model`; the first is answered
     chat_template: str | None = None
     device: str = "auto"
     disable_log_stats: bool = False  # accepted: anymodel logs no periodic stats (the server's /metrics has them)
     download_dir: str | None = None  # the Hub cache directory for snapshot downloads
-    load_format: str = "auto"  # "pt": only a checkpoint without safetensors; "dummy": refused (see _check_load_format)
+    load_format: str = "auto"  # "pt": only a checkpoint without safetensors; "dummy": random weights (model_loader/build.py)
     tokenizer_mode: str = "auto"  # "slow": the Python tokenizer (use_fast=False)
-    skip_tokenizer_init: bool = False  # True is refused: detokenization, stop strings and EOS need the tokenizer
+    skip_tokenizer_init: bool = False  # True: no tokenizer; prompts are token ids, outputs have token ids and text ""
     max_seq_len_to_capture: int = 8192  # accepted: CUDA graphs capture decode steps only, whatever their length
     swap_space: float = 4  # GiB; accepted for any value: preemption recomputes, nothing is swapped (as vLLM V1)
     cpu_offload_gb: float = 0  # > 0 is refused: weights stay on the device
     compilation_config: int | dict | None = None  # only "no compilation" (None, 0, {}, {"level": 0}) is accepted
     quantization: str | None = None  # names the checkpoint's quant_method (checked at load: model_loader rules)
     kv_cache_dtype: str = "auto"  # "auto": the model's dtype; "fp8" (e4m3) / "fp8_e5m2": one byte per element
+    # structured outputs: {"backend": "auto"|"xgrammar", "disable_any_whitespace": ...} (structured_output/config.py)
+    structured_outputs_config: Any = None
+    guided_decoding_backend: str | None = None  # vLLM's older spelling of structured_outputs_config["backend"]
 
     def __post_init__(self) -> None:
         self.dtype = _dtype_name(self.dtype)
@@ -92,6 +101,7 @@ class EngineArgs:
         _choice("dtype", self.dtype, DTYPES)
         _choice("load_format", self.load_format, LOAD_FORMATS)
         _choice("tokenizer_mode", self.tokenizer_mode, TOKENIZER_MODES)
+        _choice("scheduling_policy", self.scheduling_policy, ("fcfs", "priority"))
         self._check_unsupported_options()
         _choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
         _choice("distributed_executor_backend", self.distributed_executor_backend, EXECUTOR_BACKENDS)
@@ -99,6 +109,7 @@ class EngineArgs:
             _positive(name, getattr(self, name), optional=False)
         for name in ("max_model_len", "num_kv_blocks", "kv_cache_memory", "max_num_batched_tokens"):
             _positive(name, getattr(self, name))
+        _check_lora(self)
         lo, hi = SEED_RANGE
         if not (isinstance(self.seed, int) and not isinstance(self.seed, bool) and lo <= self.seed <= hi):
             raise ValueError(f"seed must be an integer in [{lo}, 2**64 - 1], got {self.seed!r}")
@@ -114,16 +125,13 @@ class EngineArgs:
             self.override_pooler_config, self.pooler_config = self.pooler_config, None
         if self.override_pooler_config is not None and not isinstance(self.override_pooler_config, dict):
             raise ValueError("pooler_config must be a dict, e.g. {'pooling_type': 'MEAN', 'normalize': true}")
+        self.served_model_name = _served_names(self.served_model_name)
+        self.structured_outputs_config = resolve_config(self.structured_outputs_config, self.guided_decoding_backend)
         if not isinstance(self.generation_config, str) or not self.generation_config:
             raise ValueError(f"generation_config must be 'auto', 'vllm' or a directory, got {self.generation_config!r}")
 
     def _check_unsupported_options(self) -> None:
         """vLLM options accepted for its scripts' sake: a value we cannot honour is an error, never dropped."""
-        if self.skip_tokenizer_init:
-            raise ValueError("skip_tokenizer_init=True is not supported: anymodel detokenizes, checks stop strings "
-                             "and EOS with the tokenizer; pass skip_tokenizer_init=False")
-        if self.load_format == "dummy":
-            raise ValueError("load_format='dummy' (random weights) is not supported; use load_format='auto'")
         _positive("max_seq_len_to_capture", self.max_seq_len_to_capture, optional=False)
         if not (isinstance(self.swap_space, (int, float)) and self.swap_space >= 0):
             raise ValueError(f"swap_space must be a number of GiB >= 0, got {self.swap_space!r}")
@@ -151,6 +159,14 @@ class EngineArgs:
         return self.tensor_parallel_size * self.pipeline_parallel_size
 
 
+def _check_lora(args: EngineArgs) -> None:
+    for name in ("max_loras", "max_lora_rank"):
+        _positive(name, getattr(args, name), optional=False)
+    _positive("max_cpu_loras", args.max_cpu_loras)
+    if args.max_cpu_loras is not None and args.max_cpu_loras < args.max_loras:
+        raise ValueError(f"max_cpu_loras ({args.max_cpu_loras}) must be >= max_loras ({args.max_loras})")
+
+
 def _dtype_name(dtype) -> str:
     """vLLM's dtype spellings -> ours: "half" / "float" and torch dtypes (torch.float16) included."""
     name = str(dtype).removeprefix("torch.") if type(dtype).__name__ == "dtype" else dtype
@@ -176,3 +192,13 @@ def _task_from_runner(task: str, runner: str, convert: str) -> str:
         given = ", ".join(f"{k}={v!r}" for k, v in (("runner", runner), ("convert", convert)) if v != "auto")
         raise ValueError(f"task={task!r} conflicts with {given}; pass one of them (task is the older name)")
     return task
+
+
+def _served_names(value):
+    """vLLM's served_model_name: one name or a list of them (a one-element list becomes the name)."""
+    names = [value] if isinstance(value, str) else value
+    if names is None:
+        return None
+    if not (isinstance(names, (list, tuple)) and names and all(isinstance(n, str) and n for n in names)):
+        raise ValueError(f"served_model_name must be a non-empty name or a list of them, got {value!r}")
+    return names[0] if len(names) == 1 else list(names)

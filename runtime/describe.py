@@ -156,7 +156,7 @@ def describe(llm) -> str:
         f"layout        tensor_parallel_size={args.tensor_parallel_size} pipeline_parallel_size="
         f"{args.pipeline_parallel_size} ({len(ranks)} worker{'s' if len(ranks) > 1 else ''})",
         f"quantization  {_quantization_line(decision.facts.quantization)}",
-        "LoRA          none",
+        _lora_line(args),
         f"max_model_len {engine.max_model_len}",
         _kv_line(engine, ranks),
     ]
@@ -169,6 +169,13 @@ def _quantization_line(quant) -> str:
     from anymodel.native_overrides.quantization import describe as describe_quantization
 
     return describe_quantization(quant)
+
+
+def _lora_line(args) -> str:
+    if not args.enable_lora:
+        return "LoRA          none"
+    return (f"LoRA          every decoder linear wrapped (anymodel.lora): max_loras={args.max_loras} device slots, "
+            f"max_lora_rank={args.max_lora_rank}, max_cpu_loras={args.max_cpu_loras or args.max_loras}")
 
 
 def _kv_line(engine, ranks: list[RankFacts]) -> str:

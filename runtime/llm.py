@@ -6,13 +6,14 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from anymodel.config import EngineArgs
+from anymodel.engine_control import EngineControlMixin
 from anymodel.errors import RequestFailedError
 from anymodel.pooling.offline import PoolingMixin
 from anymodel.outputs import RequestOutput
 from anymodel.params import SamplingParams
 
 
-class LLM(PoolingMixin):
+class LLM(PoolingMixin, EngineControlMixin):
     """An engine in this process. `LLM()` with no model runs the embedded demo model."""
 
     def __init__(self, model: str | None = None, **kwargs: Any) -> None:
@@ -28,15 +29,19 @@ class LLM(PoolingMixin):
         """vLLM's: SamplingParams with the model's generation_config.json defaults (temperature, top_p,
         top_k, min_p, repetition_penalty, max_new_tokens as max_tokens); plain SamplingParams() with
         generation_config="vllm" or none in the file. `generate` uses them when given no params."""
-        return SamplingParams(**self.engine.default_sampling_params)
+        return self.engine.default_params()
 
     def generate(
         self,
         prompts,
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
+        priority: list[int] | None = None,
+        lora_request=None,
     ) -> list[RequestOutput]:
-        """Generate for one prompt or a list; results come back in input order.
+        """Generate for one prompt or a list; results come back in input order. `priority`: one
+        integer per prompt (lower runs first) for an engine with scheduling_policy="priority".
+        `lora_request`: one `LoRARequest` for every prompt or a list (one per prompt, None: the base model).
 
         A request that fails while it runs (its sampling or output processing raised) does not stop
         the others: once they all completed, a RequestFailedError naming the first failed prompt is
@@ -44,7 +49,8 @@ class LLM(PoolingMixin):
         prompts = _as_list(prompts)
         params = _broadcast(self.get_default_sampling_params() if sampling_params is None else sampling_params,
                             len(prompts))
-        return self._run(prompts, params, use_tqdm)
+        loras = _broadcast(lora_request, len(prompts), "lora_request")
+        return self._run(prompts, params, use_tqdm, _priorities(priority, len(prompts)), loras)
 
     def chat(
         self,
@@ -59,21 +65,40 @@ class LLM(PoolingMixin):
         chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[RequestOutput]:
         """vLLM's LLM.chat: one conversation (a list of messages) or a list of them. Every keyword
-        is honoured or refused: `tools` and `lora_request` are not supported yet (ValueError), and an
-        unknown keyword is a TypeError, as Python makes it."""
-        _refuse_unsupported(tools=tools, lora_request=lora_request)
+        is honoured or refused; an unknown keyword is a TypeError, as Python makes it. `tools` go to the
+        chat template; the output is the raw text, tool calls and all (as vLLM's LLM.chat)."""
         if add_generation_prompt and continue_final_message:
             raise ValueError("continue_final_message=True continues the last (assistant) message: pass "
                              "add_generation_prompt=False with it")
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         template_kwargs = _chat_kwargs(chat_template_kwargs)
+        if tools is not None:
+            template_kwargs["tools"] = tools
         tok = self.engine.tokenizer
+        if tok is None:
+            raise ValueError("chat renders the chat template with the tokenizer, and this LLM has none "
+                             "(skip_tokenizer_init=True); pass token ids to generate() instead")
         template = chat_template or self.engine_args.chat_template
         prompts = [_render(tok, conv, template, add_generation_prompt, continue_final_message, template_kwargs)
                    for conv in conversations]
         # The template already holds any BOS it wants: tokenize without adding special tokens again.
         inputs = [{"prompt": p, "prompt_token_ids": tok.encode(p, add_special_tokens=False)} for p in prompts]
-        return self.generate(inputs, sampling_params, use_tqdm)
+        return self.generate(inputs, sampling_params, use_tqdm, lora_request=lora_request)
+
+    def beam_search(self, prompts, params, lora_request: Any = None, use_tqdm: bool = False,
+                    concurrency_limit: int | None = None) -> list:
+        """vLLM's LLM.beam_search: for each prompt (text, token ids or a prompt dict), the best
+        `params.beam_width` sequences by Transformers' beam search (runtime/beam_search.py), as a
+        list of BeamSearchOutput; `concurrency_limit`: how many prompts are searched at once."""
+        from anymodel.beam_search import run_offline
+
+        _refuse_unsupported(lora_request=lora_request)
+        prompts = _as_list(prompts)
+        if concurrency_limit is not None and not (isinstance(concurrency_limit, int) and concurrency_limit >= 1):
+            raise ValueError(f"concurrency_limit must be None or an integer >= 1, got {concurrency_limit!r}")
+        step = concurrency_limit or max(len(prompts), 1)
+        return [out for at in range(0, len(prompts), step)
+                for out in run_offline(self, prompts[at:at + step], params, use_tqdm)]
 
     def apply_model(self, fn: Callable) -> list:
         """fn(model) on every worker; the model is the adapter or native class."""
@@ -95,13 +120,16 @@ class LLM(PoolingMixin):
             raise ValueError("collective_rpc(timeout=...) is not supported yet; pass timeout=None")
         return self.engine.collective_rpc(method, tuple(args), kwargs)
 
-    def _run(self, prompts: list, params: list, use_tqdm: bool) -> list:
+    def _run(self, prompts: list, params: list, use_tqdm: bool, priorities: list[int] | None = None,
+             loras: list | None = None) -> list:
         engine = self.engine
+        self._check_awake()
         ids = []
         try:
-            for prompt, p in zip(prompts, params):
+            for prompt, p, priority, lora in zip(prompts, params, priorities or [0] * len(prompts),
+                                                 loras or [None] * len(prompts)):
                 rid = engine.new_request_id()
-                engine.add_request(rid, prompt, p)
+                engine.add_request(rid, prompt, p, priority=priority, lora_request=lora)
                 ids.append(rid)
         except Exception:
             engine.abort(ids)
@@ -186,9 +214,15 @@ def _as_list(prompts) -> list:
     return list(prompts)
 
 
-def _broadcast(params, n: int) -> list:
+def _priorities(priority, n: int) -> list | None:
+    if priority is not None and (not isinstance(priority, (list, tuple)) or len(priority) != n):
+        raise ValueError(f"priority must be None or a list with one integer per prompt ({n}), got {priority!r}")
+    return priority
+
+
+def _broadcast(params, n: int, name: str = "sampling_params") -> list:
     if isinstance(params, (list, tuple)):
         if len(params) != n:
-            raise ValueError(f"sampling_params has {len(params)} entries for {n} prompts; pass one or one per prompt")
+            raise ValueError(f"{name} has {len(params)} entries for {n} prompts; pass one or one per prompt")
         return list(params)
     return [params] * n

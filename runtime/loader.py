@@ -20,7 +20,7 @@ from anymodel.model_facts import (  # noqa: F401  (the loader's callers import t
 logger = logging.getLogger("anymodel")
 
 _REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
-_HUB_PATTERNS = ["*.json", "*.safetensors", "*.py", "*.txt", "*.model", "*.tiktoken", "tokenizer*", "1_Pooling/*"]
+_HUB_PATTERNS = ["*.json", "*.py", "*.txt", "*.model", "*.tiktoken", "tokenizer*", "1_Pooling/*"]
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 BACKEND_REQUIREMENTS = (
     "1. its modules pass **kwargs down to the attention call;\n"
@@ -30,9 +30,10 @@ BACKEND_REQUIREMENTS = (
 )
 
 
-def resolve_model_dir(model: str | None, revision: str | None = None, download_dir: str | None = None) -> Path:
+def resolve_model_dir(model: str | None, revision: str | None = None, download_dir: str | None = None,
+                      load_format: str = "auto") -> Path:
     """A local directory as given, or a Hub snapshot (honours HF_HOME and HF_HUB_OFFLINE; `download_dir`:
-    the cache directory instead of HF_HOME's)."""
+    the cache directory instead of HF_HOME's; ModelScope with ANYMODEL_USE_MODELSCOPE=1)."""
     if model is None:
         from anymodel.demo import DEMO_MODEL_DIR
 
@@ -46,13 +47,66 @@ def resolve_model_dir(model: str | None, revision: str | None = None, download_d
         return gguf_model_dir(model)
     if path.exists() or not _REPO_ID.match(model) or model.startswith((".", "/", "~")):
         raise ValueError(f"model {model!r}: no such directory (expected a local model directory or a Hub repo id)")
+    if use_modelscope():
+        return _modelscope_download(model, revision, download_dir, load_format)
     from huggingface_hub import snapshot_download
 
+    patterns = _HUB_PATTERNS + weight_patterns(load_format, _hub_files(model, revision))
     try:
-        return Path(snapshot_download(repo_id=model, revision=revision, allow_patterns=_HUB_PATTERNS,
+        return Path(snapshot_download(repo_id=model, revision=revision, allow_patterns=patterns,
                                       cache_dir=download_dir))
     except Exception as exc:  # offline, unknown repo, gated...
         raise ValueError(f"model {model!r} is neither a local directory nor an available Hub repository: {exc}") from exc
+
+
+def weight_patterns(load_format: str, repo_files: list[str] | None) -> list[str]:
+    """Which weight files to download: safetensors where the repository has them, else the
+    `*.bin` pickles (read with weights_only=True); both when the file list is unknown (offline:
+    the cache has what it has). "dummy" downloads no weights; "safetensors" / "pt" only theirs."""
+    if load_format == "dummy":
+        return []
+    if load_format in ("safetensors", "pt"):
+        return ["*.safetensors"] if load_format == "safetensors" else ["*.bin"]
+    if repo_files is None:
+        return ["*.safetensors", "*.bin"]
+    return ["*.safetensors"] if any(f.endswith(".safetensors") for f in repo_files) else ["*.bin"]
+
+
+def _hub_files(model: str, revision: str | None) -> list[str] | None:
+    """The repository's file names, or None offline or when the listing fails (the download reports it)."""
+    import os
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return None
+    try:
+        from huggingface_hub import list_repo_files
+
+        return list_repo_files(model, revision=revision)
+    except Exception:  # noqa: BLE001 - unknown repo, no network: snapshot_download says why
+        return None
+
+
+def use_modelscope() -> bool:
+    """ANYMODEL_USE_MODELSCOPE=1 (or vLLM's VLLM_USE_MODELSCOPE=1): model ids name ModelScope repositories."""
+    import os
+
+    return any(os.environ.get(name, "").lower() in ("1", "true") for name in ("ANYMODEL_USE_MODELSCOPE",
+                                                                             "VLLM_USE_MODELSCOPE"))
+
+
+def _modelscope_download(model: str, revision: str | None, download_dir: str | None, load_format: str) -> Path:
+    try:
+        from modelscope.hub.snapshot_download import snapshot_download
+    except ImportError as exc:
+        raise ValueError(f"model {model!r}: ANYMODEL_USE_MODELSCOPE / VLLM_USE_MODELSCOPE is set, which downloads "
+                         "from ModelScope through the `modelscope` package, and it is not installed "
+                         "(pip install modelscope), or unset the variable to use the Hugging Face Hub") from exc
+    patterns = _HUB_PATTERNS + weight_patterns(load_format, None)
+    try:
+        return Path(snapshot_download(model, revision=revision, cache_dir=download_dir, allow_patterns=patterns))
+    except Exception as exc:  # noqa: BLE001 - unknown repo, no network
+        raise ValueError(f"model {model!r} is neither a local directory nor an available ModelScope repository: "
+                         f"{exc}") from exc
 
 
 def load_config(model_dir: Path, trust_remote_code: bool, hf_overrides=None):
@@ -64,6 +118,11 @@ def load_config(model_dir: Path, trust_remote_code: bool, hf_overrides=None):
         raise ValueError(f"model {str(model_dir)!r} has no config.json")
     raw = json.loads(config_file.read_text())
     if raw.get("auto_map") and raw.get("model_type") not in CONFIG_MAPPING_NAMES and not trust_remote_code:
+        from anymodel.native_overrides.remapped import plain_family_config
+
+        family = plain_family_config(raw)  # a natively served remote-code family: config.json as data
+        if family is not None:
+            return apply_hf_overrides(family, hf_overrides)
         raise ValueError(
             f"model {str(model_dir)!r} ships its own modeling code (auto_map: {sorted(raw['auto_map'])}); "
             "anymodel runs repository code only with trust_remote_code=True (--trust-remote-code)"
@@ -73,7 +132,22 @@ def load_config(model_dir: Path, trust_remote_code: bool, hf_overrides=None):
     with remote_code_scope(trust_remote_code, raw.get("model_type")):
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     patch_if_remote(type(config))
+    _fill_head_dim(text_config_of(config))
     return apply_hf_overrides(config, hf_overrides)
+
+
+def _fill_head_dim(text) -> None:
+    """A config that stores `head_dim: null` (Ministral's, in Transformers 5.24) breaks modeling code
+    that reads `getattr(config, "head_dim", hidden_size // heads)`: the attribute exists, so the
+    default never applies. Fill in the default that code means."""
+    try:
+        declared = "head_dim" in vars(text) and text.head_dim is None
+    except Exception:  # heterogeneous (per-layer) configs refuse global reads of per-layer attributes
+        return
+    hidden, heads = getattr(text, "hidden_size", None), getattr(text, "num_attention_heads", None)
+    if declared and isinstance(hidden, int) and isinstance(heads, int):
+        text.head_dim = hidden // heads
+        logger.info("anymodel: config has head_dim null; using hidden_size // num_attention_heads = %d", text.head_dim)
 
 
 def apply_hf_overrides(config, hf_overrides):
@@ -143,7 +217,8 @@ def generation_defaults(model_dir: Path, generation_config: str = "auto") -> dic
 
 
 def check_load_format(load_format: str, model_dir: Path) -> None:
-    """"safetensors" needs safetensors files; "pt" is what "auto" does only where there are none (a .bin checkpoint)."""
+    """"safetensors" needs safetensors files; "pt" is what "auto" does only where there are none (a .bin
+    checkpoint); "dummy" reads none."""
     has_safetensors = any(Path(model_dir).glob("*.safetensors"))
     if load_format == "safetensors" and not has_safetensors:
         raise ValueError(f"load_format='safetensors': model {str(model_dir)!r} has no *.safetensors files")
@@ -152,12 +227,17 @@ def check_load_format(load_format: str, model_dir: Path) -> None:
                          "loads instead; pass load_format='auto' (or 'safetensors')")
 
 
-def eos_token_ids(model_dir: Path, tokenizer) -> frozenset[int]:
-    ids = set()
+def generation_config_fields(model_dir: Path) -> dict:
+    """The model's generation_config.json as a dict ({} without one): what
+    SamplingParams.update_from_generation_config reads (its eos_token_id)."""
     gen_file = model_dir / "generation_config.json"
-    if gen_file.exists():
-        eos = json.loads(gen_file.read_text()).get("eos_token_id")
-        ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    return json.loads(gen_file.read_text()) if gen_file.exists() else {}
+
+
+def eos_token_ids(model_dir: Path, tokenizer) -> frozenset[int]:
+    """Every id that ends a generation: the tokenizer's EOS and generation_config.json's."""
+    eos = generation_config_fields(model_dir).get("eos_token_id")
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     if getattr(tokenizer, "eos_token_id", None) is not None:
         ids.add(tokenizer.eos_token_id)
     return frozenset(ids)
@@ -213,6 +293,10 @@ def resolve_causal_lm_class(config, model_dir: Path, trust_remote_code: bool) ->
         return _model_class(MODEL_FOR_CAUSAL_LM_MAPPING[type(config)], True, config)
     if type(config) in MODEL_MAPPING:
         return _model_class(MODEL_MAPPING[type(config)], False, config)
+    if auto_map and not trust_remote_code:
+        raise ValueError(f"architecture {getattr(config, 'architectures', None)} has no causal-LM class in Transformers; "
+                         "the model ships its own modeling code (auto_map), which anymodel runs only with "
+                         "trust_remote_code=True (--trust-remote-code)")
     raise ValueError(f"architecture {getattr(config, 'architectures', None)} has no causal-LM class in Transformers")
 
 

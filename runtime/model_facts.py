@@ -37,6 +37,8 @@ def unsupported_attention(config) -> str | None:
     text = text_config_of(config)
     if getattr(text, "attention_chunk_size", None):
         return f"chunked local attention (attention_chunk_size={text.attention_chunk_size})"
+    if getattr(text, "index_topk", None):  # DeepSeek-V3.2: an indexer picks the keys each query sees
+        return f"sparse attention with a top-k key indexer (index_topk={text.index_topk})"
     return None
 
 

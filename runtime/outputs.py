@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from anymodel.request_stats import RequestStateStats
+
 
 @dataclass
 class Logprob:
@@ -45,6 +47,7 @@ class RequestOutput:
     # Set when this request failed inside a step (finished is then True): only it ended, its KV
     # blocks are free, and the caller raises it (LLM.generate) or sends it to the stream (server).
     error: Exception | None = None
+    metrics: RequestStateStats | None = None  # arrival, first scheduled, first / last token times (vLLM's)
 
 
 @dataclass
@@ -121,6 +124,7 @@ class EngineStats:
     generation_tokens_total: int = 0
     num_preemptions_total: int = 0
     prefix_cache_hit_tokens_total: int = 0
+    prefix_cache_query_tokens_total: int = 0
 
     @property
     def kv_cache_usage(self) -> float:

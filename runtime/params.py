@@ -7,7 +7,11 @@ import math
 import numbers
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable
+from typing import Any, Callable
+
+from anymodel.structured_output.params import resolve_structured_outputs
+
+from anymodel.errors import ArgumentTypeError
 
 LOGIT_BIAS_LIMIT = 100.0  # OpenAI's range for logit_bias values: [-100, 100]
 
@@ -21,6 +25,12 @@ class RequestOutputKind(Enum):
 def _check(ok: bool, name: str, allowed: str, value) -> None:
     if not ok:
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _check_type(ok: bool, name: str, allowed: str, value) -> None:
+    """A value of the wrong type is a TypeError (vLLM's, e.g. stop=123), a wrong value a ValueError."""
+    if not ok:
+        raise ArgumentTypeError(f"{name} must be {allowed}, got {type(value).__name__} {value!r}")
 
 
 def _is_int(value) -> bool:
@@ -94,6 +104,25 @@ def _normalize_allowed(ids) -> list[int] | None:
     return sorted({int(t) for t in ids})
 
 
+# SamplingParams.from_optional: None means the default for these (vLLM's list)
+_OPTIONAL_FIELDS = ("n", "presence_penalty", "frequency_penalty", "repetition_penalty", "temperature", "top_p")
+
+
+def _token_key(key) -> int:
+    try:
+        return int(key)
+    except (TypeError, ValueError):
+        raise ValueError(f"logit_bias contains key(s) that cannot be converted to integer token IDs: {key!r}") from None
+
+
+def _clipped_bias(value):
+    """Clip a finite number into [-100, 100]; anything else is left for validation to reject."""
+    return min(LOGIT_BIAS_LIMIT, max(-LOGIT_BIAS_LIMIT, value)) if _finite(value) else value
+
+
+_FLOAT_FIELDS = ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty")
+
+
 @dataclass
 class SamplingParams:
     n: int = 1
@@ -134,23 +163,46 @@ class SamplingParams:
     best_of: int | None = None
     # bad_words as token sequences: filled by the engine, which has the tokenizer (request_checks)
     bad_words_token_ids: list[list[int]] | None = None
+    # Constrained output (JSON schema, regex, choice, grammar): anymodel.structured_output; the legacy
+    # spelling guided_decoding= lands in structured_outputs
+    structured_outputs: Any = None
+    guided_decoding: Any = None
 
     def __post_init__(self) -> None:
+        self._check_types()
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         self.stop = list(self.stop or [])
         self.stop_token_ids = list(self.stop_token_ids or [])
+        for name in ("logprobs", "prompt_logprobs"):  # vLLM: True means 1
+            if getattr(self, name) is True:
+                setattr(self, name, 1)
         if self.top_k == -1:
             self.top_k = 0
         self.logit_bias = _normalize_logit_bias(self.logit_bias)
         self.allowed_token_ids = _normalize_allowed(self.allowed_token_ids)
         self.bad_words = _normalize_bad_words(self.bad_words)
         self.logits_processors = _normalize_processors(self.logits_processors)
+        self.structured_outputs, self.guided_decoding = resolve_structured_outputs(self), None
         self._validate()
+
+    def _check_types(self) -> None:
+        """Containers and numbers of the wrong type: TypeError, as vLLM (checked before any value)."""
+        stop = self.stop
+        _check_type(stop is None or isinstance(stop, str)
+                    or (isinstance(stop, (list, tuple)) and all(isinstance(s, str) for s in stop)),
+                    "stop", "None, a str or a list of str", stop)
+        ids = self.stop_token_ids
+        _check_type(ids is None or isinstance(ids, (list, tuple, set, frozenset)), "stop_token_ids",
+                    "None or a list of int", ids)
+        _check_type(all(_is_int(t) for t in ids or []), "stop_token_ids", "a list that contains only integers", ids)
+        for name in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            _check_type(isinstance(value, numbers.Real) and not isinstance(value, bool), name, "a number", value)
 
     def _validate(self) -> None:
         # NaN fails every comparison below and inf passes some: every float must be finite first.
-        for name in ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty"):
+        for name in _FLOAT_FIELDS:
             _check(_finite(getattr(self, name)), name, "a finite number", getattr(self, name))
         _check(_is_int(self.n) and self.n >= 1, "n", "an integer >= 1", self.n)
         _check(self.temperature >= 0, "temperature", ">= 0", self.temperature)
@@ -168,10 +220,9 @@ class SamplingParams:
         for name in ("logprobs", "prompt_logprobs"):  # the engine caps them at its max_logprobs
             v = getattr(self, name)
             _check(v is None or (_is_int(v) and v >= -1), name, "None, -1 (the whole vocabulary) or an integer >= 0", v)
-        _check(all(isinstance(s, str) and s for s in self.stop), "stop", "a non-empty string or list of them", self.stop)
-        # ids are checked against the vocabulary by the engine (it knows the vocabulary)
-        _check(all(_is_int(t) for t in self.stop_token_ids), "stop_token_ids", "a list of integer token ids",
-               self.stop_token_ids)
+        # types were checked first (_check_types); ids are checked against the vocabulary by the engine
+        _check(all(self.stop), "stop", "a non-empty string or list of them (stop cannot contain an empty string)",
+               self.stop)
         lo, hi = SEED_RANGE
         _check(self.seed is None or (_is_int(self.seed) and lo <= self.seed <= hi), "seed",
                f"None or an integer in [{lo}, 2**64 - 1]", self.seed)
@@ -205,6 +256,28 @@ class SamplingParams:
     def has_penalties(self) -> bool:
         return self.presence_penalty != 0 or self.frequency_penalty != 0 or self.repetition_penalty != 1.0
 
+    @staticmethod
+    def from_optional(**kwargs) -> "SamplingParams":
+        """vLLM's: None for n, the penalties, temperature or top_p means the default; logit_bias
+        keys may be strings of token ids and values are clipped to [-100, 100]."""
+        for name in _OPTIONAL_FIELDS:
+            if name in kwargs and kwargs[name] is None:
+                del kwargs[name]
+        bias = kwargs.get("logit_bias")
+        if isinstance(bias, dict):
+            kwargs["logit_bias"] = {_token_key(k): _clipped_bias(v) for k, v in bias.items()}
+        return SamplingParams(**kwargs)
+
+    def update_from_generation_config(self, generation_config: dict, model_eos_token_id: int | None = None) -> None:
+        """vLLM's: the generation config's EOS ids other than the model's own (the tokenizer's EOS,
+        handled as EOS) end the request as stop_token_ids (finish_reason "stop", stop_reason the id),
+        unless ignore_eos; in place. The engine applies it to every request's copy."""
+        eos = generation_config.get("eos_token_id")
+        ids = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
+        ids.discard(model_eos_token_id)
+        if ids and not self.ignore_eos:
+            self.stop_token_ids = sorted(ids | set(self.stop_token_ids))
+
     def clone(self, **changes) -> "SamplingParams":
         from dataclasses import replace
 
@@ -217,15 +290,32 @@ class PoolingParams:
 
     dimensions: int | None = None  # Matryoshka truncation of embeddings
     normalize: bool | None = None  # None: the model's pooler default
-    softmax: bool | None = None
+    softmax: bool | None = None  # vLLM's older name of use_activation (the pooler reads this one)
     task: str | None = None  # filled by the LLM method that created it
     extra: dict = field(default_factory=dict)
     truncate_prompt_tokens: int | None = None  # keep the last k prompt tokens (-1: the model's maximum)
+    # vLLM's names for `softmax`: apply the model's activation (softmax or sigmoid) to classify,
+    # score and reward outputs; None: the model's default. Any of the three may be set; they must agree.
+    activation: bool | None = None
+    use_activation: bool | None = None
 
     def __post_init__(self) -> None:
+        self.softmax = self.activation = self.use_activation = _one_activation(
+            {"use_activation": self.use_activation, "activation": self.activation, "softmax": self.softmax})
+        for name in ("normalize", "softmax"):
+            _check_type(getattr(self, name) is None or isinstance(getattr(self, name), bool), name,
+                        "None or a bool", getattr(self, name))
         _check(self.dimensions is None or (isinstance(self.dimensions, int) and self.dimensions >= 1),
                "dimensions", "None or an integer >= 1", self.dimensions)
         _check_truncate(self.truncate_prompt_tokens)
+
+
+def _one_activation(names: dict[str, bool | None]) -> bool | None:
+    given = {name: value for name, value in names.items() if value is not None}
+    if len(set(given.values())) > 1:
+        raise ValueError(f"use_activation, activation and softmax name one option (activation and softmax are its "
+                         f"older names) and must agree; got {given}")
+    return next(iter(given.values()), None)
 
 
 def truncated_prompt_len(num_tokens: int, truncate_prompt_tokens: int | None, max_prompt_len: int) -> int:

@@ -1,7 +1,9 @@
 """build_app(engine_args) -> FastAPI: the OpenAI-compatible server around one AsyncEngine.
 
     GET  /health               200 while the engine loop runs (never needs the API key); HEAD too
-    GET  /v1/models            the one served model; HEAD too
+    GET|POST /ping             the same (SageMaker's probe)
+    GET  /load                 {"server_load": requests in flight} (server/request_tracking.py)
+    GET  /v1/models            the served model (each --served-model-name) and its LoRA adapters; HEAD too
     POST /v1/completions       text completions, `stream: true` as SSE
     POST /v1/chat/completions  chat (tokenizer's template or --chat-template), SSE too
     POST /tokenize, /detokenize
@@ -29,23 +31,26 @@ from anymodel.config import EngineArgs
 
 from .async_engine import AsyncEngine
 from .chat import ChatHandler
+from .chat_output import ChatOptions
 from .completions import CompletionHandler
 from .disconnect import unless_disconnected
 from .errors import CatchAllMiddleware, error_response, install_error_handlers
+from .lora_models import LoRAModulePath, ServedLoRAs, add_lora_routes, load_startup_loras
 from .metrics import ServerMetrics
 from .openapi import install_openapi
 from .pooling_routes import router as pooling_router
 from .protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, ModelCard, ModelList,
                        TokenizeRequest)
 from .request_fields import MAX_PROMPTS_PER_REQUEST
-from .serving import check_model, json_response
+from .request_tracking import RequestTracker, ServerLoad
+from .serving import check_model, json_response, served_names
 from .tokenization import TokenizationHandler
 
 logger = logging.getLogger("anymodel.server")
 
 
 class APIKeyMiddleware:
-    """Every route but /health needs `Authorization: Bearer KEY`.
+    """Every route but /health and /ping needs `Authorization: Bearer KEY`.
 
     Plain ASGI rather than @app.middleware("http"): the latter wraps `receive`, which hides the
     client's disconnect from streaming responses.
@@ -56,7 +61,7 @@ class APIKeyMiddleware:
         self.expected = f"Bearer {api_key}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] == "/health" or self._authorized(scope):
+        if scope["type"] != "http" or scope["path"] in ("/health", "/ping") or self._authorized(scope):
             await self.app(scope, receive, send)
             return
         response = error_response(401, "Incorrect or missing API key; send `Authorization: Bearer <key>`.",
@@ -91,16 +96,31 @@ def _fatal_hook(on_fatal: Callable[[BaseException], None] | None) -> Callable[[B
 
 def build_app(engine_args: EngineArgs | None = None, *, api_key: str | None = None, engine: Any = None,
               max_prompts_per_request: int = MAX_PROMPTS_PER_REQUEST,
-              on_fatal: Callable[[BaseException], None] | None = None) -> FastAPI:
+              on_fatal: Callable[[BaseException], None] | None = None,
+              chat_options: ChatOptions | None = None,
+              lora_modules: list[LoRAModulePath] | None = None, metrics_prefix: str | None = None) -> FastAPI:
     """`engine`: an already-built Engine (tests pass fakes); by default one is built from engine_args.
-    `on_fatal(error)`: called once if the engine dies for good (`anymodel serve` exits then)."""
+    `on_fatal(error)`: called once if the engine dies for good (`anymodel serve` exits then).
+    `chat_options`: tool-call and reasoning parsers for chat completions (chat_output.ChatOptions).
+    `lora_modules`: LoRA adapters served by name (needs enable_lora).
+    `metrics_prefix`: "anymodel" or "vllm" (/metrics names; default $ANYMODEL_METRICS_PREFIX or "anymodel")."""
     engine_args = engine_args or EngineArgs()
+    if engine_args.skip_tokenizer_init:
+        raise ValueError("skip_tokenizer_init=True is offline-only (LLM(...)): the server tokenizes prompts, renders "
+                         "chat templates and returns text; serve without --skip-tokenizer-init")
+    if lora_modules and not engine_args.enable_lora:
+        raise ValueError("--lora-modules needs --enable-lora")
+    chat_options = chat_options or ChatOptions()
     if engine is None:
         from anymodel.engine.engine import Engine
 
-        engine = Engine(engine_args)
+        engine = Engine(chat_options.engine_args(engine_args))  # grammars start after the reasoning
+    loras = ServedLoRAs(engine.model_name) if engine_args.enable_lora else None
+    if loras is not None:
+        load_startup_loras(engine, loras, lora_modules or [])  # before the engine thread owns the engine
     async_engine = AsyncEngine(engine)
-    async_engine.metrics = ServerMetrics(lambda: async_engine.stats)
+    async_engine.metrics = ServerMetrics(lambda: async_engine.stats, engine.model_name, metrics_prefix,
+                                         engine.max_model_len)
     async_engine.on_fatal = _fatal_hook(on_fatal)  # before start(): the engine thread may call it
     async_engine.start()
 
@@ -116,14 +136,22 @@ def build_app(engine_args: EngineArgs | None = None, *, api_key: str | None = No
     install_openapi(app)
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
-    app.add_middleware(CatchAllMiddleware)  # last added = outermost: it also covers the API-key check
+    app.add_middleware(CatchAllMiddleware)  # it also covers the API-key check
+    load = ServerLoad()
+    app.add_middleware(RequestTracker, load=load)  # outermost: ids, /load and the access line see everything
     tokenizer = _server_tokenizer(engine.tokenizer)
     template = engine_args.chat_template
-    _add_openai_routes(app, CompletionHandler(async_engine, engine.model_name, tokenizer, max_prompts_per_request),
-                       ChatHandler(async_engine, engine.model_name, tokenizer, chat_template=template))
-    _add_model_routes(app, engine.model_name, engine_args.model or engine.model_name, engine.max_model_len)
-    _add_tokenizer_routes(app, TokenizationHandler(tokenizer, engine.max_model_len, template), engine.model_name)
-    _add_ops_routes(app, async_engine)
+    completions = CompletionHandler(async_engine, engine.model_name, tokenizer, max_prompts_per_request)
+    chat = ChatHandler(async_engine, engine.model_name, tokenizer, chat_template=template,
+                       options=chat_options.for_engine(engine))
+    completions.loras = chat.loras = loras
+    _add_openai_routes(app, completions, chat)
+    _add_model_routes(app, served_names(engine), engine_args.model or engine.model_name, engine.max_model_len, loras)
+    _add_tokenizer_routes(app, TokenizationHandler(tokenizer, engine.max_model_len, template), served_names(engine),
+                          loras)
+    if loras is not None:
+        add_lora_routes(app, loras, async_engine)
+    _add_ops_routes(app, async_engine, load)
     app.include_router(pooling_router)  # /v1/embeddings, /pooling, /classify, /score, /rerank
     return app
 
@@ -144,32 +172,48 @@ def _with_head(app: FastAPI, path: str, endpoint: Callable) -> None:
     app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
 
 
-def _add_model_routes(app: FastAPI, name: str, root: str, max_model_len: int) -> None:
+def _add_model_routes(app: FastAPI, names: tuple[str, ...], root: str, max_model_len: int,
+                      loras: ServedLoRAs | None) -> None:
     @app.get("/v1/models", response_model=ModelList)
     async def list_models():
-        return json_response(ModelList(data=[ModelCard(id=name, root=root, max_model_len=max_model_len)]))
+        adapters = [ModelCard(id=r.lora_name, root=r.lora_path, parent=names[0], max_model_len=max_model_len)
+                    for r in (loras.by_name.values() if loras is not None else ())]
+        bases = [ModelCard(id=name, root=root, max_model_len=max_model_len) for name in names]
+        return json_response(ModelList(data=[*bases, *adapters]))
 
     _with_head(app, "/v1/models", list_models)
 
 
-def _add_tokenizer_routes(app: FastAPI, handler: TokenizationHandler, name: str) -> None:
+def _add_tokenizer_routes(app: FastAPI, handler: TokenizationHandler, names: tuple[str, ...],
+                          loras: ServedLoRAs | None) -> None:
+    def check(model: str | None) -> None:  # an adapter tokenizes as its base model
+        loras.resolve(model) if loras is not None and model and model not in names else check_model(model, names)
+
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest):
-        check_model(body.model, name)
+        check(body.model)
         return json_response(handler.tokenize(body))
 
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest):
-        check_model(body.model, name)
+        check(body.model)
         return json_response(handler.detokenize(body))
 
 
-def _add_ops_routes(app: FastAPI, async_engine: AsyncEngine) -> None:
+def _add_ops_routes(app: FastAPI, async_engine: AsyncEngine, load: ServerLoad) -> None:
     @app.get("/health", responses={503: {"description": "the engine loop is not running"}})
     async def health():
         if not async_engine.is_alive:
             return error_response(503, "the engine loop is not running")
         return Response(status_code=200)
+
+    # SageMaker's health probe (vLLM serves it too), GET or POST
+    app.add_api_route("/ping", health, methods=["GET", "POST"], responses={503: {"description": "engine down"}})
+
+    @app.get("/load")
+    async def server_load():
+        """Requests in flight (a stream counts until its last byte): vLLM's figure for load-aware routers."""
+        return {"server_load": load.in_flight}
 
     # Prometheus text exposition format, not JSON
     @app.get("/metrics", response_class=PlainTextResponse,

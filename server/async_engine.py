@@ -55,10 +55,14 @@ class RequestStepError(EngineStepError, RequestFailedError):
 
 
 def _resolve(future: asyncio.Future, error: BaseException | None) -> None:
+    _settle(future, None, error)
+
+
+def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
     if future.done():  # the waiting coroutine was cancelled meanwhile
         return
     if error is None:
-        future.set_result(None)
+        future.set_result(result)
     else:
         future.set_exception(error)
 
@@ -95,6 +99,17 @@ class AddCommand:
     params: Any
     request: _Request
     ack: asyncio.Future
+    lora_request: Any = None  # anymodel.LoRARequest (None: the base model)
+    priority: int = 0  # scheduling_policy="priority": lower runs first
+
+
+@dataclass(frozen=True)
+class CallCommand:
+    """fn(engine) on the engine thread (e.g. loading a LoRA adapter); `ack` gets its result or error."""
+
+    fn: Callable[[Any], Any]
+    loop: asyncio.AbstractEventLoop
+    ack: asyncio.Future
 
 
 @dataclass(frozen=True)
@@ -107,7 +122,7 @@ class StopCommand:
     """Stop the loop once the commands queued before it are applied."""
 
 
-Command = Union[AddCommand, AbortCommand, StopCommand]
+Command = Union[AddCommand, AbortCommand, CallCommand, StopCommand]
 
 
 class RequestStream:
@@ -189,7 +204,18 @@ class AsyncEngine:
     def is_alive(self) -> bool:
         return self._thread.is_alive() and not self._closed
 
-    async def add(self, request_id: str, prompt: Any, params: Any) -> RequestStream:
+    async def call(self, fn: Callable[[Any], Any]) -> Any:
+        """fn(engine) between steps, on the engine thread; its exception is raised here."""
+        loop = asyncio.get_running_loop()
+        ack = loop.create_future()
+        with self._lock:
+            if self._closed:
+                raise EngineDeadError("the engine loop is not running")
+            self._commands.put(CallCommand(fn, loop, ack))
+        return await ack
+
+    async def add(self, request_id: str, prompt: Any, params: Any, lora_request: Any = None,
+                  priority: int = 0) -> RequestStream:
         """Hand a request to the engine; raises the engine's ValueError for invalid input."""
         loop = asyncio.get_running_loop()
         ack = loop.create_future()
@@ -198,7 +224,7 @@ class AsyncEngine:
         with self._lock:
             if self._closed:
                 raise EngineDeadError("the engine loop is not running")
-            self._commands.put(AddCommand(request_id, prompt, params, req, ack))
+            self._commands.put(AddCommand(request_id, prompt, params, req, ack, lora_request, priority))
         try:
             await ack
         except asyncio.CancelledError:  # client gone before the engine even saw the request
@@ -245,6 +271,8 @@ class AsyncEngine:
         while not isinstance(cmd, StopCommand):
             if isinstance(cmd, AddCommand):
                 self._add(cmd)
+            elif isinstance(cmd, CallCommand):
+                self._call(cmd)
             else:
                 self._abort(cmd.request_id)
             try:
@@ -275,9 +303,18 @@ class AsyncEngine:
         except Exception:
             logger.exception("engine.check_health() failed")
 
-    def _add(self, cmd: AddCommand) -> None:
+    def _call(self, cmd: CallCommand) -> None:
         try:
-            self.engine.add_request(cmd.request_id, cmd.prompt, cmd.params)
+            result, error = cmd.fn(self.engine), None
+        except Exception as e:  # noqa: BLE001 - the caller re-raises it
+            result, error = None, e
+        cmd.loop.call_soon_threadsafe(_settle, cmd.ack, result, error)
+
+    def _add(self, cmd: AddCommand) -> None:
+        # only what the request sets: an engine without LoRA or priorities takes the plain call
+        extra = {k: v for k, v in (("lora_request", cmd.lora_request), ("priority", cmd.priority)) if v}
+        try:
+            self.engine.add_request(cmd.request_id, cmd.prompt, cmd.params, **extra)
         except Exception as e:  # ValueError: a bad request (400); anything else: 500
             cmd.request.resolve(cmd.ack, e)
             return
@@ -292,7 +329,7 @@ class AsyncEngine:
         except Exception:
             logger.exception("engine.abort(%r) failed", request_id)
         if self.metrics is not None:
-            self.metrics.finished.labels("abort").inc()
+            self.metrics.finished("abort")
 
     def _step(self) -> None:
         try:
@@ -304,6 +341,8 @@ class AsyncEngine:
             self._fail_all(EngineStepError(f"engine step failed: {type(e).__name__}: {e}"))
             return
         now = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.step(getattr(self.engine, "last_step_num_tokens", 0))
         for out in outputs:
             req = self._requests.get(out.request_id)
             if req is not None:  # None: aborted since it was scheduled
@@ -314,12 +353,12 @@ class AsyncEngine:
         if error is not None:  # this request alone failed inside the step; it is over
             req.send(RequestStepError(error) if isinstance(error, RequestFailedError) else error)
             del self._requests[request_id]
-            self._observe_finished(req, "error", now)
+            self._observe_finished(req, "error", now, None)
             return
         if not isinstance(out, RequestOutput):  # a PoolingRequestOutput: one final output, sent as is
             req.send(out)
             del self._requests[request_id]
-            self._observe_finished(req, "stop", now)
+            self._observe_finished(req, "stop", now, out)
             return
         delta = req.tracker.delta(out)
         if delta.num_new_tokens:
@@ -328,19 +367,22 @@ class AsyncEngine:
             req.send(delta)
         if out.finished:
             del self._requests[request_id]
-            self._observe_finished(req, (out.outputs[0].finish_reason if out.outputs else None) or "unknown", now)
+            reason = (out.outputs[0].finish_reason if out.outputs else None) or "unknown"
+            self._observe_finished(req, reason, now, out)
 
-    def _observe_finished(self, req: _Request, reason: str, now: float) -> None:
-        if self.metrics is not None:
-            self.metrics.finished.labels(reason).inc()
-            self.metrics.e2e.observe(now - req.arrival)
+    def _observe_finished(self, req: _Request, reason: str, now: float, out) -> None:
+        if self.metrics is None:
+            return
+        try:  # metrics must never stop the engine loop
+            self.metrics.finished(reason)
+            self.metrics.request_done(out, now - req.arrival)
+        except Exception:
+            logger.exception("recording the metrics of request %s failed", getattr(out, "request_id", "?"))
 
     def _observe_latency(self, req: _Request, now: float) -> None:
         if self.metrics is not None:
-            if req.last_token_time is None:
-                self.metrics.ttft.observe(now - req.arrival)
-            else:
-                self.metrics.itl.observe(now - req.last_token_time)
+            first = req.last_token_time is None
+            self.metrics.token_latency(first, now - (req.arrival if first else req.last_token_time))
         req.last_token_time = now
 
     def _fail_all(self, error: BaseException) -> None:

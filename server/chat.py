@@ -12,8 +12,9 @@ from typing import Any, AsyncIterator
 import jinja2
 from fastapi.responses import Response
 
+from .chat_output import ChatOptions, ChatOutputPlan
 from .delta import RequestDelta, SampleDelta
-from .protocol import (AssistantMessage, ChatChoiceLogprobs, ChatCompletionChoice, ChatCompletionChunk,
+from .protocol import (ChatChoiceLogprobs, ChatCompletionChoice, ChatCompletionChunk,
                        ChatCompletionRequest, ChatCompletionResponse, ChatCompletionStreamChoice, ChatLogprobToken,
                        ChatMessage, ChatTopLogprob, DeltaMessage, UsageInfo, random_id)
 from .serving import MIN_LOGPROB, GenerationHandler, clamp, json_response, prompt_logprobs_field
@@ -40,34 +41,39 @@ def render_chat(tokenizer: Any, messages: list[ChatMessage], chat_template: str 
 def render_chat_request(tokenizer: Any, req, chat_template: str | None) -> dict:
     """render_chat with a request's messages and template fields (chat completions and /tokenize share them)."""
     return render_chat(tokenizer, req.messages, chat_template, add_generation_prompt=req.add_generation_prompt,
-                       continue_final_message=req.continue_final_message, template_kwargs=req.chat_template_kwargs)
+                       continue_final_message=req.continue_final_message, template_kwargs=req.template_kwargs())
 
 class ChatHandler(GenerationHandler):
-    def __init__(self, *args, chat_template: str | None = None, **kwargs):
+    def __init__(self, *args, chat_template: str | None = None, options: ChatOptions | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.chat_template = chat_template  # None: the tokenizer's own
+        self.options = options or ChatOptions()  # tool-call and reasoning parsers
 
     async def create(self, req: ChatCompletionRequest) -> Response:
-        self.check_model(req.model)
+        lora = self.check_model(req.model)
         req.check_prompt_logprobs()
         top_k = req.num_logprobs()
-        params = self.make_params(req, req.max_new_tokens(), top_k, req.prompt_logprobs)
+        plan = ChatOutputPlan.for_request(req, self.options, self.tokenizer)
+        params = plan.constrain(self.make_params(req, req.max_new_tokens(), top_k, req.prompt_logprobs))
         prompt = render_chat_request(self.tokenizer, req, self.chat_template)
         request_id = random_id("chatcmpl")
-        merged = await self.start(request_id, [prompt], params)
+        if req.use_beam_search:
+            merged = await self.start_beam(request_id, [prompt], req, req.max_new_tokens(), lora, params)
+        else:
+            merged = await self.start(request_id, [prompt], params, lora, req.priority)
         if not req.stream:
             finals = await self.collect(merged)
-            return json_response(self._response(request_id, finals[0], top_k))
+            return json_response(self._response(request_id, finals[0], top_k, plan))
         events = await self.first_then_rest(merged)
-        return self.sse(self._chunks(request_id, req, events, top_k), merged)
+        return self.sse(self._chunks(request_id, req, events, top_k, plan), merged)
 
-    def _response(self, request_id: str, final: RequestDelta, top_k: int | None) -> ChatCompletionResponse:
-        choices = [
-            ChatCompletionChoice(index=s.index, message=AssistantMessage(content=s.text),
-                                 logprobs=self._logprobs(s, top_k), finish_reason=s.finish_reason,
-                                 stop_reason=s.stop_reason)
-            for s in sorted(final.samples.values(), key=lambda s: s.index)
-        ]
+    def _response(self, request_id: str, final: RequestDelta, top_k: int | None,
+                  plan: ChatOutputPlan) -> ChatCompletionResponse:
+        choices = []
+        for s in sorted(final.samples.values(), key=lambda s: s.index):
+            message, finish_reason = plan.message(s.text, s.finish_reason)
+            choices.append(ChatCompletionChoice(index=s.index, message=message, logprobs=self._logprobs(s, top_k),
+                                                finish_reason=finish_reason, stop_reason=s.stop_reason))
         return ChatCompletionResponse(id=request_id, model=self.model_name, choices=choices,
                                       usage=self.usage([final]),
                                       prompt_logprobs=prompt_logprobs_field(final.prompt_logprobs))
@@ -89,7 +95,7 @@ class ChatHandler(GenerationHandler):
         return ChatTopLogprob(token=token, logprob=clamp(logprob), bytes=list(token.encode()))
 
     async def _chunks(self, request_id: str, req: ChatCompletionRequest, events: AsyncIterator,
-                      top_k: int | None) -> AsyncIterator[str]:
+                      top_k: int | None, plan: ChatOutputPlan) -> AsyncIterator[str]:
         created = int(time.time())
 
         def chunk(choices: list, usage: UsageInfo | None = None) -> str:
@@ -99,13 +105,18 @@ class ChatHandler(GenerationHandler):
         for index in range(req.n):  # OpenAI opens every choice with the role
             yield chunk([ChatCompletionStreamChoice(index=index, delta=DeltaMessage(role="assistant", content=""))])
         prompt_tokens = completion_tokens = 0
+        streams = [plan.stream() for _ in range(req.n)]
         async for _, delta in events:
             prompt_tokens = len(delta.prompt_token_ids)
             for s in delta.samples.values():
                 completion_tokens += len(s.token_ids)
+                message, finish_reason = streams[s.index].feed(s.text, s.finish_reason)
+                logprobs = self._logprobs(s, top_k)
+                if message is None and finish_reason is None and logprobs is None:
+                    continue  # held back (a marker may be starting)
                 choice = ChatCompletionStreamChoice(
-                    index=s.index, delta=DeltaMessage(content=s.text or None), logprobs=self._logprobs(s, top_k),
-                    finish_reason=s.finish_reason, stop_reason=s.stop_reason)
+                    index=s.index, delta=message or DeltaMessage(), logprobs=logprobs,
+                    finish_reason=finish_reason, stop_reason=s.stop_reason)
                 yield chunk([choice])
         if req.include_usage:
             total = prompt_tokens + completion_tokens

@@ -10,6 +10,8 @@ from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
+from .tool_protocol import ChatTool
+
 class ChatMessage(BaseModel):
     # extra="allow": tool_calls, tool_call_id, ... reach the chat template untouched
     model_config = ConfigDict(extra="allow")
@@ -48,7 +50,7 @@ _RESERVED_TEMPLATE_KWARGS = {
     "chat_template": "use the server's --chat-template", "tokenize": "the server renders to text itself",
     "messages": "send `messages` as the request field", "conversation": "send `messages` as the request field",
     "add_generation_prompt": "send it as a request field", "continue_final_message": "send it as a request field",
-    "tools": "tool calling is not implemented yet", "documents": "documents are not implemented yet",
+    "tools": "send `tools` as the request field", "documents": "documents are not implemented yet",
     "return_dict": "the server renders to text itself", "return_tensors": "the server renders to text itself",
     "tokenizer_kwargs": "the server tokenizes itself", "padding": "the server tokenizes itself",
     "truncation": "the server tokenizes itself", "max_length": "the server tokenizes itself",
@@ -62,6 +64,12 @@ class TemplateFields(BaseModel):
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template_kwargs: Optional[dict[str, Any]] = None  # extra variables for the template (enable_thinking, ...)
+    tools: Optional[list[ChatTool]] = None  # the chat template's `tools` (and, in chat, what tool_choice picks from)
+
+    def template_kwargs(self) -> dict[str, Any]:
+        """Extra variables for the chat template: chat_template_kwargs and the tools."""
+        tools = {"tools": [t.model_dump(exclude_none=True) for t in self.tools]} if self.tools else {}
+        return {**(self.chat_template_kwargs or {}), **tools}
 
     @field_validator("chat_template_kwargs")
     @classmethod

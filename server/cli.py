@@ -14,13 +14,14 @@ import re
 import sys
 from dataclasses import fields
 
+from anymodel.bench import KINDS, run_bench
 from anymodel.config import (ATTENTION_BACKENDS, CONVERTS, DTYPE_ALIASES, DTYPES, EXECUTOR_BACKENDS,
                               KV_CACHE_DTYPES, LOAD_FORMATS, MODEL_IMPLS, RUNNERS, TASKS, TOKENIZER_MODES,
                               EngineArgs)
 
 from .request_fields import MAX_PROMPTS_PER_REQUEST
 
-BENCHES = ("attention", "throughput", "latency", "quant")
+BENCHES = tuple(KINDS)
 EXAMPLES = """examples:
   anymodel serve                                      # the embedded demo model on :8000
   anymodel serve ./my-model --model-impl transformers --trust-remote-code
@@ -75,6 +76,15 @@ def _positive(text: str) -> int:
     return value
 
 
+def _lora_module(text: str):
+    from .lora_models import parse_lora_module
+
+    try:
+        return parse_lora_module(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
 def _compilation_config(text: str):
     """vLLM's -O / --compilation-config: a level (int) or a JSON object."""
     return int(text) if text.strip().lstrip("-").isdigit() else _json_dict(text)
@@ -110,10 +120,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tokenizer", help="tokenizer directory or Hub id (default: the model's)")
     g.add_argument("--tokenizer-revision", help="Hub revision of the tokenizer")
     g.add_argument("--tokenizer-mode", choices=TOKENIZER_MODES, help="slow: the Python tokenizer (default: auto)")
-    g.add_argument("--skip-tokenizer-init", action="store_true", default=None, help="not supported (an error)")
+    g.add_argument("--skip-tokenizer-init", action="store_true", default=None, help="offline only (LLM): not with serve")
     g.add_argument("--download-dir", metavar="DIR", help="Hub cache directory for downloads (default: HF_HOME's)")
     g.add_argument("--load-format", choices=LOAD_FORMATS,
-                   help="auto | safetensors | pt (a .bin-only checkpoint); dummy is not supported (default: auto)")
+                   help="auto | safetensors | pt (a .bin-only checkpoint) | dummy (random weights) (default: auto)")
     g.add_argument("--seed", type=int, help="default: 0")
     g.add_argument("--quantization", "-q", metavar="METHOD",
                    help="the checkpoint's quant_method (default: read from config.json; fp8, compressed-tensors)")
@@ -136,6 +146,9 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-logprobs", type=int, metavar="N",
                    help="most logprobs / prompt_logprobs a request may ask for (default: 20; -1: no cap)")
     g.add_argument("--max-num-batched-tokens", type=int, metavar="N", help="token budget of one step")
+    g.add_argument("--scheduling-policy", choices=["fcfs", "priority"],
+                   help="order of waiting requests (default: fcfs); priority: lower `priority` first (a "
+                        "request's field on the server, generate(priority=[...]) offline)")
     g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None,
                    help="reuse KV blocks of shared prompt prefixes (default: on)")
     g.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=None,
@@ -151,9 +164,19 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--compilation-config", "-O", type=_compilation_config, metavar="LEVEL|JSON",
                    help="only 0 / {} (anymodel does not compile the model)")
     g.add_argument("--disable-log-stats", action="store_true", default=None, help="accepted: no periodic stats are logged anyway")
-    g.add_argument("--served-model-name", metavar="NAME", help="the name clients send as `model` (default: MODEL)")
+    g.add_argument("--structured-outputs-config", type=_json_dict, metavar="JSON",
+                   help='e.g. \'{"backend": "xgrammar", "disable_any_whitespace": true}\'')
+    g.add_argument("--guided-decoding-backend", choices=["auto", "xgrammar", "guidance"],
+                   help="vLLM's older name of structured_outputs_config.backend (guidance: refused)")
+    g.add_argument("--served-model-name", metavar="NAME", nargs="+",
+                   help="the name(s) clients send as `model`; responses carry the first (default: MODEL)")
     g.add_argument("--chat-template", type=_chat_template, metavar="FILE|TEMPLATE",
                    help="Jinja chat template, a file or inline (default: the tokenizer's)")
+    lora = p.add_argument_group("LoRA adapters")
+    lora.add_argument("--enable-lora", action="store_true", default=None, help="serve LoRA adapters (PEFT format)")
+    lora.add_argument("--max-loras", type=int, metavar="N", help="distinct adapters in one step (default: 1)")
+    lora.add_argument("--max-lora-rank", type=int, metavar="R", help="the largest adapter rank (default: 16)")
+    lora.add_argument("--max-cpu-loras", type=int, metavar="N", help="adapters kept in host memory (default: --max-loras)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,7 +194,21 @@ def build_parser() -> argparse.ArgumentParser:
     http.add_argument("--port", type=int, default=8000, help="default: 8000")
     http.add_argument("--api-key", metavar="KEY", default=os.environ.get("ANYMODEL_API_KEY"),
                       help="require `Authorization: Bearer KEY` (default: $ANYMODEL_API_KEY, or none)")
+    http.add_argument("--lora-modules", nargs="+", type=_lora_module, metavar="NAME=PATH|JSON",
+                      help='LoRA adapters served as model NAME (needs --enable-lora); also '
+                           '\'{"name": ..., "path": ..., "base_model_name": ...}\'')
     http.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    http.add_argument("--root-path", default="", metavar="PATH",
+                      help="the path prefix a proxy serves this server under (FastAPI's root_path), e.g. /llm")
+    http.add_argument("--metrics-prefix", choices=["anymodel", "vllm"], default=None,
+                      help="/metrics names: anymodel:* (default, or $ANYMODEL_METRICS_PREFIX) or vllm:*, vLLM's "
+                           "names exactly, for dashboards and autoscalers written for vLLM")
+    tools = serve.add_argument_group("tools and reasoning")
+    tools.add_argument("--enable-auto-tool-choice", action="store_true",
+                       help='tool_choice "auto": find tool calls in the output with --tool-call-parser')
+    tools.add_argument("--tool-call-parser", metavar="NAME", help="hermes | llama3_json | mistral | a plugin's name")
+    tools.add_argument("--tool-parser-plugin", metavar="FILE", help="a Python file that registers a tool parser")
+    tools.add_argument("--reasoning-parser", metavar="NAME", help="deepseek_r1 | qwen3: <think> -> reasoning_content")
     http.add_argument("--max-prompts-per-request", type=_positive, default=MAX_PROMPTS_PER_REQUEST, metavar="N",
                       help="most prompts (or pooling inputs) in one request; more is a 400 "
                            f"(default: {MAX_PROMPTS_PER_REQUEST}, OpenAI's limit on embeddings inputs)")
@@ -182,11 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_args(gen)
     s = gen.add_argument_group("sampling")
     s.add_argument("--prompt", required=True, help="the prompt text")
-    s.add_argument("--max-tokens", type=int, default=16, metavar="N", help="default: 16")
-    s.add_argument("--temperature", type=float, default=0.0, metavar="T", help="default: 0 (greedy)")
-    s.add_argument("--top-p", type=float, default=1.0, metavar="P", help="default: 1")
+    s.add_argument("--max-tokens", type=int, metavar="N", help="default: generation_config.json's, else 16")
+    s.add_argument("--temperature", type=float, metavar="T", help="default: generation_config.json's, else 0 (greedy)")
+    s.add_argument("--top-p", type=float, metavar="P", help="default: generation_config.json's, else 1")
     _add_inspect_parser(sub)
-    bench = sub.add_parser("bench", help="benchmarks: attention | throughput | latency | quant",
+    bench = sub.add_parser("bench", help=f"benchmarks: {' | '.join(BENCHES)}",
                            description="Run a benchmark; arguments after KIND go to it (try `anymodel bench KIND --help`).")
     bench.add_argument("kind", choices=BENCHES)
     bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own arguments")
@@ -200,6 +237,8 @@ def _add_inspect_parser(sub) -> None:
     p.add_argument("model", help="local directory or Hub id")
     p.add_argument("--trust-remote-code", action="store_true", default=None, help="allow the model's own code (auto_map)")
     p.add_argument("--task", choices=TASKS, help="default: auto (from the architecture)")
+    p.add_argument("--runner", choices=RUNNERS, help="vLLM's newer name for the task: generate | pooling (default: auto)")
+    p.add_argument("--convert", choices=CONVERTS, help="with --runner pooling: the pooling task (default: auto)")
     p.add_argument("--model-impl", choices=MODEL_IMPLS, help="default: auto")
     p.add_argument("--tensor-parallel-size", "-tp", type=int, metavar="N")
     p.add_argument("--pipeline-parallel-size", "-pp", type=int, metavar="N")
@@ -246,20 +285,29 @@ def _serve(ns: argparse.Namespace) -> int:
     engine_args = engine_args_from(ns)
     from .app import build_app
 
+    from .chat_output import ChatOptions
+
+    chat_options = ChatOptions(ns.enable_auto_tool_choice, ns.tool_call_parser, ns.tool_parser_plugin,
+                               ns.reasoning_parser)  # checked before the engine loads
     exit_on_fatal = ExitOnFatal()
     app = build_app(engine_args, api_key=ns.api_key, max_prompts_per_request=ns.max_prompts_per_request,
-                    on_fatal=exit_on_fatal)
-    return exit_on_fatal.run(app, host=ns.host, port=ns.port, log_level=ns.log_level)
+                    on_fatal=exit_on_fatal, chat_options=chat_options,
+                    lora_modules=ns.lora_modules, metrics_prefix=ns.metrics_prefix)
+    return exit_on_fatal.run(app, host=ns.host, port=ns.port, log_level=ns.log_level, root_path=ns.root_path)
+
+
+_GENERATE_FALLBACKS = {"max_tokens": 16, "temperature": 0.0}  # where neither a flag nor the model says
 
 
 def _generate(ns: argparse.Namespace) -> int:
     engine_args = engine_args_from(ns)
     from anymodel.engine.engine import Engine
-    from anymodel.params import SamplingParams
 
     engine = Engine(engine_args)
-    params = SamplingParams(max_tokens=ns.max_tokens, temperature=ns.temperature, top_p=ns.top_p,
-                            seed=engine_args.seed)
+    # flags given win, then the model's generation_config.json defaults (Engine.default_params), then
+    # this command's own (16 tokens, greedy)
+    given = {k: getattr(ns, k) for k in ("max_tokens", "temperature", "top_p") if getattr(ns, k) is not None}
+    params = engine.default_params({**given, "seed": engine_args.seed}, _GENERATE_FALLBACKS)
     engine.add_request("generate-0", ns.prompt, params)
     final = None
     while engine.has_unfinished():
@@ -275,7 +323,7 @@ def _inspect(ns: argparse.Namespace) -> int:
     from anymodel.model_loader import evaluate
 
     args = engine_args_from(ns)
-    model_dir = loader.resolve_model_dir(args.model, args.revision)
+    model_dir = loader.resolve_model_dir(args.model, args.revision, args.download_dir, "dummy")  # no weights
     config = loader.load_config(model_dir, args.trust_remote_code, args.hf_overrides)
     state = ParallelState(tp_size=args.tensor_parallel_size, pp_size=args.pipeline_parallel_size)
     decision, verdicts = evaluate(args, config, model_dir, state)
@@ -297,17 +345,9 @@ def _inspect(ns: argparse.Namespace) -> int:
 
 def _bench(kind: str, rest: list[str]) -> int:
     try:
-        if kind == "attention":
-            from anymodel.bench.attention import main as bench_main
-        elif kind == "quant":
-            from anymodel.bench.quant import main as bench_main
-        else:
-            from anymodel.bench.generation import main as bench_main
-
-            rest = [kind, *rest]  # one module runs both throughput and latency
+        return run_bench(kind, rest)
     except ImportError as e:
         raise CLIError(f"`anymodel bench {kind}` is not available yet ({e})")
-    return int(bench_main(rest) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,13 +40,16 @@ class Echo:
 
 class CompletionHandler(GenerationHandler):
     async def create(self, req: CompletionRequest) -> Response:
-        self.check_model(req.model)
+        lora = self.check_model(req.model)
         _reject_unsupported(req)
         req.check_prompt_logprobs()
         echo_only = req.echo and req.max_tokens == 0  # one token is generated, then dropped
         params = self.make_params(req, 1 if echo_only else req.max_tokens, req.logprobs, _prompt_logprobs(req))
         request_id = random_id("cmpl")
-        merged = await self.start(request_id, req.prompts(), params)
+        if req.use_beam_search:
+            merged = await self.start_beam(request_id, req.prompts(), req, req.max_tokens, lora, params)
+        else:
+            merged = await self.start(request_id, req.prompts(), params, lora, req.priority)
         if not req.stream:
             finals = await self.collect(merged)
             if echo_only:

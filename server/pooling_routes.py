@@ -30,7 +30,7 @@ from .pooling_protocol import (ClassificationData, ClassificationRequest, Classi
                                ScoreRequest, ScoreResponse)
 from .protocol import random_id
 from .request_fields import MAX_PROMPTS_PER_REQUEST
-from .serving import add_all, check_model, check_prompt_count, json_response
+from .serving import add_all, check_model, check_prompt_count, json_response, served_names
 
 router = APIRouter()
 
@@ -40,6 +40,7 @@ class PoolingHandler:
         self.engine = async_engine
         self.max_prompts = max_prompts
         self.model_name = async_engine.engine.model_name
+        self.served_names = served_names(async_engine)
         self.task = async_engine.engine.task
         self.config = async_engine.engine.hf_config
         try:  # the engine thread tokenizes with its own; Rust tokenizers are not re-entrant
@@ -146,7 +147,7 @@ async def create_embedding(body: EmbeddingRequest, raw: Request):
 
 
 async def _embeddings(h: PoolingHandler, body: EmbeddingRequest) -> Response:
-    check_model(body.model, h.model_name)
+    check_model(body.model, h.served_names)
     params = PoolingParams(dimensions=body.dimensions, normalize=body.normalize, task="embed",
                            truncate_prompt_tokens=body.truncate_prompt_tokens)
     outs = await h.run(h.inputs(body.input), params)
@@ -160,7 +161,7 @@ async def create_pooling(body: PoolingRequest, raw: Request):
 
 
 async def _pooling(h: PoolingHandler, body: PoolingRequest) -> Response:
-    check_model(body.model, h.model_name)
+    check_model(body.model, h.served_names)
     params = PoolingParams(task="encode", truncate_prompt_tokens=body.truncate_prompt_tokens)
     outs = await h.run(h.inputs(body.input), params)
     data = [PoolingData(index=i, data=_encode(o.outputs.data, body.encoding_format)) for i, o in enumerate(outs)]
@@ -173,7 +174,7 @@ async def create_classify(body: ClassificationRequest, raw: Request):
 
 
 async def _classify(h: PoolingHandler, body: ClassificationRequest) -> Response:
-    check_model(body.model, h.model_name)
+    check_model(body.model, h.served_names)
     params = PoolingParams(task="classify", truncate_prompt_tokens=body.truncate_prompt_tokens)
     outs = await h.run(h.inputs(body.input), params)
     labels = getattr(h.config, "id2label", None) or {}
@@ -192,7 +193,7 @@ async def create_score(body: ScoreRequest, raw: Request):
 
 
 async def _score(h: PoolingHandler, body: ScoreRequest) -> Response:
-    check_model(body.model, h.model_name)
+    check_model(body.model, h.served_names)
     values, tokens = await h.scores(body.text_1, body.text_2, body.truncate_prompt_tokens)
     data = [ScoreData(index=i, score=v) for i, v in enumerate(values)]
     return json_response(ScoreResponse(model=h.model_name, data=data, usage=_usage(tokens)))
@@ -206,7 +207,7 @@ async def create_rerank(body: RerankRequest, raw: Request):
 
 
 async def _rerank(h: PoolingHandler, body: RerankRequest) -> Response:
-    check_model(body.model, h.model_name)
+    check_model(body.model, h.served_names)
     if not body.documents:
         raise ValueError("documents must not be empty")
     if body.top_n is not None and body.top_n < 0:

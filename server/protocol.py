@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from . import request_fields
 from .chat_messages import ChatMessage, TemplateFields
 from .request_fields import Unsupported
+from .structured import StructuredFields
+from .tool_protocol import DeltaToolCall, NamedToolChoice, ToolCallOut
 
 
 def random_id(prefix: str) -> str:
@@ -70,7 +72,7 @@ class StreamOptions(BaseModel):
     continuous_usage_stats: bool = False  # vLLM: usage in every chunk; not implemented (see _screen_stream)
 
 
-class SamplingRequest(APIRequest):
+class SamplingRequest(APIRequest, StructuredFields):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
     model: Optional[str] = None  # None: the served model (vLLM accepts this too)
@@ -87,6 +89,7 @@ class SamplingRequest(APIRequest):
     repetition_penalty: float = Field(1.0, gt=0)
     ignore_eos: bool = False
     min_tokens: int = Field(0, ge=0)
+    priority: int = 0  # lower runs first, with --scheduling-policy priority (vLLM's); non-zero under fcfs: 400
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     logit_bias: Optional[dict[str, float]] = None  # OpenAI's string token ids -> bias, clamped to [-100, 100]
@@ -95,10 +98,18 @@ class SamplingRequest(APIRequest):
     prompt_logprobs: Optional[int] = Field(None, ge=-1)  # vLLM extra: every prompt token's logprobs (not with stream)
     bad_words: Optional[list[str]] = None  # vLLM extra: words never generated
     spaces_between_special_tokens: bool = True  # vLLM extra, passed to the tokenizer's decode
+    use_beam_search: bool = False  # vLLM extra: the n best beams (server/beam_search.py)
+    length_penalty: float = 1.0  # vLLM extra, beam search only: score = cum_logprob / len ** length_penalty
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     user: Optional[str] = None  # OpenAI's end-user id: accepted, nothing to do with it
-    parallel_tool_calls: Optional[bool] = None  # only means something with `tools`, which are refused
+    parallel_tool_calls: Optional[bool] = None  # with tool_choice="required": False allows one call only
+
+    @model_validator(mode="after")
+    def _length_penalty_needs_beams(self) -> "SamplingRequest":
+        if self.length_penalty != 1.0 and not self.use_beam_search:
+            raise ValueError("length_penalty applies to beam search only: send use_beam_search=true with it")
+        return self
 
     @field_validator("stream_options")
     @classmethod
@@ -117,6 +128,7 @@ class SamplingRequest(APIRequest):
             repetition_penalty=self.repetition_penalty, ignore_eos=self.ignore_eos, min_tokens=self.min_tokens,
             skip_special_tokens=self.skip_special_tokens, include_stop_str_in_output=self.include_stop_str_in_output,
             bad_words=self.bad_words, spaces_between_special_tokens=self.spaces_between_special_tokens,
+            structured_outputs=self.structured_outputs_params(),
         )
 
     @property
@@ -221,6 +233,7 @@ class ChatCompletionRequest(SamplingRequest, TemplateFields):
     max_completion_tokens: Optional[int] = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: Optional[int] = Field(None, ge=0)
+    tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
 
     def max_new_tokens(self) -> Optional[int]:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -248,6 +261,8 @@ class ChatChoiceLogprobs(BaseModel):
 class AssistantMessage(BaseModel):
     role: str = "assistant"
     content: Optional[str] = None
+    reasoning_content: Optional[str] = None  # vLLM's, with --reasoning-parser
+    tool_calls: list[ToolCallOut] = Field(default_factory=list)
 
 
 class ChatCompletionChoice(BaseModel):
@@ -271,6 +286,8 @@ class ChatCompletionResponse(BaseModel):
 class DeltaMessage(BaseModel):
     role: Optional[str] = None
     content: Optional[str] = None
+    reasoning_content: Optional[str] = None
+    tool_calls: Optional[list[DeltaToolCall]] = None
 
 
 class ChatCompletionStreamChoice(BaseModel):
@@ -297,6 +314,7 @@ class ModelCard(BaseModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "anymodel"
     root: Optional[str] = None
+    parent: Optional[str] = None  # a LoRA adapter's base model
     max_model_len: Optional[int] = None
 
 

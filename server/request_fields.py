@@ -49,28 +49,18 @@ class Unsupported:
         return any(value == ok and type(value) is type(ok) for ok in self.allows)
 
 
-_TOOLS = "tool calling is not implemented yet"
-_GUIDED = "structured output (guided decoding) is not implemented yet"
+_TOOLS = "the legacy function-calling fields are not implemented; send `tools` and `tool_choice`"
+_GUIDED = ("the xgrammar backend takes no whitespace pattern; pass structured_outputs "
+           '{"disable_any_whitespace": true} for compact JSON')
 _NO_TOOLS = ("none", "auto", None)  # with no tools, neither asks for anything
 
 GENERATION: dict[str, Unsupported] = {
-    "response_format": Unsupported(_GUIDED, (None, {"type": "text"})),
-    "structured_outputs": Unsupported(_GUIDED),
-    "guided_json": Unsupported(_GUIDED),
-    "guided_regex": Unsupported(_GUIDED),
-    "guided_choice": Unsupported(_GUIDED),
-    "guided_grammar": Unsupported(_GUIDED),
-    "guided_decoding_backend": Unsupported(_GUIDED),
     "guided_whitespace_pattern": Unsupported(_GUIDED),
-    "structural_tag": Unsupported(_GUIDED),
-    "use_beam_search": Unsupported("beam search is not implemented yet", (None, False)),
-    "length_penalty": Unsupported("length_penalty applies to beam search, which is not implemented yet", (None, 1.0, 1)),
     "logits_processors": Unsupported("request logits processors are code: they are offline-only "
                                      "(SamplingParams.logits_processors)", (None, [])),
     "return_tokens_as_token_ids": Unsupported("token ids in place of token strings are not implemented yet",
                                               (None, False)),
     "return_token_ids": Unsupported("returning token ids is not implemented yet", (None, False)),
-    "priority": Unsupported("priority scheduling is not implemented yet", (None, 0)),
     "kv_transfer_params": Unsupported("disaggregated prefill (KV transfer) is not implemented yet"),
     "cache_salt": Unsupported("per-request prefix-cache salts are not implemented yet"),
     "request_id": Unsupported("client-chosen request ids are not implemented yet"),
@@ -89,7 +79,6 @@ COMPLETION: dict[str, Unsupported] = {
 }
 
 _CHAT_TEMPLATE_INPUTS: dict[str, Unsupported] = {
-    "tools": Unsupported(_TOOLS, (None, [])),
     "documents": Unsupported("documents for the chat template are not implemented yet", (None, [])),
     "chat_template": Unsupported("a per-request chat template is not allowed; start the server with "
                                  "--chat-template instead"),
@@ -99,7 +88,6 @@ _CHAT_TEMPLATE_INPUTS: dict[str, Unsupported] = {
 CHAT: dict[str, Unsupported] = {
     **GENERATION,
     **_CHAT_TEMPLATE_INPUTS,
-    "tool_choice": Unsupported(_TOOLS, _NO_TOOLS),
     "functions": Unsupported(_TOOLS, (None, [])),
     "function_call": Unsupported(_TOOLS, _NO_TOOLS),
     "reasoning_effort": Unsupported("reasoning effort is not implemented yet"),
@@ -115,7 +103,8 @@ CHAT: dict[str, Unsupported] = {
 TOKENIZE: dict[str, Unsupported] = {**_CHAT_TEMPLATE_INPUTS}
 
 POOLING: dict[str, Unsupported] = {
-    "priority": GENERATION["priority"],
+    "priority": Unsupported("a pooling request's priority is not served yet (completions and chat take one "
+                            "with --scheduling-policy priority)", (None, 0)),
     "request_id": GENERATION["request_id"],
     "mm_processor_kwargs": GENERATION["mm_processor_kwargs"],
     "cache_salt": GENERATION["cache_salt"],

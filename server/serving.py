@@ -41,6 +41,8 @@ async def _with_first(first: Any, rest: AsyncIterator) -> AsyncIterator:
 
 
 class GenerationHandler:
+    loras = None  # server/lora_models.ServedLoRAs: `model` may name a LoRA adapter
+
     def __init__(self, engine: AsyncEngine, model_name: str, tokenizer: Any,
                  max_prompts: int = MAX_PROMPTS_PER_REQUEST):
         self.engine = engine
@@ -48,8 +50,13 @@ class GenerationHandler:
         self.tokenizer = tokenizer
         self.max_prompts = max_prompts
 
-    def check_model(self, name: str | None) -> None:
-        check_model(name, self.model_name)
+    def check_model(self, name: str | None):
+        """404 for a model this server does not serve; the LoRARequest when `name` is an adapter."""
+        served = served_names(self.engine)
+        if self.loras is not None and name not in served and name:
+            return self.loras.resolve(name)
+        check_model(name, served)
+        return None
 
     def make_params(self, req: SamplingRequest, max_tokens: int | None, logprobs: int | None,
                     prompt_logprobs: int | None = None) -> SamplingParams:
@@ -58,6 +65,9 @@ class GenerationHandler:
         kwargs = dict(max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs, **req.sampling_kwargs())
         sent = req.model_fields_set | ({"max_tokens"} if "max_completion_tokens" in req.model_fields_set else set())
         kwargs.update({name: value for name, value in self.default_sampling_params.items() if name not in sent})
+        cap = self.default_sampling_params.get("max_tokens")
+        if cap is not None and kwargs["max_tokens"] is not None:  # vLLM's get_max_tokens: the model's
+            kwargs["max_tokens"] = min(kwargs["max_tokens"], cap)  # max_new_tokens caps a request's too
         return SamplingParams(**kwargs)
 
     @property
@@ -65,12 +75,34 @@ class GenerationHandler:
         """The engine's request defaults from generation_config.json (set at construction: safe to read here)."""
         return getattr(getattr(self.engine, "engine", None), "default_sampling_params", None) or {}
 
-    async def start(self, request_id: str, prompts: list, params: SamplingParams) -> MergedStreams:
+    async def start(self, request_id: str, prompts: list, params: SamplingParams, lora_request=None,
+                    priority: int = 0) -> MergedStreams:
         check_prompt_count(len(prompts), self.max_prompts, "prompt")
         prompts = [self._tokenized(p) for p in prompts]
         for p in prompts:
             self._check_context(len(p["prompt_token_ids"]), params)
-        return MergedStreams(await add_all(self.engine, request_id, prompts, params))
+        return MergedStreams(await add_all(self.engine, request_id, prompts, params, lora_request, priority))
+
+    async def start_beam(self, request_id: str, prompts: list, req: SamplingRequest, max_tokens: int | None,
+                         lora_request=None, sampling: SamplingParams | None = None):
+        """use_beam_search: each prompt's `n` best beams (server/beam_search.py), streamed like `start`'s.
+        `sampling`: the request's sampling params, only to refuse what beam steps would drop."""
+        from .beam_search import BeamStreams, beam_params
+
+        if lora_request is not None:
+            raise APIError(400, "use_beam_search with a LoRA adapter is not supported yet; ask for the base model",
+                           param="use_beam_search")
+        if sampling is not None and sampling.structured_outputs is not None:
+            raise APIError(400, "use_beam_search with a structured-output constraint (response_format, guided_*, "
+                           "structured_outputs, tool_choice required or named) is not supported yet",
+                           param="use_beam_search")
+        check_prompt_count(len(prompts), self.max_prompts, "prompt")
+        params = self.make_params(req, max_tokens, None)  # max_tokens as a sampling request would get it
+        prompts = [self._tokenized(p) for p in prompts]
+        for p in prompts:
+            self._check_context(len(p["prompt_token_ids"]), params)
+        return BeamStreams(self.engine, request_id, prompts, beam_params(req, params.max_tokens,
+                                                                         self.engine.max_model_len), self.tokenizer)
 
     def _tokenized(self, prompt) -> Any:
         """Text prompts are tokenized here (as the engine would: `tokenizer.encode`), so that the
@@ -132,12 +164,14 @@ class GenerationHandler:
         return self.tokenizer.decode([token_id])
 
 
-async def add_all(engine: AsyncEngine, request_id: str, prompts: list, params: Any) -> list[RequestStream]:
+async def add_all(engine: AsyncEngine, request_id: str, prompts: list, params: Any,
+                  lora_request: Any = None, priority: int = 0) -> list[RequestStream]:
     """One engine request per prompt ("{request_id}-{i}"), all or none.
 
     The adds go out together: one engine-loop round trip, not one per prompt (each would wait for
     the step in progress)."""
-    adds = [asyncio.ensure_future(engine.add(f"{request_id}-{i}", p, params)) for i, p in enumerate(prompts)]
+    adds = [asyncio.ensure_future(engine.add(f"{request_id}-{i}", p, params, lora_request, priority))
+            for i, p in enumerate(prompts)]
     try:
         await asyncio.wait(adds)
         error = next((a.exception() for a in adds if a.exception() is not None), None)
@@ -155,10 +189,18 @@ def check_prompt_count(count: int, limit: int, param: str) -> None:
                             f"(--max-prompts-per-request); split the list over several requests", param=param)
 
 
-def check_model(name: str | None, served: str) -> None:
-    """404 for a model this server does not serve; no name means the served one (as in vLLM)."""
-    if name is not None and name != served:
-        raise APIError(404, f"The model `{name}` does not exist; this server serves `{served}`.",
+def served_names(engine: Any) -> tuple[str, ...]:
+    """Every name a request may send as `model` (--served-model-name a b ...); the first is answered."""
+    inner = getattr(engine, "engine", engine)  # an AsyncEngine holds the Engine
+    return tuple(getattr(inner, "served_model_names", None) or (inner.model_name,))
+
+
+def check_model(name: str | None, served: str | tuple[str, ...]) -> None:
+    """404 for a model this server does not serve; no name (or "") means the served one (as in vLLM)."""
+    served = (served,) if isinstance(served, str) else served
+    if name and name not in served:
+        names = ", ".join(f"`{n}`" for n in served)
+        raise APIError(404, f"The model `{name}` does not exist; this server serves {names}.",
                        param="model", code="model_not_found")
 
 

@@ -78,9 +78,9 @@ def _key_tile_range(q_first, q_last, seq_len, window, split,
 
 @triton.jit
 def _attend_tile(acc, m_i, l_i, q, key_cache, value_cache, k_off, v_off, k_pos, q_pos, d,
-                 seq_len, window, score_mul, cap_mul,
+                 seq_len, window, score_mul, cap_mul, slope,
                  HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, USE_WINDOW: tl.constexpr,
-                 USE_SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                 USE_SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_ALIBI: tl.constexpr):
     """One online-softmax step over keys `k_pos` [TILE_N]; q [BLOCK_M, D_PAD], acc [BLOCK_M, D_PAD].
 
     `k_off`/`v_off` [TILE_N] (int64): where each key's row starts in the caches (block table lookup
@@ -94,6 +94,8 @@ def _attend_tile(acc, m_i, l_i, q, key_cache, value_cache, k_off, v_off, k_pos, 
         s = cap_mul * _tanh(s * score_mul)
     else:
         s = s * score_mul
+    if USE_ALIBI:  # slope [BLOCK_M] per row's head, already in log2 units
+        s = s + slope[:, None] * (k_pos[None, :] - q_pos[:, None]).to(tl.float32)
     allowed = k_ok[None, :]
     if CAUSAL:
         allowed = allowed & (k_pos[None, :] <= q_pos[:, None])
@@ -116,7 +118,7 @@ def _attend_tile(acc, m_i, l_i, q, key_cache, value_cache, k_off, v_off, k_pos, 
 @triton.jit
 def _paged_attention_kernel(
     query, key_cache, value_cache, out, part_m, part_l,
-    query_start_loc, seq_lens, block_tables, sinks,
+    query_start_loc, seq_lens, block_tables, sinks, alibi,
     num_reqs, window, score_mul, cap_mul,
     stride_qt, stride_qh,  # query [T, Hq, D]
     stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,  # caches [N, B, Hkv, D]
@@ -127,6 +129,7 @@ def _paged_attention_kernel(
     BLOCK_SIZE: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, TILE_N: tl.constexpr,
     CAUSAL: tl.constexpr, USE_WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr,
     NUM_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_SINKS: tl.constexpr,
+    USE_ALIBI: tl.constexpr,
 ):
     tile, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     req = _find_request(query_start_loc, num_reqs, tile, BLOCK_Q)
@@ -159,6 +162,9 @@ def _paged_attention_kernel(
         if split == 0:  # counted once, by the first split
             m_i = tl.load(sinks + head, mask=row_ok, other=0.0).to(tl.float32) * 1.4426950408889634
             l_i = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
+    slope = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if USE_ALIBI:  # ALiBi slopes [Hq], into the log2 domain like the scores
+        slope = tl.load(alibi + head, mask=row_ok, other=0.0).to(tl.float32) * 1.4426950408889634
     for j in range(lo, hi):
         k_pos = j * TILE_N + tl.arange(0, TILE_N)
         block = tl.load(block_tables + req * stride_bt + k_pos // BLOCK_SIZE, mask=k_pos < seq_len, other=0)
@@ -167,8 +173,8 @@ def _paged_attention_kernel(
         k_off = block * stride_kb + in_block * stride_kt + kv_head * stride_kh
         v_off = block * stride_vb + in_block * stride_vt + kv_head * stride_vh
         acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, key_cache, value_cache, k_off, v_off, k_pos, q_pos, d,
-                                     seq_len, window, score_mul, cap_mul,
-                                     HEAD_DIM, CAUSAL, USE_WINDOW, USE_SOFTCAP, DOT_PRECISION)
+                                     seq_len, window, score_mul, cap_mul, slope,
+                                     HEAD_DIM, CAUSAL, USE_WINDOW, USE_SOFTCAP, DOT_PRECISION, USE_ALIBI)
 
     o_ptr = out + token[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :]
     o_mask = row_ok[:, None] & (d[None, :] < HEAD_DIM)
@@ -265,20 +271,22 @@ def paged_attention(
     sliding_window: int | None = None,
     softcap: float | None = None,
     sinks: torch.Tensor | None = None,
+    alibi_slopes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """query [T, Hq, D], caches [N, B, Hkv, D] -> out [T, Hq, D] (query's dtype); `sinks` [Hq]:
-    learnable sink logits (GPT-OSS) that join each head's softmax denominator."""
+    learnable sink logits (GPT-OSS) that join each head's softmax denominator; `alibi_slopes` [Hq]:
+    ALiBi, score + slope * (key position - query position)."""
     T, Hq, D = query.shape
     Hkv = key_cache.shape[2]
     cfg = launch_config(query.device, key_cache.dtype, D, Hq // Hkv, meta.max_query_len, meta.max_seq_len,
                         meta.num_reqs * Hkv)
     return run(query, key_cache, value_cache, meta, cfg, scale=scale, causal=causal,
-               sliding_window=sliding_window, softcap=softcap, sinks=sinks)
+               sliding_window=sliding_window, softcap=softcap, sinks=sinks, alibi_slopes=alibi_slopes)
 
 
 def run(query, key_cache, value_cache, meta: AttentionMetadata, cfg: LaunchConfig, *, scale: float,
         causal: bool, sliding_window: int | None, softcap: float | None,
-        sinks: torch.Tensor | None = None) -> torch.Tensor:
+        sinks: torch.Tensor | None = None, alibi_slopes: torch.Tensor | None = None) -> torch.Tensor:
     """`paged_attention` with an explicit launch config (tests force split-K and tile sizes here)."""
     T, Hq, D = query.shape
     Hkv = key_cache.shape[2]
@@ -294,10 +302,11 @@ def run(query, key_cache, value_cache, meta: AttentionMetadata, cfg: LaunchConfi
     part_l = torch.empty_like(part_m) if split else out
     g_pad = triton.next_power_of_2(Hq // Hkv)
     sink_logits = sinks.to(device=query.device, dtype=torch.float32).contiguous() if sinks is not None else out
+    slopes = alibi_slopes.to(device=query.device, dtype=torch.float32).contiguous() if alibi_slopes is not None else out
     grid = (T // cfg.block_q + meta.num_reqs, Hkv, cfg.num_splits)
     _paged_attention_kernel[grid](
         query, key_cache, value_cache, part_acc, part_m, part_l,
-        meta.query_start_loc, meta.seq_lens, meta.block_tables, sink_logits,
+        meta.query_start_loc, meta.seq_lens, meta.block_tables, sink_logits, slopes,
         meta.num_reqs, sliding_window or 0,
         scale / softcap if use_softcap else scale * LOG2E, softcap * LOG2E if use_softcap else 1.0,
         query.stride(0), query.stride(1),
@@ -311,7 +320,8 @@ def run(query, key_cache, value_cache, meta: AttentionMetadata, cfg: LaunchConfi
         TILE_N=cfg.tile_n,
         CAUSAL=bool(causal), USE_WINDOW=sliding_window is not None, USE_SOFTCAP=use_softcap,
         NUM_SPLITS=cfg.num_splits, DOT_PRECISION="ieee" if key_cache.dtype == torch.float32 else "tf32",
-        USE_SINKS=sinks is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        USE_SINKS=sinks is not None, USE_ALIBI=alibi_slopes is not None,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if split:
         _reduce_splits_kernel[(T, Hq)](

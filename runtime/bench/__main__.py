@@ -1,11 +1,9 @@
-"""`python -m anymodel.bench throughput|latency|quant ...`"""
+"""`python -m anymodel.bench KIND ...` (the kinds: anymodel.bench.KINDS)."""
 
 import sys
 
-if sys.argv[1:2] == ["quant"]:
-    from anymodel.bench.quant import main
+from anymodel.bench import KINDS, run_bench
 
-    sys.exit(main(sys.argv[2:]))
-from anymodel.bench.generation import main
-
-sys.exit(main(sys.argv[1:]))
+if len(sys.argv) < 2 or sys.argv[1] not in KINDS:
+    sys.exit(f"usage: python -m anymodel.bench {{{','.join(KINDS)}}} [args...]")
+sys.exit(run_bench(sys.argv[1], sys.argv[2:]))

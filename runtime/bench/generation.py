@@ -45,6 +45,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--num-prompts", "--batch-size", dest="num_prompts", type=int, help="prompts (16; latency: 1)")
     p.add_argument("--input-len", type=int, help="prompt tokens (64)")
     p.add_argument("--output-len", type=int, help="new tokens per prompt (64)")
+    p.add_argument("--random-range-ratio", type=float, default=0.0,
+                   help="prompt lengths drawn uniformly from [input-len * (1 - r), input-len * (1 + r)] (default 0: "
+                        "fixed); output lengths stay fixed, so plain generate's batch does the same work")
     p.add_argument("--model-impl", choices=["native", "transformers", "both"], default="native")
     p.add_argument("--compare", choices=["hf", "none"], default="none", help="hf: also plain generate + continuous batching")
     p.add_argument("--repeats", type=int, default=3)
@@ -60,17 +63,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for key in ("num_prompts", "input_len", "output_len", "repeats"):
         if getattr(args, key) < 1:
             p.error(f"--{key.replace('_', '-')} must be >= 1")
+    if not 0.0 <= args.random_range_ratio < 1.0:
+        p.error(f"--random-range-ratio must be in [0, 1), got {args.random_range_ratio}")
     return args
 
 
-def make_prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:
+def make_prompts(n: int, length: int, vocab: int, seed: int, range_ratio: float = 0.0) -> list[list[int]]:
+    """`n` prompts of random ids; lengths drawn from [length * (1 - r), length * (1 + r)] (r = 0: all `length`)."""
     rng = random.Random(seed)  # ids 0..3 are left out: pad / bos / eos / unk in the preset tokenizer
-    return [[rng.randrange(4, vocab) for _ in range(length)] for _ in range(n)]
+    low, high = max(1, int(length * (1 - range_ratio))), max(1, int(length * (1 + range_ratio)))
+    lengths = [rng.randint(low, high) if range_ratio else length for _ in range(n)]
+    return [[rng.randrange(4, vocab) for _ in range(k)] for k in lengths]
 
 
-def summarize(runs: list[RunResult], num_prompts: int, input_len: int) -> dict:
+def summarize(runs: list[RunResult], num_input_tokens: int) -> dict:
     """Median over repeats of each per-run figure."""
-    per_run = [r.figures(num_prompts * input_len) for r in runs]
+    per_run = [r.figures(num_input_tokens) for r in runs]
     return {k: statistics.median(f[k] for f in per_run) for k in FIGURES}
 
 
@@ -89,8 +97,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     model_dir, tokenizer, vocab = prepare_model_dir(args.model, PRESETS.get(args.preset), workdir, args.seed)
-    prompts = make_prompts(args.num_prompts, args.input_len, vocab, args.seed)
-    systems = build_systems(model_dir, tokenizer, args.model_impl, args.compare == "hf", len(prompts), args.input_len + args.output_len)
+    prompts = make_prompts(args.num_prompts, args.input_len, vocab, args.seed, args.random_range_ratio)
+    longest = max(len(p) for p in prompts)
+    systems = build_systems(model_dir, tokenizer, args.model_impl, args.compare == "hf", len(prompts), longest + args.output_len)
     warmup = [p[:8] for p in prompts[:2]]
     for system in systems:
         system.run(warmup, 4)
@@ -103,10 +112,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     reference = runs[systems[0].name][-1].tokens
     results = {}
     for name, rs in runs.items():
-        results[name] = summarize(rs, len(prompts), args.input_len)
+        results[name] = summarize(rs, sum(len(p) for p in prompts))
         results[name]["tokens"] = token_check(rs[-1].tokens, reference)
     return {"mode": args.mode, "model": args.model or f"preset:{args.preset}", "num_prompts": args.num_prompts,
-            "input_len": args.input_len, "output_len": args.output_len, "repeats": args.repeats,
+            "input_len": args.input_len, "random_range_ratio": args.random_range_ratio, "output_len": args.output_len,
+            "repeats": args.repeats,
             "threads": torch.get_num_threads(), "reference": systems[0].name, "results": results,
             "ratios": ratios(results)}
 
@@ -126,7 +136,8 @@ def ratios(results: dict) -> dict:
 
 
 def print_report(report: dict) -> None:
-    print(f"\n{report['mode']}: {report['model']}, {report['num_prompts']} prompts x {report['input_len']} in / "
+    spread = f" (+-{report['random_range_ratio']:.0%})" if report["random_range_ratio"] else ""
+    print(f"\n{report['mode']}: {report['model']}, {report['num_prompts']} prompts x {report['input_len']}{spread} in / "
           f"{report['output_len']} out, greedy, median of {report['repeats']}, {report['threads']} threads")
     header = f"{'system':<24}{'out tok/s':>11}{'total tok/s':>13}{'TTFT ms':>10}{'ITL ms':>9}{'decode tok/s':>14}  tokens"
     print(header + "\n" + "-" * len(header))
@@ -141,14 +152,18 @@ def print_report(report: dict) -> None:
         print(f"{name:<44} throughput x{r['output_tok_s']:.2f}   per-request decode x{r['decode_tok_s']:.2f}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+def run_bench(args: argparse.Namespace, run_fn, print_fn) -> int:
+    """A bench's driver: run it in a temporary work dir, print the report, write it to --json."""
     with tempfile.TemporaryDirectory(prefix="anymodel-bench-") as tmp:
-        report = run(args, Path(tmp))
-    print_report(report)
+        report = run_fn(args, Path(tmp))
+    print_fn(report)
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(report, indent=2))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_bench(parse_args(list(sys.argv[1:] if argv is None else argv)), run, print_report)
 
 
 if __name__ == "__main__":

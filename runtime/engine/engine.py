@@ -14,19 +14,22 @@ from anymodel.config import EngineArgs
 from anymodel.engine.inputs import PromptProcessor, PromptTokens
 from anymodel.engine.output_processor import OutputProcessor, RequestGroup
 from anymodel.engine.request import Request, RequestStatus
-from anymodel.engine.request_checks import check_sampling, resolve_bad_words, resolve_logprobs
+from anymodel.engine.request_checks import (check_priority, check_prompt, check_sampling, resolve_bad_words,
+                                            resolve_logprobs)
 from anymodel.engine.scheduler import Scheduler
 from anymodel.errors import RequestFailedError
 from anymodel.executor import make_executor
 from anymodel.kv_cache import KVCacheManager
 from anymodel.kv_cache.sizing import KVCacheSizing
 from anymodel.logging_config import log_engine_summary
+from anymodel.lora.registry import LoRARegistry
 from anymodel.model_facts import text_config_of
 from anymodel.model_protocol import ModelTraits, traits_of
 from anymodel.outputs import EngineStats, PoolingOutput, PoolingRequestOutput, RequestOutput
 from anymodel.params import PoolingParams, SamplingParams
 from anymodel.pooling import tasks as pooling
 from anymodel.pooling.outputs import PoolingOutputs
+from anymodel.structured_output.manager import StructuredOutputManager
 
 logger = logging.getLogger("anymodel")
 
@@ -34,14 +37,12 @@ logger = logging.getLogger("anymodel")
 class Engine:
     def __init__(self, args: EngineArgs) -> None:
         self.args = args
-        model_dir = loader.resolve_model_dir(args.model, args.revision, args.download_dir)
+        model_dir = loader.resolve_model_dir(args.model, args.revision, args.download_dir, args.load_format)
         loader.check_load_format(args.load_format, model_dir)
         self.hf_config = loader.load_config(model_dir, args.trust_remote_code, args.hf_overrides)
-        self.tokenizer = loader.load_tokenizer(args.tokenizer or model_dir, args.trust_remote_code, args.tokenizer_revision,
-                                               args.tokenizer_mode)
-        self.task = pooling.resolve_task(args.task, self.hf_config, model_dir)
-        if args.runner == "pooling" and self.task == "generate":
-            self.task = "embed"  # vLLM's runner="pooling", convert="auto" on a generative model: embeddings
+        self.tokenizer = None if args.skip_tokenizer_init else loader.load_tokenizer(
+            args.tokenizer or model_dir, args.trust_remote_code, args.tokenizer_revision, args.tokenizer_mode)
+        self.task = pooling.resolve_task(args.task, self.hf_config, model_dir, args.runner)
         # request defaults from generation_config.json (LLM.generate without params, the server's unset fields)
         self.default_sampling_params = (loader.generation_defaults(model_dir, args.generation_config)
                                         if self.task == "generate" else {})
@@ -54,8 +55,14 @@ class Engine:
         lower_case = self.task == "embed" and pooling.sentence_transformers_lower_case(model_dir)
         self.inputs = PromptProcessor(self.tokenizer, lower_case)
         self.embedding_size = pooling.embedding_size(self.hf_config, model_dir) if self.task == "embed" else None
-        self.model_name = args.served_model_name or args.model or "anymodel-demo"
-        self.eos_token_ids = loader.eos_token_ids(model_dir, self.tokenizer)
+        names = args.served_model_name
+        self.served_model_names = tuple(names) if isinstance(names, list) else (names or args.model or "anymodel-demo",)
+        self.model_name = self.served_model_names[0]  # what responses name; every one is accepted as `model`
+        self.eos_token_ids = loader.eos_token_ids(model_dir, self.tokenizer)  # all of them (beam search reads it)
+        # vLLM's split: the tokenizer's EOS is EOS; generation_config.json's other ids become each
+        # request's stop_token_ids (SamplingParams.update_from_generation_config)
+        self.generation_config_fields = loader.generation_config_fields(model_dir)
+        self.model_eos_token_id = getattr(self.tokenizer, "eos_token_id", None)
         self.vocab_size = text_config_of(self.hf_config).vocab_size
         self.executor = make_executor(args, model_dir, self.hf_config)
         self.traits: ModelTraits = self.executor.apply_model(traits_of)[0]  # every rank builds the same class
@@ -67,11 +74,16 @@ class Engine:
         num_blocks = KVCacheSizing(args, self.max_model_len, self.token_budget).num_blocks(self.executor, layers,
                                                                                         self.hf_config)
         self.kv = KVCacheManager(num_blocks, args.block_size, prefix_caching)
-        self.scheduler = Scheduler(self.kv, args.max_num_seqs, self.token_budget, args.enable_chunked_prefill)
+        self.scheduler = Scheduler(self.kv, args.max_num_seqs, self.token_budget, args.enable_chunked_prefill,
+                                   policy=args.scheduling_policy, max_loras=args.max_loras if args.enable_lora else None)
+        self.loras = LoRARegistry(args.enable_lora, self.executor)  # add_lora / remove_lora / list_loras
         self.outputs = OutputProcessor(self.tokenizer)
+        self.structured = StructuredOutputManager(self.tokenizer, self.vocab_size, self.eos_token_ids,
+                                                  args.structured_outputs_config)
         self.pooling = PoolingOutputs()
         self._ids = itertools.count()
         self._counters = {"prompt": 0, "generation": 0, "prefix_hits": 0}
+        self.last_step_num_tokens = 0
         log_engine_summary(self, model_dir)
 
     @property
@@ -80,27 +92,48 @@ class Engine:
         return self.traits.paged_kv_cache
 
     # ---- public API -----------------------------------------------------------------------------
-    def add_request(self, request_id: str, prompt, params: SamplingParams | PoolingParams | None = None) -> None:
-        params = params or (SamplingParams() if self.task == "generate" else PoolingParams())
+    def add_request(self, request_id: str, prompt, params: SamplingParams | PoolingParams | None = None,
+                    priority: int = 0, lora_request=None) -> None:
+        """`params` None: the model's defaults (`default_params()`, generation_config.json's, as vLLM)."""
+        check_priority(priority, self.args.scheduling_policy)
+        params = params or (self.default_params() if self.task == "generate" else PoolingParams())
+        lora_request = self.loras.check(lora_request)
         pooling.check_request(self.task, params, self.hf_config, self.embedding_size)
         if isinstance(params, SamplingParams):
+            params = params.clone()
+            params.update_from_generation_config(self.generation_config_fields, self.model_eos_token_id)
+            if self.tokenizer is None and params.stop:
+                raise ValueError("stop strings match text, and this engine has no tokenizer (skip_tokenizer_init="
+                                 "True); use stop_token_ids")
             params = resolve_logprobs(params, self.vocab_size, self.args.max_logprobs)
             params = resolve_bad_words(params, self.tokenizer)
+            if params.structured_outputs is not None:  # parsed now: an invalid one is this ValueError
+                params = params.clone(structured_outputs=self.structured.check(params.structured_outputs))
         tokens = self.inputs.tokenize(prompt)
         k = getattr(params, "truncate_prompt_tokens", None)
         tokens = self.inputs.truncate(tokens, k, self.max_prompt_len(params), self.max_model_len)
         self._validate(tokens.token_ids, params)
         if isinstance(params, PoolingParams):
-            return self._add_pooling_request(request_id, tokens, params)
+            return self._add_pooling_request(request_id, tokens, params, priority)
         token_ids = tokens.token_ids
-        children = [self._make_request(f"{request_id}#{i}", token_ids, params, i) for i in range(params.num_sequences)]
+        children = [self._make_request(f"{request_id}#{i}", token_ids, params, i, priority)
+                    for i in range(params.num_sequences)]
         self.outputs.add(RequestGroup(request_id, tokens.text, token_ids, params, children, self.tokenizer))
         for child in children:
-            self.scheduler.add(child)
+            child.lora_request = lora_request
+            if not self.structured.park(child):  # a constrained one waits there for its grammar
+                self.scheduler.add(child)
         self._counters["prompt"] += len(token_ids)
 
-    def _add_pooling_request(self, request_id: str, tokens: PromptTokens, params) -> None:
-        request = self._make_request(request_id, tokens.token_ids, params, 0)
+    def default_params(self, given: dict | None = None, fallbacks: dict | None = None) -> SamplingParams:
+        """The one rule for request defaults (LLM.get_default_sampling_params, generate() without
+        params, `anymodel generate`): the fields `given`, else generation_config.json's (vLLM's
+        get_diff_sampling_param; none with generation_config="vllm"), else `fallbacks`, else
+        SamplingParams' own."""
+        return SamplingParams(**{**(fallbacks or {}), **self.default_sampling_params, **(given or {})})
+
+    def _add_pooling_request(self, request_id: str, tokens: PromptTokens, params, priority: int = 0) -> None:
+        request = self._make_request(request_id, tokens.token_ids, params, 0, priority)
         request.token_type_ids = tokens.token_type_ids
         self.pooling.add(request, tokens.text)
         self.scheduler.add(request)
@@ -109,10 +142,16 @@ class Engine:
     def step(self) -> list[RequestOutput | PoolingRequestOutput]:
         """One step. A request whose sampling, pooling or output processing raised ends alone: its
         blocks are freed and its final (Pooling)RequestOutput carries `error` (a RequestFailedError)."""
+        for req in self.structured.take_ready(idle=self.scheduler.num_unfinished == 0):
+            self.scheduler.add(req)
         sched = self.scheduler.schedule()
+        self.last_step_num_tokens = sched.num_tokens  # /metrics: iteration_tokens_total
         if sched.is_empty and not sched.released_req_ids:
             return []
+        self.outputs.mark_scheduled(sched)
+        sched.grammar_bitmask = self.structured.bitmask(sched)
         result = self.executor.execute_model(sched)
+        result.failed.update(self.structured.accept(result.sampled))
         self.scheduler.update(sched)
         finished = self.outputs.apply(sched, result)
         # each pooling request ends in its one step: pooled, or failed (its pooler raised)
@@ -141,6 +180,7 @@ class Engine:
 
     def _finish(self, finished: list[tuple[Request, RequestStatus]]) -> None:
         for req, status in finished:
+            self.structured.remove(req)
             if not req.is_finished:  # a child can end twice in one step: stopped, then its group failed
                 self.scheduler.finish(req, status)
 
@@ -158,11 +198,19 @@ class Engine:
             group = self.outputs.pop(rid)
             if group is not None:
                 for child in group.children:
+                    self.structured.remove(child)
                     if not child.is_finished:
                         self.scheduler.finish(child, RequestStatus.FINISHED_ABORTED)
 
+    def set_tokenizer(self, tokenizer) -> None:
+        """vLLM's LLM.set_tokenizer: later requests are tokenized, detokenized and have their
+        bad_words and logprob tokens decoded with `tokenizer`."""
+        self.tokenizer = tokenizer
+        self.inputs = PromptProcessor(tokenizer, self.inputs.lower_case)
+        self.outputs.tokenizer = tokenizer
+
     def has_unfinished(self) -> bool:
-        return self.scheduler.num_unfinished > 0
+        return self.scheduler.num_unfinished > 0 or self.structured.num_parked > 0
 
     def apply_model(self, fn) -> list:
         return self.executor.apply_model(fn)
@@ -189,7 +237,15 @@ class Engine:
             generation_tokens_total=self._counters["generation"],
             num_preemptions_total=self.scheduler.num_preemptions,
             prefix_cache_hit_tokens_total=self.scheduler.num_prefix_cache_hit_tokens,
+            prefix_cache_query_tokens_total=self.scheduler.num_prefix_cache_query_tokens,
         )
+
+    @property
+    def _request_eos_ids(self) -> frozenset[int]:
+        """A request's EOS: the tokenizer's (the other generation_config ids are its stop_token_ids);
+        without a tokenizer, none: generation_config's ids all stop as stop_token_ids (vLLM)."""
+        eos = self.model_eos_token_id
+        return frozenset() if eos is None else frozenset({eos})
 
     def new_request_id(self) -> str:
         return str(next(self._ids))
@@ -203,18 +259,10 @@ class Engine:
         return self.max_model_len - 1
 
     def _validate(self, token_ids: list[int], params) -> None:
-        if not token_ids:
-            raise ValueError("prompt must not be empty")
-        bad = [t for t in token_ids if not 0 <= t < self.vocab_size]
-        if bad:
-            raise ValueError(f"prompt_token_ids must be in [0, {self.vocab_size}); got {bad[:5]}")
+        check_prompt(token_ids, self.vocab_size, self.max_model_len, generates=isinstance(params, SamplingParams))
         if isinstance(params, SamplingParams):
             check_sampling(params, self.vocab_size, self.args.max_num_seqs)
         n = len(token_ids)
-        if n > self.max_model_len - (0 if isinstance(params, PoolingParams) else 1):
-            raise ValueError(
-                f"prompt has {n} tokens but the model's context length (max_model_len) is {self.max_model_len}"
-            )
         if isinstance(params, PoolingParams) and n > self.scheduler.max_num_batched_tokens:
             raise ValueError(f"prompt has {n} tokens but a pooling prompt runs whole in one step of at most "
                              f"max_num_batched_tokens ({self.scheduler.max_num_batched_tokens}) tokens")
@@ -231,7 +279,7 @@ class Engine:
         room = self.max_model_len - prompt_len
         return room if params.max_tokens is None else min(params.max_tokens, room)
 
-    def _make_request(self, rid: str, token_ids: list[int], params, index: int) -> Request:
+    def _make_request(self, rid: str, token_ids: list[int], params, index: int, priority: int = 0) -> Request:
         if isinstance(params, SamplingParams) and params.seed is not None and index:
             params = params.clone(seed=(params.seed + index) % 2**64)  # n samples must differ yet reproduce
         return Request(
@@ -239,6 +287,7 @@ class Engine:
             prompt_token_ids=token_ids,
             params=params,
             max_tokens=self._max_tokens(len(token_ids), params),
-            eos_token_ids=self.eos_token_ids,
+            eos_token_ids=self._request_eos_ids,
             arrival_time=time.monotonic(),
+            priority=priority,
         )

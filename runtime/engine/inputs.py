@@ -43,6 +43,9 @@ class PromptProcessor:
 
     def _tokenize_plain(self, prompt) -> PromptTokens:
         if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("this engine has no tokenizer (skip_tokenizer_init=True): prompts must be token ids "
+                                 "(a list of ints or {'prompt_token_ids': [...]}), got text")
             return PromptTokens(prompt, self.tokenizer.encode(prompt.lower() if self.lower_case else prompt))
         if isinstance(prompt, (list, tuple)) and all(isinstance(t, int) for t in prompt):
             return PromptTokens(None, list(prompt))

@@ -15,11 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import logging
+import time
 
 from anymodel.engine.detokenizer import Detokenizer, NoDetokenizer
 from anymodel.errors import RequestFailedError
 from anymodel.outputs import CompletionOutput, Logprob, RequestOutput
 from anymodel.params import RequestOutputKind, SamplingParams
+from anymodel.request_stats import RequestStateStats
 from anymodel.engine.request import Request, RequestStatus
 
 logger = logging.getLogger("anymodel")
@@ -46,6 +48,7 @@ class RequestGroup:
     states: list[ChildState] = field(default_factory=list)
     prompt_logprobs: list | None = None
     error: RequestFailedError | None = None  # set once one of its children failed; the group is over
+    metrics: RequestStateStats = field(default_factory=RequestStateStats.arrived)  # RequestOutput.metrics
 
     def __post_init__(self) -> None:
         p = self.params
@@ -82,6 +85,14 @@ class OutputProcessor:
             self._child.pop(state.request.request_id, None)
         return group
 
+    def mark_scheduled(self, sched) -> None:
+        """Right after scheduling: the first step of a group is its metrics' scheduled_ts."""
+        now = time.monotonic()
+        for s in sched.scheduled:
+            entry = self._child.get(s.request.request_id)
+            if entry is not None:
+                entry[0].metrics.scheduled(now)
+
     def apply(self, sched, result) -> list[tuple[Request, RequestStatus]]:
         """Record this step's tokens; returns the children that finished (to free their blocks),
         the children of failed groups among them (FINISHED_ERROR)."""
@@ -112,7 +123,8 @@ class OutputProcessor:
         return []
 
     def _record_token(self, rid: str, token: int, logprobs) -> list:
-        _, state = self._child[rid]
+        group, state = self._child[rid]
+        group.metrics.token(time.monotonic())
         status = self._append(state, token, logprobs)
         return [] if status is None else [(state.request, status)]
 
@@ -190,7 +202,7 @@ class OutputProcessor:
         except Exception:
             completions = []
         return RequestOutput(request_id=group.request_id, prompt=group.prompt, prompt_token_ids=group.prompt_token_ids,
-                             outputs=completions, finished=True, error=group.error)
+                             outputs=completions, finished=True, error=group.error, metrics=replace(group.metrics))
 
     def _make_output(self, group: RequestGroup) -> RequestOutput | None:
         kind, p = group.params.output_kind, group.params
@@ -208,6 +220,7 @@ class OutputProcessor:
             finished=group.finished,
             prompt_logprobs=group.prompt_logprobs,
             num_cached_tokens=group.children[0].num_cached_tokens,
+            metrics=replace(group.metrics),  # a snapshot: later steps do not change an output already given
         )
 
     def _completion(self, index: int, st: ChildState, delta: bool) -> CompletionOutput:

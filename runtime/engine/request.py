@@ -32,6 +32,7 @@ class Request:
     max_tokens: int = 0  # generation cap after max_model_len is applied; 0 for pooling
     eos_token_ids: frozenset[int] = frozenset()
     arrival_time: float = 0.0
+    priority: int = 0  # scheduling_policy="priority": lower first (vLLM)
     status: RequestStatus = RequestStatus.WAITING
     num_computed_tokens: int = 0  # tokens whose K/V are in the cache
     num_cached_tokens: int = 0  # of those, how many came from the prefix cache at admission
@@ -42,12 +43,17 @@ class Request:
     pooled: torch.Tensor | None = None
     # Segment ids of a text pair (cross-encoder scoring), [num_prompt_tokens]; None: the model's default.
     token_type_ids: list[int] | None = None
+    lora_request: object = None  # anymodel.LoRARequest: the adapter it runs with (None: the base model)
 
     def __post_init__(self) -> None:
         self.all_token_ids = list(self.prompt_token_ids)
         params = self.params
         if isinstance(params, SamplingParams) and params.seed is not None:
             self.generator = torch.Generator().manual_seed(params.seed)
+
+    @property
+    def lora_int_id(self) -> int:
+        return 0 if self.lora_request is None else self.lora_request.lora_int_id
 
     @property
     def is_pooling(self) -> bool:

@@ -7,6 +7,9 @@ the argument and the allowed range (HTTP 400); nothing out of range reaches a st
 
 from __future__ import annotations
 
+import numbers
+
+from anymodel.errors import ArgumentTypeError
 from anymodel.params import SamplingParams
 
 
@@ -19,8 +22,10 @@ def resolve_logprobs(params: SamplingParams, vocab_size: int, max_logprobs: int)
             k = vocab_size
             params = params.clone(**{name: k})
         if k is not None and max_logprobs != -1 and k > max_logprobs:
-            raise ValueError(f"{name}={k} is more than this engine's max_logprobs ({max_logprobs}); ask for at most "
-                             f"{max_logprobs}, or start the engine with a larger max_logprobs (-1: no cap)")
+            kind = "sample" if name == "logprobs" else "prompt"  # vLLM's words, then ours
+            raise ValueError(f"Requested {kind} logprobs of {k}, which is greater than max allowed: {max_logprobs} "
+                             f"({name}={k} is more than this engine's max_logprobs ({max_logprobs}); ask for at most "
+                             f"{max_logprobs}, or start the engine with a larger max_logprobs (-1: no cap))")
     return params
 
 
@@ -40,6 +45,39 @@ def resolve_bad_words(params: SamplingParams, tokenizer) -> SamplingParams:
         if spaced and (not plain or (spaced[0] != plain[0] and len(spaced) == len(plain))):
             sequences.append(spaced)
     return params.clone(bad_words_token_ids=sequences)
+
+
+def check_prompt(token_ids: list[int], vocab_size: int, max_model_len: int, generates: bool) -> None:
+    """The prompt's tokens, in vLLM's words (what its users grep for). A generation needs room for
+    one new token: its prompt may hold at most max_model_len - 1 tokens."""
+    if not token_ids:
+        raise ValueError("The decoder prompt cannot be empty")
+    wrong = [t for t in token_ids if not _is_integer(t)]
+    if wrong:
+        raise ArgumentTypeError(f"prompt_token_ids must contain only integers, got {wrong[:5]}")
+    bad = [t for t in token_ids if not 0 <= t < vocab_size]
+    if bad:
+        raise ValueError(f"Token id {bad[0]} is out of vocabulary (prompt_token_ids must be in [0, {vocab_size}); "
+                         f"got {bad[:5]})")
+    n, limit = len(token_ids), max_model_len - (1 if generates else 0)
+    if n > limit:
+        room = " less the one token it generates" if generates and n == max_model_len else ""
+        raise ValueError(f"The decoder prompt (length {n}) is longer than the maximum model length of "
+                         f"{max_model_len}{room}. Make sure that `max_model_len` is no smaller than the number of "
+                         "text tokens (or truncate the prompt: truncate_prompt_tokens)")
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_priority(priority, policy: str) -> None:
+    """vLLM: an integer; anything but 0 needs scheduling_policy="priority"."""
+    if not _is_integer(priority):
+        raise ArgumentTypeError(f"priority must be an integer, got {type(priority).__name__} {priority!r}")
+    if priority != 0 and policy != "priority":
+        raise ValueError(f"Got priority {priority} but Priority scheduling is not enabled. (start the engine with "
+                         "scheduling_policy='priority')")
 
 
 def check_sampling(params: SamplingParams, vocab_size: int, max_num_seqs: int) -> None:

@@ -2,18 +2,21 @@
 
 Each step every running request asks for `num_tokens - num_computed_tokens` tokens (a decode asks
 for one, a prompt for its remainder, capped by the budget: chunked prefill), oldest first. When the
-KV cache cannot hold them, the newest running request is preempted: its blocks are freed and it is
-recomputed later from its prompt and the tokens it already produced. Waiting requests are admitted
-FCFS, after a prefix-cache lookup, only while no preemption happened this step.
+KV cache cannot hold them, the newest running request is preempted (scheduling_policy="priority":
+the least important one): its blocks are freed and it is recomputed later from its prompt and the
+tokens it already produced. Waiting requests are admitted in the policy's order (request_queue.py),
+after a prefix-cache lookup, only while no preemption happened this step; with LoRA (`max_loras`),
+a waiting request whose adapter would be one more than the running requests hold slots for waits
+(the ones behind it may still start).
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 
 from anymodel.kv_cache import KVCacheManager
 from anymodel.engine.request import Request, RequestStatus
+from anymodel.engine.request_queue import victim_index, waiting_queue
 
 
 @dataclass
@@ -35,6 +38,8 @@ class SchedulerOutput:
     preempted: list[Request] = field(default_factory=list)
     # Requests finished or aborted since the previous step: workers drop their per-request state.
     finished_req_ids: set[str] = field(default_factory=set)
+    # Structured outputs: token bitmask rows of the constrained requests that sample (structured_output/)
+    grammar_bitmask: object | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -57,15 +62,20 @@ class Scheduler:
         max_num_seqs: int,
         max_num_batched_tokens: int,
         enable_chunked_prefill: bool = True,
+        policy: str = "fcfs",  # or "priority" (runtime/engine/request_queue.py)
+        max_loras: int | None = None,
     ) -> None:
         self.kv = kv
+        self.max_loras = max_loras  # distinct adapters among running requests (None: no LoRA limit)
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.enable_chunked_prefill = enable_chunked_prefill
-        self.waiting: deque[Request] = deque()
+        self.policy = policy
+        self.waiting = waiting_queue(policy)
         self.running: list[Request] = []
         self.num_preemptions = 0
         self.num_prefix_cache_hit_tokens = 0  # prompt tokens a first schedule found cached
+        self.num_prefix_cache_query_tokens = 0  # prompt tokens a first schedule looked up
         self._finished_ids: set[str] = set()
 
     def add(self, request: Request) -> None:
@@ -94,7 +104,11 @@ class Scheduler:
                 i += 1
                 continue
             while not self.kv.allocate_slots(req, n):
-                victim = self.running.pop()  # newest
+                j = victim_index(self.running, self.policy)
+                victim = self.running.pop(j)
+                if j < i:  # scheduled earlier in this step (priority policy): its tokens return to the budget
+                    budget += sum(s.num_tokens for s in out.scheduled if s.request is victim)
+                    i -= 1
                 self._preempt(victim, out)
                 if victim is req:
                     break
@@ -105,8 +119,12 @@ class Scheduler:
         return budget
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
+        skipped: list[Request] = []  # their adapter needs a slot no running request frees this step
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting[0]
+            if not self._lora_fits(req):
+                skipped.append(self.waiting.popleft())
+                continue
             computed, num_cached = self.kv.get_computed_blocks(req)
             n = req.num_tokens - num_cached
             if n > budget and (req.is_pooling or not self.enable_chunked_prefill):
@@ -119,10 +137,18 @@ class Scheduler:
             if req.status is RequestStatus.WAITING:
                 req.num_cached_tokens = num_cached
                 self.num_prefix_cache_hit_tokens += num_cached
+                self.num_prefix_cache_query_tokens += req.num_tokens
             req.status = RequestStatus.RUNNING
             self.running.append(req)
             out.scheduled.append(ScheduledRequest(req, n))
             budget -= n
+        self.waiting.extendleft(reversed(skipped))
+
+    def _lora_fits(self, req: Request) -> bool:
+        if self.max_loras is None or not req.lora_int_id:
+            return True
+        active = {r.lora_int_id for r in self.running if r.lora_int_id}
+        return req.lora_int_id in active or len(active) < self.max_loras
 
     def _preempt(self, req: Request, out: SchedulerOutput) -> None:
         self.kv.free(req)

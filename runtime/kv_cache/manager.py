@@ -1,7 +1,8 @@
 """Per-request block tables on top of the block pool, with prefix-cache hits by chained block hash.
 
 Block i of a request is identified by hash((hash of block i-1, its block_size token ids)), so two
-requests share a block only if their whole prefixes up to it are equal.
+requests share a block only if their whole prefixes up to it are equal. Block 0's parent is the
+LoRA adapter (None for the base model): requests of different adapters never share a block.
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ def hash_blocks(token_ids: list[int], block_size: int, start: int = 0, parent: i
         parent = hash((parent, tuple(token_ids[i * block_size : (i + 1) * block_size])))
         hashes.append(parent)
     return hashes
+
+
+def _root(request: Request):
+    """Block 0's parent: None for the base model; the adapter (id, name, path) otherwise, so that an id
+    reused for another adapter after its removal never meets the old adapter's blocks."""
+    lora = request.lora_request
+    return None if lora is None else ("lora", lora.lora_int_id, lora.lora_name, lora.lora_path)
 
 
 class KVCacheManager:
@@ -84,7 +92,7 @@ class KVCacheManager:
         """Hashes of the request's full blocks so far (extended as tokens arrive)."""
         hashes = self.req_hashes.setdefault(request.request_id, [])
         if len(hashes) < request.num_tokens // self.block_size:
-            parent = hashes[-1] if hashes else None
+            parent = hashes[-1] if hashes else _root(request)
             hashes.extend(hash_blocks(request.all_token_ids, self.block_size, len(hashes), parent))
         return hashes
 

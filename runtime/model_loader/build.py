@@ -16,6 +16,7 @@ import torch
 from anymodel import loader
 from anymodel.distributed import ParallelState
 from anymodel.model_loader import quantization  # noqa: F401  (registers the quantization transform)
+from anymodel.lora.transform import LoRAConfig  # also registers the LoRA transform
 from anymodel.model_loader.rules import Decision, decide
 from anymodel.model_loader.transforms import TransformContext, apply_transforms
 from anymodel.model_protocol import traits_of
@@ -37,7 +38,9 @@ def build(decision: Decision, args, device: torch.device, backend) -> torch.nn.M
     if decision.impl == "refuse":
         raise ValueError(decision.reason)
     dtype = loader.resolve_dtype(args.dtype, facts.config)
-    context = TransformContext(decision.impl, facts.config, dtype, facts.state)
+    context = TransformContext(decision.impl, facts.config, dtype, facts.state, LoRAConfig.from_args(args))
+    if args.load_format == "dummy":
+        return _dummy(decision, args, device, backend, context)
     if decision.impl == "native":
         return _native(decision, args, device, backend, context)
     # a quantized model has no plain fallback: the compat path would load its checkpoint as plain weights
@@ -61,6 +64,23 @@ def _native(decision: Decision, args, device, backend, context: TransformContext
         return build(decide(args, facts.config, facts.model_dir, facts.state, exclude=("native",)), args, device,
                      backend)
     return apply_transforms(model, context).eval()
+
+
+def _dummy(decision: Decision, args, device, backend, context: TransformContext) -> torch.nn.Module:
+    """load_format="dummy": random weights for the native class or the single-rank Transformers
+    backend (benchmarks without a checkpoint); the other paths read weights as they build and refuse."""
+    f = decision.facts
+    if decision.impl == "native":
+        model = decision.cls.with_random_weights(f.config, context.dtype, args.seed)
+        return apply_transforms(model.to(device), context).eval()
+    if decision.impl != "transformers" or f.state.world_size > 1:
+        path = f"{decision.impl} on {f.state.world_size} ranks" if decision.impl == "transformers" else decision.impl
+        raise ValueError(f"load_format='dummy' builds random weights for native models and the single-rank "
+                         f"Transformers backend; this model runs {path}: pass load_format='auto'")
+    from anymodel.adapters.causal_lm import random_causal_lm
+
+    model = random_causal_lm(f.hf.cls, f.hf.has_lm_head, f.config, context.dtype, args.seed)
+    return self_checked(apply_transforms(model.to(device), context), args, f.state, backend, None)
 
 
 def _transformers(decision: Decision, args, dtype: torch.dtype) -> torch.nn.Module:
@@ -103,7 +123,7 @@ def _compat_rebuild(decision: Decision, device, context: TransformContext):
             raise ValueError(f"{f.hf_name} failed anymodel's start-up self-check ({reason}), and the compat "
                              "path needs a *ForCausalLM class")
         model = load_compat_causal_lm(f.hf.cls, f.model_dir, f.config, context.dtype, reason).to(device)
-        return apply_transforms(model, TransformContext("compat", f.config, context.dtype, f.state))
+        return apply_transforms(model, TransformContext("compat", f.config, context.dtype, f.state, context.lora))
 
     return rebuild
 

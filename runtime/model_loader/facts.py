@@ -31,7 +31,7 @@ class Request:
         from anymodel.pooling.tasks import resolve_task
 
         # The engine resolved it already (then this returns it as is); `inspect` passes "auto".
-        task = resolve_task(args.task, config, model_dir)
+        task = resolve_task(args.task, config, model_dir, args.runner)
         return cls(task, args.model_impl, bool(args.trust_remote_code), bool(args.enable_compat_path),
                    getattr(args, "quantization", None))
 

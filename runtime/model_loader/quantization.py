@@ -28,7 +28,7 @@ def method_of(quant):
 def _quantized(context: TransformContext) -> bool:
     from anymodel.native_overrides.quantization.config import raw_quantization_config
 
-    return raw_quantization_config(context.config) is not None
+    return context.config is not None and raw_quantization_config(context.config) is not None
 
 
 def _check_and_report(model: torch.nn.Module, context: TransformContext) -> torch.nn.Module:

@@ -11,7 +11,8 @@ its transform under its stage, and `apply_transforms` runs those that apply, sta
 registration order within a stage. Tensor/pipeline sharding happens while loading
 (adapters/parallel.py, native linears); so does the replacement of a quantized checkpoint's
 linears (on the meta device, before sharding cuts them: no weight is ever held unquantized), whose
-registered transform (model_loader/quantization.py) checks the result and logs the weight bytes.
+registered transform (model_loader/quantization.py) checks the result and logs the weight bytes;
+LoRA registers itself from anymodel/lora/transform.py.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class TransformContext:
     config: object
     dtype: torch.dtype
     state: object  # anymodel.distributed.ParallelState
+    lora: object = None  # anymodel.lora.transform.LoRAConfig when enable_lora, else None
 
 
 @dataclass(frozen=True)

@@ -30,17 +30,25 @@ from anymodel.outputs import (
 from anymodel.params import PoolingParams
 
 POOLING_REQUEST_TASKS = ("encode", "embed", "classify", "score", "reward")
+VLLM_TASK_NAMES = {"token_classify": "reward"}  # vLLM's newer name of a reward request (per-token labels)
 
 
 class PoolingMixin:
     def encode(self, prompts, pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
-               use_tqdm: bool = True, pooling_task: str = "encode", *,
+               use_tqdm: bool = True, pooling_task: str | None = None, *,
                truncate_prompt_tokens: int | None = None) -> list[PoolingRequestOutput]:
         """The model's raw pooler output for each prompt, in input order.
+
+        pooling_task: the kind of request ("embed", "classify", "score", "reward", or "encode": the
+        pooler's output as configured); None means "encode" for a model that answers one kind of
+        request, and is an error (vLLM's) for one that answers several (a cross-encoder: score and classify).
 
         truncate_prompt_tokens=k keeps each prompt's last k tokens (-1: as many as the model takes);
         it overrides the pooling_params' own value.
         """
+        if pooling_task is None:
+            pooling_task = _default_pooling_task(self.engine.task)
+        pooling_task = VLLM_TASK_NAMES.get(pooling_task, pooling_task)
         if pooling_task not in POOLING_REQUEST_TASKS:
             raise ValueError(f"unsupported pooling_task {pooling_task!r}; supported: {list(POOLING_REQUEST_TASKS)}")
         from anymodel.llm import _as_list, _broadcast
@@ -87,6 +95,9 @@ class PoolingMixin:
         """One cross-encoder prompt: the pair tokenized together ([CLS] a [SEP] b [SEP] for BERT)."""
         if not (isinstance(a, str) and isinstance(b, str)):
             raise ValueError("score with a cross-encoder takes texts (str) for text_1 and text_2")
+        if self.engine.tokenizer is None:
+            raise ValueError("score with a cross-encoder tokenizes each pair, and this LLM has no tokenizer "
+                             "(skip_tokenizer_init=True)")
         enc = self.engine.tokenizer(a, b)
         prompt = {"prompt": a + "\n" + b, "prompt_token_ids": list(enc["input_ids"])}
         if enc.get("token_type_ids") is not None:
@@ -104,6 +115,20 @@ class PoolingMixin:
             results.append(ScoringRequestOutput(f"{a.request_id}_{b.request_id}",
                                                 a.prompt_token_ids + b.prompt_token_ids, ScoringOutput(sim.item())))
         return results
+
+
+def _default_pooling_task(model_task: str) -> str:
+    from anymodel.pooling.tasks import SERVES
+
+    kinds = [k for k in SERVES.get(model_task, ()) if k != "encode"]
+    if len(kinds) > 1:
+        raise ValueError(
+            "pooling_task required for `LLM.encode`\nPlease use one of the more specific methods or set the "
+            f"pooling_task when using `LLM.encode` (this model answers {kinds}):\n"
+            '  - For classification logits, use `LLM.classify(...)` or `pooling_task="classify"`.\n'
+            '  - For similarity scores, use `LLM.score(...)` or `pooling_task="score"`.\n'
+            '  - For the pooler\'s output as configured, `pooling_task="encode"`.')
+    return "encode"
 
 
 def _for_task(params: PoolingParams, task: str, truncate: int | None = None) -> PoolingParams:

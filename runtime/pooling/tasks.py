@@ -58,7 +58,13 @@ def supported_tasks(config, model_dir: Path) -> list[str] | None:
     return None
 
 
-def resolve_task(requested: str, config, model_dir: Path) -> str:
+def resolve_task(requested: str, config, model_dir: Path, runner: str = "auto") -> str:
+    """The task a model runs. vLLM's runner="pooling" with convert="auto" on a generative model embeds."""
+    task = _resolve_task(requested, config, model_dir)
+    return "embed" if runner == "pooling" and task == "generate" else task
+
+
+def _resolve_task(requested: str, config, model_dir: Path) -> str:
     supported = supported_tasks(config, model_dir)
     if requested != "auto":
         if supported is not None and requested not in supported:
@@ -148,6 +154,22 @@ def check_request(model_task: str, params, config, embedding_size: int | None = 
         raise ValueError(f"a {kind!r} request is not supported by a model running task {model_task!r}; "
                          f"supported: {list(SERVES[model_task])}")
     check_dimensions(params, model_task, config, embedding_size or text_config_of(config).hidden_size)
+    check_parameters(params, kind)
+
+
+# The per-request options each kind of request takes (vLLM's PoolingParams.valid_parameters);
+# "encode", the raw pooler output, takes any of them.
+VALID_PARAMETERS = {"embed": ["dimensions", "normalize"], "classify": ["use_activation"],
+                    "score": ["use_activation"], "reward": ["use_activation"]}
+
+
+def check_parameters(params: PoolingParams, kind: str) -> None:
+    valid = VALID_PARAMETERS.get(kind)
+    if valid is None:
+        return
+    invalid = [k for k in ("dimensions", "normalize", "use_activation") if k not in valid and getattr(params, k) is not None]
+    if invalid:
+        raise ValueError(f"Task {kind} only supports {valid} parameters, does not support {invalid} parameters")
 
 
 def check_dimensions(params: PoolingParams, model_task: str, config, size: int) -> None:

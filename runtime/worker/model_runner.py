@@ -16,6 +16,7 @@ import torch
 
 from anymodel.attention_backend.forward_context import ForwardContext
 from anymodel.attention_backend.metadata import AttentionMetadata
+from anymodel.lora.ops import LoRAMapping
 from anymodel.model_protocol import StatefulModel, traits_of
 from anymodel.worker.cuda_graph import DecodeGraphs, GraphSpec
 from anymodel.worker.kv_budget import measure_kv_budget
@@ -47,6 +48,7 @@ class StepInputs:
     positions: torch.Tensor  # [1, T]
     meta: AttentionMetadata
     token_type_ids: torch.Tensor | None = None  # [1, T], only when a request in the step has them
+    lora: LoRAMapping | None = None  # each token's adapter slot (on the device); None: no adapter in the step
 
     @property
     def model_kwargs(self) -> dict:
@@ -56,15 +58,16 @@ class StepInputs:
         if device.type == "cpu":
             return self
         types = None if self.token_type_ids is None else self.token_type_ids.to(device)
-        return StepInputs(self.input_ids.to(device), self.positions.to(device), self.meta.to(device), types)
+        return StepInputs(self.input_ids.to(device), self.positions.to(device), self.meta.to(device), types, self.lora)
 
 
 class ModelRunner:
     produces_output = True  # False on pipeline stages before the last: no LM head, nothing to sample
 
     def __init__(self, model: torch.nn.Module, device: torch.device, block_size: int, backend, seed: int = 0,
-                 graph_spec: GraphSpec | None = None, kv_cache_dtype: torch.dtype | None = None) -> None:
+                 graph_spec: GraphSpec | None = None, lora=None, kv_cache_dtype: torch.dtype | None = None) -> None:
         self.model = model
+        self.lora = lora  # anymodel.lora.slots.LoRASlots when enable_lora
         self.device = device
         self.block_size = block_size
         self.backend = backend
@@ -118,9 +121,10 @@ class ModelRunner:
             self.model.compute_logits(hidden[:num_logit_rows])
         return self.bytes_per_block(layers) * num_blocks
 
-    def allocate_kv_cache(self, layers, num_blocks: int) -> None:
+    def allocate_kv_cache(self, layers, num_blocks: int, capture: bool = True) -> None:
+        """`capture=False`: no decode graphs yet (sleep mode wakes the cache before the weights)."""
         self.kv_caches = self._new_kv_cache(layers, num_blocks)
-        if self.graph_spec is not None:
+        if capture and self.graph_spec is not None:
             self.capture_decode_graphs(self.graph_spec)
 
     @torch.inference_mode()
@@ -160,8 +164,14 @@ class ModelRunner:
         if size is not None:
             return self.graphs.run(inputs.input_ids, inputs.positions, inputs.meta, size)
         inputs = inputs.to(self.device)
-        with ForwardContext.paged(inputs.meta, self.kv_caches, self.backend):
-            return self.model(inputs.input_ids, inputs.positions, inputs.meta, **inputs.model_kwargs)
+        if self.lora is not None:
+            self.lora.state.mapping = inputs.lora  # read by every LoRALinear during this forward
+        try:
+            with ForwardContext.paged(inputs.meta, self.kv_caches, self.backend):
+                return self.model(inputs.input_ids, inputs.positions, inputs.meta, **inputs.model_kwargs)
+        finally:
+            if self.lora is not None:
+                self.lora.state.mapping = None
 
     def prepare_inputs(self, sched: SchedulerOutput) -> StepInputs:
         """The step's flat row of tokens and its attention metadata, as CPU tensors."""
@@ -176,7 +186,16 @@ class ModelRunner:
         tables = [sched.block_tables[s.request.request_id] for s in sched.scheduled]
         pos = torch.tensor(positions, dtype=torch.long)
         meta = self._metadata(qlens, seq_lens, tables, pos, tuple(s.request.request_id for s in sched.scheduled))
-        return StepInputs(torch.tensor([ids], dtype=torch.long), pos[None], meta, self._token_type_ids(sched))
+        return StepInputs(torch.tensor([ids], dtype=torch.long), pos[None], meta, self._token_type_ids(sched),
+                          self._lora_mapping(sched))
+
+    def _lora_mapping(self, sched: SchedulerOutput) -> LoRAMapping | None:
+        """Each token's adapter slot, the step's adapters loaded into slots first (LoRA only)."""
+        if self.lora is None:
+            return None
+        slots = self.lora.activate([s.request.lora_request for s in sched.scheduled])
+        return LoRAMapping.build([slot for s, slot in zip(sched.scheduled, slots) for _ in range(s.num_tokens)],
+                                 self.device)
 
     def _token_type_ids(self, sched: SchedulerOutput) -> torch.Tensor | None:
         """[1, T] segment ids (cross-encoder pairs); zeros for requests without them."""
@@ -244,7 +263,7 @@ class ModelRunner:
                 prompt_lp.append((i, s))
             if s.samples:
                 sample_idx.append(starts[i + 1] - 1)
-                rows.append(_sampling_row(r))
+                rows.append(_sampling_row(r, sched.grammar_bitmask))
                 reqs.append(r)
         if rows:
             self._sample_rows(hidden, sample_idx, rows, reqs, out)
@@ -299,9 +318,10 @@ def _failure(what: str, e: Exception) -> str:
     return f"{what} failed: {type(e).__name__}: {e}"
 
 
-def _sampling_row(r: Request) -> SamplingRow:
+def _sampling_row(r: Request, grammar_bitmask=None) -> SamplingRow:
     p = r.params
     blocked = []
     if r.num_output_tokens < p.min_tokens:
         blocked = sorted(set(p.stop_token_ids) | (set() if p.ignore_eos else set(r.eos_token_ids)))
-    return SamplingRow(p, r.prompt_token_ids, r.output_token_ids, blocked, r.generator)
+    mask = None if grammar_bitmask is None else grammar_bitmask.row_of(r.request_id)
+    return SamplingRow(p, r.prompt_token_ids, r.output_token_ids, blocked, r.generator, mask)

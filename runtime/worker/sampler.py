@@ -1,7 +1,7 @@
 """Logits -> tokens (+ logprobs): a pure function of (logits, per-row parameters, token history).
 
 Rows are the positions that sample this step, one per request. Order of processing (vLLM's):
-allowed_token_ids masking -> logit_bias -> penalties -> min_tokens masking -> bad_words masking ->
+structured outputs' grammar bitmask -> allowed_token_ids masking -> logit_bias -> penalties -> min_tokens masking -> bad_words masking ->
 the request's own logits_processors (per row, in list order) -> greedy argmax, or temperature ->
 top-k -> top-p -> min-p -> sample (per-request torch.Generator when the request has a seed).
 Logprobs are reported from the model's raw distribution (log_softmax of the logits before any
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from anymodel.params import SamplingParams, logits_processor_arity
+from anymodel.structured_output.bitmask import apply_bitmask
 
 
 @dataclass
@@ -27,6 +28,7 @@ class SamplingRow:
     output_token_ids: list[int]
     blocked_token_ids: list[int]  # e.g. EOS while fewer than min_tokens were produced
     generator: torch.Generator | None
+    grammar_bitmask: torch.Tensor | None = None  # [W] int32: structured outputs' allowed tokens (bitmask.py)
 
 
 @dataclass
@@ -44,6 +46,7 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow], default_generator: tor
     if logits is given and any(_writes_in_place(r) for r in rows):
         logits = logits.clone()  # penalties, masks and user processors write in place
     raw_logprobs = torch.log_softmax(logits, dim=-1) if any(_logprobs_k(r) is not None for r in rows) else None
+    _apply_grammar(logits, rows)
     logits = _apply_token_constraints(logits, rows)
     logits = _apply_penalties(logits, rows)
     for i, row in enumerate(rows):
@@ -66,12 +69,14 @@ def _plain_greedy(row: SamplingRow) -> bool:
     """Greedy with nothing that changes the logits or the output: the result is a bare argmax."""
     p = row.params
     return (p.greedy and _logprobs_k(row) is None and not row.blocked_token_ids and not p.allowed_token_ids
+            and row.grammar_bitmask is None
             and not p.logit_bias and not p.has_penalties and not p.bad_words_token_ids and not p.logits_processors)
 
 
 def _writes_in_place(row: SamplingRow) -> bool:
     p = row.params
-    return bool(p.has_penalties or row.blocked_token_ids or p.bad_words_token_ids or p.logits_processors)
+    return bool(p.has_penalties or row.blocked_token_ids or p.bad_words_token_ids or p.logits_processors
+                or row.grammar_bitmask is not None)
 
 
 def _logprobs_k(row: SamplingRow) -> int | None:
@@ -79,6 +84,14 @@ def _logprobs_k(row: SamplingRow) -> int | None:
     when best_of > n, whose pick needs each sample's cumulative logprob."""
     p = row.params
     return 0 if p.logprobs is None and p.picks_best else p.logprobs
+
+
+def _apply_grammar(logits: torch.Tensor, rows: list[SamplingRow]) -> None:
+    """Structured outputs: every constrained row's token bitmask in one batched op. logits [S, V], in place."""
+    constrained = [i for i, r in enumerate(rows) if r.grammar_bitmask is not None]
+    if constrained:
+        bitmask = torch.stack([rows[i].grammar_bitmask for i in constrained])  # [R, W]
+        apply_bitmask(logits, bitmask, constrained)
 
 
 def _apply_bad_words(logits: torch.Tensor, rows: list[SamplingRow]) -> None:
@@ -216,12 +229,14 @@ def _gather_logprobs(raw: torch.Tensor | None, rows: list[SamplingRow], tokens: 
 
 def top_logprobs(logprobs: torch.Tensor, token: int, k: int) -> dict[int, tuple[float, int]]:
     """logprobs [V] -> {token: (logprob, rank)} for the chosen token and the top k (rank 1 = best).
-    k may exceed V (max_logprobs above a small vocabulary, or padded logits): all V come back, as in vLLM."""
+    k may exceed V (max_logprobs above a small vocabulary, or padded logits): all V come back, as in vLLM.
+    The chosen token comes first; outside the top k its rank counts the tokens at least as likely
+    (itself included), as vLLM's does, so a tie ranks it after the tokens it ties with."""
     chosen = logprobs[token]
-    result = {token: (float(chosen), int((logprobs > chosen).sum()) + 1)}
+    result = {token: (float(chosen), int((logprobs >= chosen).sum()))}
     k = min(k, logprobs.shape[-1])
     if k > 0:
         vals, ids = logprobs.topk(k)
         for rank, (v, t) in enumerate(zip(vals.tolist(), ids.tolist()), start=1):
-            result.setdefault(t, (v, rank))
+            result[t] = (v, rank)  # a chosen token in the top k takes its top-k rank (vLLM's dict build)
     return result

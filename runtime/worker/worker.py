@@ -10,6 +10,7 @@ import torch
 from anymodel import loader
 from anymodel.worker.cuda_graph import GraphSpec, capture_sizes
 from anymodel.distributed import ParallelState, get_parallel_state
+from anymodel.lora.slots import LoRASlots
 from anymodel.model_loader import load_model
 from anymodel.model_protocol import traits_of
 from anymodel.worker.model_runner import ModelRunner
@@ -33,10 +34,27 @@ class Worker:
         backend = get_backend(args.attention_backend, self.device, args.block_size)
         self.model = load_model(args, model_dir, config, self.device, self.state, backend)
         spec = decode_graph_spec(args, config, self.device, self.model, backend, self.state)
+        self.lora = LoRASlots(self.model, args.max_cpu_loras or args.max_loras) if args.enable_lora else None
         self.runner = ModelRunner(self.model, self.device, args.block_size, backend, seed=args.seed, graph_spec=spec,
+                                  lora=self.lora,
                                   kv_cache_dtype=kv_cache_dtype_for(args.kv_cache_dtype, backend, self.model))
         # Only the last pipeline stage has the LM head: earlier stages run the forward and stop.
         self.runner.produces_output = self.state.is_last_stage
+
+    # ---- LoRA adapters (vLLM's worker names; see anymodel/lora/slots.py) --------------------------
+    def add_lora(self, lora_request) -> bool:
+        return self._lora_slots().add(lora_request)
+
+    def remove_lora(self, lora_int_id: int) -> bool:
+        return self._lora_slots().remove(lora_int_id)
+
+    def list_loras(self) -> list[int]:
+        return self._lora_slots().list()
+
+    def _lora_slots(self) -> LoRASlots:
+        if self.lora is None:
+            raise ValueError("LoRA is not enabled; pass enable_lora=True (--enable-lora)")
+        return self.lora
 
 
 def kv_cache_dtype_for(name: str, backend, model) -> torch.dtype | None:
@@ -64,6 +82,8 @@ def decode_graph_spec(args, config, device: torch.device, model, backend, state:
     reason = None
     if device.type != "cuda":
         reason = f"device {device.type!r} (CUDA only)"
+    elif args.enable_lora:
+        reason = "LoRA adapters (their per-step mapping is not captured yet)"
     elif state.world_size > 1:
         reason = "tensor/pipeline parallelism (not captured yet)"
     elif args.task not in ("auto", "generate") or not traits_of(model).paged_kv_cache:

@@ -7,11 +7,14 @@ Each model must also take the path we expect: the paged attention interface, or 
 Target architectures anymodel does not serve are listed in KNOWN_UNSUPPORTED with the reason;
 loading one must fail with a clear ValueError naming it, never run and give wrong tokens."""
 
+import json
+
 import pytest
 
 from anymodel import LLM
 from tests.models.zoo import (
-    COMPAT_ARCHS, CUSTOM_ARCH, RECURRENT_ARCHS, UNSUPPORTED_ZOO, ZOO, build_tiny_model, cached_model,
+    COMPAT_ARCHS, CUSTOM_ARCH, RECURRENT_ARCHS, SELF_CHECK_COMPAT_ARCHS, UNSUPPORTED_ZOO, ZOO, build_tiny_model,
+    cached_model,
 )
 from tests.reference import greedy_case, llm_greedy
 
@@ -23,8 +26,6 @@ KNOWN_UNSUPPORTED = {
     # vLLM lists BartForConditionalGeneration; Transformers would map its config to the decoder-only
     # BartForCausalLM and drop the encoder (random cross-attention, silently wrong tokens).
     "bart": ("seq2seq", "encoder-decoder model; anymodel serves decoder-only causal LMs"),
-    # Doge adds a learned dynamic mask to the scores; our kernels would drop it (refused at start-up).
-    "doge": ("causal_lm", "DogeAttention passes its own attention mask / bias to the attention function"),
 }
 
 
@@ -46,8 +47,8 @@ def test_greedy_matches_transformers(arch_case):
     arch, path, prompts, reference = arch_case
     llm = LLM(model=str(path), model_impl="transformers", dtype="float32", seed=0,
               trust_remote_code=arch == CUSTOM_ARCH)
-    path_kind = "compat" if arch in COMPAT_ARCHS else "attention interface"
-    expected_class = "CompatCausalLM" if arch in COMPAT_ARCHS else "TransformersForCausalLM"
+    path_kind = "compat" if arch in COMPAT_ARCHS | SELF_CHECK_COMPAT_ARCHS else "attention interface"
+    expected_class = "CompatCausalLM" if path_kind == "compat" else "TransformersForCausalLM"
     assert llm.apply_model(lambda m: type(m).__name__) == [expected_class], f"{arch} should take the {path_kind} path"
     got = llm_greedy(llm, prompts, MAX_TOKENS)
     assert got == reference, f"{arch} ({path_kind}): {_first_mismatch(got, reference)}"
@@ -80,6 +81,24 @@ def test_recurrent_model_needs_the_compat_path(tmp_path):
     path = build_tiny_model("minimax", tmp_path / "minimax")
     with pytest.raises(ValueError, match="recurrent state"):
         LLM(model=str(path), model_impl="transformers", dtype="float32", enable_compat_path=False)
+
+
+def test_own_mask_needs_the_compat_path(tmp_path):
+    """Doge computes a dynamic mask and hands it to the attention function: the self-check sends it to
+    the compat path (test_greedy_matches_transformers); with that path off it is refused, naming why."""
+    path = build_tiny_model("doge", tmp_path / "doge")
+    with pytest.raises(ValueError, match="DogeAttention passes its own attention mask / bias.*enable_compat_path=True"):
+        LLM(model=str(path), model_impl="transformers", dtype="float32", enable_compat_path=False)
+
+
+def test_head_dim_null_gets_its_default(tmp_path):
+    """Ministral configs may store `head_dim: null`, which plain Transformers 5.24 cannot build
+    (`None ** -0.5`); the loader fills hidden_size // num_attention_heads, as the modeling code means."""
+    path, prompts, reference = greedy_case("ministral", tmp_path / "ministral", MAX_TOKENS)  # head_dim 16 = 64 // 4
+    config_file = path / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "head_dim": None}))
+    llm = LLM(model=str(path), model_impl="transformers", dtype="float32", seed=0)
+    assert llm_greedy(llm, prompts, MAX_TOKENS) == reference
 
 
 def test_custom_model_needs_trust_remote_code(tmp_path):

@@ -11,10 +11,11 @@ from anymodel.attention_backend import torch_ref
 
 
 def naive_paged_attention(query, key_cache, value_cache, meta, *, scale, causal=True, sliding_window=None,
-                          softcap=None, sinks=None, allowed=None):
+                          softcap=None, sinks=None, allowed=None, alibi_slopes=None):
     """One query token and one head at a time, keys fetched one by one through the block table.
     `sinks` [Hq]: GPT-OSS's extra logit per head, in the softmax and then dropped. `allowed(q_pos,
-    k_pos)`: which keys a query sees, instead of `causal` and `sliding_window`."""
+    k_pos)`: which keys a query sees, instead of `causal` and `sliding_window`. `alibi_slopes` [Hq]:
+    slope * (k_pos - q_pos) added to each score."""
     out = torch.zeros(query.shape, dtype=torch.float64)
 
     def in_window(q_pos, k_pos):  # causal: the w - 1 keys behind; bidirectional: |q - k| < w
@@ -39,6 +40,8 @@ def naive_paged_attention(query, key_cache, value_cache, meta, *, scale, causal=
                     s = float(q @ key_cache[block, offset, kv_h].double()) * scale
                     if softcap:
                         s = math.tanh(s / softcap) * softcap
+                    if alibi_slopes is not None:
+                        s += float(alibi_slopes[h]) * (p - q_pos)
                     scores.append(s)
                     values.append(value_cache[block, offset, kv_h].double())
                 if sinks is not None:
@@ -54,15 +57,17 @@ CASES = {
     "window_softcap": dict(query_lens=[6, 1], seq_lens=[11, 10], sliding_window=3, softcap=2.0),
     "window_bidirectional": dict(query_lens=[5], seq_lens=[9], num_kv_heads=4, sliding_window=2, causal=False),
     "sinks_window": dict(query_lens=[1, 4, 1], seq_lens=[7, 4, 12], sliding_window=3, sinks=[2.0, -1.0, 0.5, 4.0]),
+    "alibi": dict(query_lens=[1, 4, 1], seq_lens=[7, 4, 12], alibi_slopes=[0.5, 0.25, 0.125, 0.0625]),
 }
 
 
 @pytest.mark.parametrize("name", CASES)
 def test_torch_ref_matches_naive_loop(name, paged_batch):
     case = dict(CASES[name])
-    attn = {k: case.pop(k) for k in ("causal", "sliding_window", "softcap", "sinks") if k in case}
-    if "sinks" in attn:
-        attn["sinks"] = torch.tensor(attn["sinks"])
+    attn = {k: case.pop(k) for k in ("causal", "sliding_window", "softcap", "sinks", "alibi_slopes") if k in case}
+    for key in ("sinks", "alibi_slopes"):
+        if key in attn:
+            attn[key] = torch.tensor(attn[key])
     b = paged_batch(head_dim=8, block_size=4, seed=len(name), **case)
     torch_ref.store_kv(b.key, b.value, b.key_cache, b.value_cache, b.meta.slot_mapping)
     got = torch_ref.paged_attention(b.query, b.key_cache, b.value_cache, b.meta, scale=0.4, **attn)
@@ -124,20 +129,36 @@ def test_interface_pads_narrow_values_and_cuts_them_back(paged_batch):
 
 
 def test_interface_passes_sinks_and_refuses_backends_without_them(paged_batch):
-    from types import SimpleNamespace
-
     b = paged_batch([2, 1], [6, 9], head_dim=8, block_size=4)
     sinks = torch.tensor([1.0, -2.0, 0.0, 3.0])
     got, _ = _call_interface(b, kv_caches=[(b.key_cache, b.value_cache)], s_aux=sinks, via_context=True)
     want = naive_paged_attention(b.query, b.key_cache, b.value_cache, b.meta, scale=0.4, sinks=sinks)
     torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+    _refused_at_discovery(b, "sinks", s_aux=sinks)
 
-    def no_sinks(query, key_cache, value_cache, meta, *, scale, causal=True, sliding_window=None, softcap=None):
+
+def _refused_at_discovery(b, match: str, **kwargs) -> None:
+    """A backend whose paged_attention lacks the extra parameter fails the discovery pass: the
+    engine fails at start-up, not on its first step."""
+    from types import SimpleNamespace
+
+    def bare(query, key_cache, value_cache, meta, *, scale, causal=True, sliding_window=None, softcap=None):
         raise AssertionError("never reached")
 
-    plain = SimpleNamespace(__name__="plain", store_kv=torch_ref.store_kv, paged_attention=no_sinks)
-    with pytest.raises(ValueError, match="sinks"):  # at discovery: the engine fails at start-up
-        _call_interface(b, kv_caches=None, backend=plain, s_aux=sinks)
+    plain = SimpleNamespace(__name__="plain", store_kv=torch_ref.store_kv, paged_attention=bare)
+    with pytest.raises(ValueError, match=match):
+        _call_interface(b, kv_caches=None, backend=plain, **kwargs)
+
+
+def test_interface_passes_alibi_slopes_and_refuses_backends_without_them(paged_batch):
+    b = paged_batch([3], [3], head_dim=8, block_size=4)  # one whole prompt: paged and dense (discovery) agree
+    slopes = torch.tensor([0.5, 0.25, 0.125, 0.0625])
+    got, _ = _call_interface(b, kv_caches=[(b.key_cache, b.value_cache)], alibi_slopes=slopes)  # stores, then attends
+    want = naive_paged_attention(b.query, b.key_cache, b.value_cache, b.meta, scale=0.4, alibi_slopes=slopes)
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+    dense, _ = _call_interface(b, kv_caches=None, alibi_slopes=slopes)
+    torch.testing.assert_close(dense.double(), want, atol=1e-5, rtol=1e-5)
+    _refused_at_discovery(b, "ALiBi", alibi_slopes=slopes)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

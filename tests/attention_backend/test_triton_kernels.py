@@ -154,6 +154,19 @@ def test_sinks_match_ref(splits, causal, window, device, triton_pa, paged_batch)
     assert not torch.allclose(plain, sunk, atol=1e-3)  # the sinks matter in this case
 
 
+@pytest.mark.parametrize("splits", [1, 3])
+def test_alibi_matches_ref(splits, device, triton_pa, paged_batch):
+    """ALiBi (Baichuan-13B): score + slope[head] * (key position - query position), across splits."""
+    b = paged_batch([1, 5, 1], [20, 9, 3], num_heads=4, num_kv_heads=2, block_size=4, device=device, seed=splits)
+    slopes = torch.tensor([0.5, 0.25, 0.125, 0.0625], device=device)
+    cfg = triton_pa.LaunchConfig(block_q=8, tile_n=16, num_splits=splits)
+    attn = dict(scale=0.4, causal=True, sliding_window=None, softcap=None, alibi_slopes=slopes)
+    check_against_ref(b, lambda *args, **kw: triton_pa.run(*args, cfg, **kw), attn)
+    plain = torch_ref.paged_attention(b.query, b.key_cache, b.value_cache, b.meta, scale=0.4)
+    biased = torch_ref.paged_attention(b.query, b.key_cache, b.value_cache, b.meta, **attn)
+    assert not torch.allclose(plain, biased, atol=1e-3)  # the slopes matter in this case
+
+
 def test_split_heuristic(triton_pa):
     assert triton_pa.num_splits(8192, num_programs=8 * 8, num_sms=132) > 1  # 8 requests x 8k, 8 KV heads
     assert triton_pa.num_splits(8192, num_programs=256 * 8, num_sms=132) == 1  # grid already fills the GPU

@@ -62,13 +62,13 @@ def attention_case(shape: str, arch: int):
     t = "*" + TRITON_DTYPE[dtype]
     split = cfg.num_splits > 1
     pointers = dict(query=t, key_cache=t, value_cache=t, out="*fp32" if split else t, part_m="*fp32",
-                    part_l="*fp32", query_start_loc="*i32", seq_lens="*i32", block_tables="*i32", sinks="*fp32")
+                    part_l="*fp32", query_start_loc="*i32", seq_lens="*i32", block_tables="*i32", sinks="*fp32", alibi="*fp32")
     g_pad = triton.next_power_of_2(group)
     constexprs = dict(
         GROUP=group, G_PAD=g_pad, HEAD_DIM=head_dim, D_PAD=triton.next_power_of_2(head_dim),
         BLOCK_SIZE=block_size, BLOCK_Q=cfg.block_q, BLOCK_M=cfg.block_q * g_pad, TILE_N=cfg.tile_n,
         CAUSAL=causal, USE_WINDOW=window, USE_SOFTCAP=softcap, NUM_SPLITS=cfg.num_splits,
-        DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32", USE_SINKS="sinks" in shape,
+        DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32", USE_SINKS="sinks" in shape, USE_ALIBI=False,
     )
     kernel = compile_kernel(pa._paged_attention_kernel, pointers, ("score_mul", "cap_mul"), constexprs, arch,
                             cfg.num_warps, cfg.num_stages)

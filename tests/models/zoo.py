@@ -166,6 +166,8 @@ ZOO: dict[str, Callable[[], PretrainedConfig]] = {
     # MLA: value heads (16) narrower than query/key heads (16 + 8 rope)
     "deepseek_v2": _arch("deepseek_v2", **_MLA, **_DEEPSEEK_MOE),
     "deepseek_v3": _arch("deepseek_v3", **_MLA, **_DEEPSEEK_MOE),
+    # DSA: a top-k key indexer picks what each query attends (8 keys, so it really selects): compat path
+    "deepseek_v32": _arch("deepseek_v32", **_MLA, **_DEEPSEEK_MOE, index_topk=8, index_n_heads=4, index_head_dim=16),
     "minicpm3": _arch("minicpm3", **_MLA),
     # ---- newer Transformers architectures (5.x), each through the attention interface
     "olmo3": _arch("olmo3", sliding_window=SLIDING_WINDOW, layer_types=["sliding_attention", "full_attention"]),
@@ -188,6 +190,14 @@ ZOO: dict[str, Callable[[], PretrainedConfig]] = {
     "cohere2_moe": _arch("cohere2_moe", sliding_window=SLIDING_WINDOW, logit_scale=1.0,
                          layer_types=["sliding_attention", "full_attention"]),
     "ministral3": _arch("ministral3"),
+    "ministral": _arch("ministral", head_dim=16, layer_types=["sliding_attention", "full_attention"],
+                       sliding_window=SLIDING_WINDOW),
+    # KV-shared layers (the last two reuse earlier layers' K/V), AltUp, Laurel, per-layer inputs
+    "gemma3n_text": _arch("gemma3n_text", head_dim=16, num_hidden_layers=4, num_kv_shared_layers=2,
+                          layer_types=["sliding_attention", "full_attention"] * 2, sliding_window=SLIDING_WINDOW,
+                          activation_sparsity_pattern=[0.95, 0.0, 0.0, 0.0], vocab_size_per_layer_input=VOCAB_SIZE,
+                          hidden_size_per_layer_input=16, laurel_rank=8),
+    "youtu": _arch("youtu", **_MLA),
     "cwm": _arch("cwm"),
     "solar_open": _arch("solar_open"),
     "jais2": _arch("jais2"),
@@ -229,6 +239,8 @@ ZOO: dict[str, Callable[[], PretrainedConfig]] = {
     # lightning (linear) attention layers: attention-backend class, but recurrent state
     "minimax": _arch("minimax", head_dim=16, num_local_experts=4, block_size=16,
                      layer_types=["linear_attention", "full_attention"]),
+    # dynamic mask attention: its own mask reaches the attention function (SELF_CHECK_COMPAT_ARCHS)
+    "doge": _arch("doge"),
 }
 
 # Zoo archs with recurrent or linear-attention state that the paged KV cache cannot hold
@@ -239,17 +251,20 @@ RECURRENT_ARCHS = frozenset({
 })
 # Zoo archs served by adapters/compat.py: the recurrent ones, those whose attention does not
 # go through ALL_ATTENTION_FUNCTIONS (base model class has `_supports_attention_backend = False`
-# in transformers 5.24), and Llama 4's chunked attention (runtime/loader.py `unsupported_attention`).
-OWN_ATTENTION_ARCHS = frozenset({"llama4_text"})
+# in transformers 5.24), Llama 4's chunked attention and DeepSeek-V3.2's indexed sparse attention
+# (anymodel.model_facts `unsupported_attention`).
+OWN_ATTENTION_ARCHS = frozenset({"llama4_text", "deepseek_v32"})
 COMPAT_ARCHS = RECURRENT_ARCHS | OWN_ATTENTION_ARCHS | frozenset({"bloom", "falcon", "stablelm", "gpt_neo", "xglm",
                                                                  "biogpt", "mpt"})
+# Zoo archs the class flags send to the paged path but the start-up self-check moves to the compat
+# path: Doge hands the attention function a dynamic mask of its own, which the paged kernels cannot apply.
+SELF_CHECK_COMPAT_ARCHS = frozenset({"doge"})
 
 # Target architectures anymodel refuses (tests/adapters/test_zoo_consistency.py KNOWN_UNSUPPORTED
 # says why): built like the zoo, with the task they were made for, to check the error.
 UNSUPPORTED_ZOO: dict[str, Callable[[], PretrainedConfig]] = {
     "bart": _arch("bart", d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                   decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128),
-    "doge": _arch("doge"),  # dynamic mask attention: its own mask reaches the attention function
 }
 
 

@@ -38,3 +38,22 @@ def test_latency_batch_one(tmp_path):
 def test_module_entry_point():
     done = subprocess.run([sys.executable, "-m", "anymodel.bench.generation", "latency", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "--model-impl" in done.stdout
+
+
+def test_variable_length_prompts(tmp_path):
+    """--random-range-ratio draws prompt lengths from a range; every system still agrees token for token."""
+    out = tmp_path / "bench.json"
+    argv = ["throughput", "--preset", "tiny", "--num-prompts", "4", "--input-len", "10", "--random-range-ratio", "0.5",
+            "--output-len", "3", "--repeats", "1", "--compare", "hf", "--json", str(out)]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["random_range_ratio"] == 0.5
+    for name, result in report["results"].items():
+        assert result["tokens"]["matching_prompts"] == 4, name
+
+
+def test_package_entry_point_lists_every_kind():
+    done = subprocess.run([sys.executable, "-m", "anymodel.bench"], capture_output=True, text=True)
+    assert done.returncode != 0 and "throughput" in done.stderr and "serve" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "anymodel.bench", "serve", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "--request-rate" in done.stdout

@@ -134,12 +134,16 @@ def llama_lm():
     return path, hf
 
 
-def test_reward_default_returns_every_token_hidden_state(llama_lm):
+def test_reward_returns_every_token_hidden_state_activated_by_default(llama_lm):
+    """vLLM's token_classify default: use_activation=True (softmax over the last dim, even without a
+    label head); use_activation=False gives the hidden states raw."""
     path, hf = llama_lm
     llm = LLM(str(path), task="reward", **KV)
     outs = llm.reward(_ids(PROMPTS), use_tqdm=False)
-    for out, ref in zip(outs, _hidden(hf.model, PROMPTS)):
-        assert out.outputs.data.shape == ref.shape and torch.allclose(out.outputs.data, ref, atol=1e-4)
+    raw = llm.reward(_ids(PROMPTS), PoolingParams(use_activation=False), use_tqdm=False)
+    for out, plain, ref in zip(outs, raw, _hidden(hf.model, PROMPTS)):
+        assert plain.outputs.data.shape == ref.shape and torch.allclose(plain.outputs.data, ref, atol=1e-4)
+        assert torch.allclose(out.outputs.data, ref.softmax(-1), atol=1e-5)
 
 
 def test_step_reward_reads_returned_token_logits_at_step_tags(llama_lm):
@@ -160,7 +164,8 @@ def test_step_reward_reads_returned_token_logits_at_step_tags(llama_lm):
 def test_step_reward_without_returned_ids_gives_tag_hidden_states(llama_lm):
     path, hf = llama_lm
     tag = PROMPTS[5][3]
-    llm = LLM(str(path), task="reward", override_pooler_config={"pooling_type": "STEP", "step_tag_id": tag}, **KV)
+    llm = LLM(str(path), task="reward", override_pooler_config={"pooling_type": "STEP", "step_tag_id": tag,
+                                                                "softmax": False}, **KV)
     (out,) = llm.reward(_ids(PROMPTS[5:]), use_tqdm=False)
     ref = _hidden(hf.model, PROMPTS[5:])[0][torch.tensor(PROMPTS[5]) == tag]
     assert torch.allclose(out.outputs.data, ref, atol=1e-4)

@@ -117,13 +117,13 @@ def test_classify_endpoint_and_wrong_kind(score_server):
 
 
 def test_pooling_requests_show_in_metrics(client, embed_server):
-    from tests.server.test_concurrency import metric
+    from tests.server.servers import metric
 
     before = httpx.get(f"{embed_server}/metrics").text
     resp = client.embeddings.create(model=_model(embed_server), input=["A man is eating food.", "ok"],
                                     encoding_format="float")
     after = httpx.get(f"{embed_server}/metrics").text
     assert metric(after, "prompt_tokens_total") - metric(before, "prompt_tokens_total") == resp.usage.prompt_tokens
-    done = 'request_success_total{finished_reason="stop"}'
-    assert metric(after, done) - metric(before, done) == 2
+    done = {"finished_reason": "stop"}
+    assert metric(after, "request_success_total", **done) - metric(before, "request_success_total", **done) == 2
     assert metric(after, "e2e_request_latency_seconds_count") - metric(before, "e2e_request_latency_seconds_count") == 2

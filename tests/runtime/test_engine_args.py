@@ -79,8 +79,7 @@ def test_unknown_argument_is_a_type_error_listing_the_supported_ones():
 
 @pytest.mark.parametrize("kwargs, name", [
     (dict(cpu_offload_gb=4), "cpu_offload_gb"), (dict(compilation_config={"level": 3}), "compilation_config"),
-    (dict(compilation_config=3), "compilation_config"), (dict(load_format="dummy"), "load_format='dummy'"),
-    (dict(skip_tokenizer_init=True), "skip_tokenizer_init"), (dict(load_format="npcache"), "load_format"),
+    (dict(compilation_config=3), "compilation_config"), (dict(load_format="npcache"), "load_format"),
     (dict(tokenizer_mode="mistral"), "tokenizer_mode"), (dict(swap_space=-1), "swap_space"),
     (dict(max_seq_len_to_capture=0), "max_seq_len_to_capture"),
 ])
@@ -165,7 +164,10 @@ def test_server_requests_fall_back_to_the_generation_config_for_fields_not_sent(
     msgs = [{"role": "user", "content": "hi"}]
     chat = ChatCompletionRequest(messages=msgs, temperature=0.0, max_completion_tokens=5)
     params = handler.make_params(chat, chat.max_new_tokens(), None)
-    assert (params.temperature, params.max_tokens, params.top_p, params.top_k) == (0.0, 5, 0.9, 20)
+    # a sent max_tokens above generation_config's max_new_tokens is lowered to it (vLLM's get_max_tokens)
+    assert (params.temperature, params.max_tokens, params.top_p, params.top_k) == (0.0, 2, 0.9, 20)
+    chat = ChatCompletionRequest(messages=msgs, max_completion_tokens=1)
+    assert handler.make_params(chat, chat.max_new_tokens(), None).max_tokens == 1  # below it: kept
     chat = ChatCompletionRequest(messages=msgs, temperature=None)  # null: not sent
     params = handler.make_params(chat, chat.max_new_tokens(), None)
     assert {k: getattr(params, k) for k in DEFAULTS} == DEFAULTS
@@ -238,5 +240,7 @@ def test_the_server_uses_the_generation_config_for_fields_not_sent(gen_model_dir
         chat = {"messages": [{"role": "user", "content": "12+34"}]}
         assert tokens("completions", {"prompt": "12+34="}) == 2  # max_new_tokens, not the API's 16
         assert tokens("chat/completions", chat) == 2
-        assert tokens("completions", {"prompt": "1+1=", "max_tokens": 3, "temperature": 0, "ignore_eos": True}) == 3
-        assert tokens("chat/completions", {**chat, "max_completion_tokens": 3, "ignore_eos": True}) == 3
+        # a sent max_tokens is lowered to max_new_tokens (vLLM's get_max_tokens), never raised
+        assert tokens("completions", {"prompt": "1+1=", "max_tokens": 3, "temperature": 0, "ignore_eos": True}) == 2
+        assert tokens("chat/completions", {**chat, "max_completion_tokens": 3, "ignore_eos": True}) == 2
+        assert tokens("completions", {"prompt": "1+1=", "max_tokens": 1, "ignore_eos": True}) == 1

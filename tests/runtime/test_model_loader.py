@@ -156,8 +156,21 @@ def test_transform_registry_refuses_unknown_stages_and_duplicates(registry):
         registry.register(registry.Transform("q", "lora", lambda ctx: True, lambda m, ctx: m))
 
 
-def test_registered_transforms():
-    assert [(t.name, t.stage) for t in transforms.TRANSFORMS] == [("quantized-linears", "quantization")]
+def test_the_quantization_transform_is_registered():
+    assert [(t.name, t.stage) for t in transforms.TRANSFORMS if t.stage == "quantization"] == [
+        ("quantized-linears", "quantization")]
+    [quant] = [t for t in transforms.TRANSFORMS if t.stage == "quantization"]
+    assert not quant.applies(transforms.TransformContext("transformers", None, torch.float32, ONE))
+
+
+def test_the_lora_transform_is_registered_and_applies_only_with_enable_lora():
+    import anymodel.lora.transform  # noqa: F401 - registers it (the model loader imports it)
+
+    [lora] = [t for t in transforms.TRANSFORMS if t.stage == "lora"]
+    assert lora.name == "lora"
+    assert not lora.applies(transforms.TransformContext("transformers", None, torch.float32, ONE))
+    config = anymodel.lora.transform.LoRAConfig(max_loras=2, max_lora_rank=8, max_cpu_loras=2)
+    assert lora.applies(transforms.TransformContext("transformers", None, torch.float32, ONE, config))
 
 
 def test_the_worker_logs_the_decision(tiny_model_dir, caplog):

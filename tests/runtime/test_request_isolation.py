@@ -277,8 +277,6 @@ def test_chat_takes_vllm_keywords(demo, monkeypatch):
 def test_chat_refuses_what_it_cannot_honour(demo):
     with pytest.raises(TypeError, match="template_kw"):
         demo.chat(CHAT, use_tqdm=False, template_kw=1)
-    with pytest.raises(ValueError, match="tools is not supported"):
-        demo.chat(CHAT, use_tqdm=False, tools=[{"type": "function", "function": {"name": "f"}}])
     with pytest.raises(ValueError, match="add_generation_prompt=False"):
         demo.chat(CHAT, use_tqdm=False, continue_final_message=True)
     for key in ("chat_template", "tokenize", "messages"):

@@ -23,6 +23,14 @@ def client_for(url: str):
     return OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
 
 
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of /metrics samples `anymodel:<name>` whose labels include `labels` (0 when none)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == f"anymodel:{name}" and labels.items() <= s.labels.items())
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -7,24 +7,20 @@ the engine, every KV block free (read from /metrics), every disconnect counted a
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 
 import httpx
 from openai import AsyncOpenAI
+
+from tests.server.servers import metric
 
 NUM_CLIENTS = 32
 PROMPT = "12+34="
 CHAT = [{"role": "user", "content": "12+34"}]
 
 
-def metric(text: str, name: str, labels: str = "") -> float:
-    m = re.search(rf"^anymodel:{re.escape(name + labels)} (\S+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
-
-
 def aborts(url: str) -> float:
-    return metric(httpx.get(f"{url}/metrics").text, "request_success_total", '{finished_reason="abort"}')
+    return metric(httpx.get(f"{url}/metrics").text, "request_success_total", finished_reason="abort")
 
 
 async def finish_stream(client: AsyncOpenAI, i: int, long_kw: dict) -> tuple[str, str]:

@@ -1,0 +1,60 @@
+"""RequestTracker: the ASGI layer that gives every HTTP request an id, counts the ones in flight
+(`/load`, vLLM's server-load figure for routers) and writes one access line when each ends.
+
+    X-Request-Id: the client's (honoured, as vLLM does) or a new one; echoed on the response.
+    in flight:    requests whose response has not ended (a stream counts until its last byte),
+                  probes (/health, /ping, /load, /metrics) left out.
+    access line:  INFO anymodel.access: <id> <method> <path> <status> <ms> ms  (logger "anymodel.access")
+
+Plain ASGI, like the API-key check: @app.middleware("http") would wrap `receive` and hide a
+client's disconnect from streaming responses.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+access_log = logging.getLogger("anymodel.access")
+PROBES = frozenset({"/health", "/ping", "/load", "/metrics"})
+HEADER = b"x-request-id"
+
+
+@dataclass
+class ServerLoad:
+    in_flight: int = 0  # requests whose response has not ended (probes left out)
+
+
+class RequestTracker:
+    def __init__(self, app: ASGIApp, load: ServerLoad):
+        self.app = app
+        self.load = load
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = dict(scope["headers"]).get(HEADER, b"").decode("latin-1") or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        counted = scope["path"] not in PROBES
+        start, status = time.perf_counter(), 500
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (HEADER, request_id.encode("latin-1"))]
+            await send(message)
+
+        self.load.in_flight += counted
+        try:
+            await self.app(scope, receive, tracked_send)
+        finally:
+            self.load.in_flight -= counted
+            if counted:
+                access_log.info("%s %s %s %d %.1f ms", request_id, scope["method"], scope["path"], status,
+                                (time.perf_counter() - start) * 1000)
