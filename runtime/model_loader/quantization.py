@@ -37,7 +37,8 @@ def _check_and_report(model: torch.nn.Module, context: TransformContext) -> torc
     linears = [m for m in model.modules() if getattr(m, "quant_method", None) is not None]
     if not linears:
         raise ValueError(f"{type(model).__name__}: the checkpoint is quantized, but no quantized linear was built "
-                         "(refusing to serve it as plain weights)")
+                         "(refusing to serve it as plain weights; load_format='dummy' builds plain random weights, "
+                         "so it does not apply to quantized checkpoints: use load_format='auto')")
     logger.info("anymodel: %d quantized linears (%s); weights take %.2f MiB on this rank", len(linears),
                 linears[0].quant_method.describe(), weight_bytes(model) / 2**20)
     return model

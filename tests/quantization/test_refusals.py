@@ -134,3 +134,8 @@ def test_cli_flags_and_inspect(fp8_dir, capsys):
     assert "quantization='gptq' contradicts" in out and "=> refuse (quantization)" in out
     assert cli_main(["generate", "--kv-cache-dtype", "fp8_e4m3", "--attention-backend", "triton", "--prompt", "x"]) == 2
     assert "attention_backend" in capsys.readouterr().err  # triton: CUDA only, or FP8 not read by its kernels
+
+
+def test_dummy_weights_do_not_apply_to_quantized_checkpoints(fp8_dir):
+    with pytest.raises(ValueError, match=r"no quantized linear was built .*load_format='dummy' builds plain random"):
+        LLM(str(fp8_dir), dtype="float32", load_format="dummy", num_kv_blocks=8)
