@@ -25,8 +25,7 @@ _REFUSED = {
     "gguf": "pass the .gguf file itself as the model (LLM(model='x.gguf', tokenizer=...)): it is dequantized at load",
 }
 # vLLM's `quantization=` aliases of the checkpoint's quant_method
-_ALIASES = {"compressed_tensors": "compressed-tensors", "awq_marlin": "awq", "gptq_marlin": "gptq",
-            "fbgemm_fp8": "fp8"}
+_ALIASES = {"compressed_tensors": "compressed-tensors", "awq_marlin": "awq", "gptq_marlin": "gptq"}
 
 
 @dataclass(frozen=True)

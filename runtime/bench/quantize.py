@@ -174,16 +174,17 @@ def awq(group: int) -> Format:
     return Format(config, quantize)
 
 
-def gptq(bits: int, group: int) -> Format:
+def gptq(bits: int, group: int, v2: bool = False) -> Format:
+    """AutoGPTQ's packing; `v2` (checkpoint_format "gptq_v2") stores zero points as they are, v1 as zero - 1."""
     def quantize(w: torch.Tensor):
         q, zeros, scales, deq = _int_groups(w, bits, group)
         g = w.shape[1] if group == -1 else group
         g_idx = torch.arange(w.shape[1], dtype=torch.int32) // g
         stored = {"qweight": _pack_cols(q.t().contiguous(), bits).t().contiguous(),  # packed along `in`
-                  "qzeros": _pack_cols(zeros - 1, bits), "scales": scales, "g_idx": g_idx}  # v1: zero - 1
+                  "qzeros": _pack_cols(zeros - (0 if v2 else 1), bits), "scales": scales, "g_idx": g_idx}
         return stored, deq
 
     config = {"quant_method": "gptq", "bits": bits, "group_size": group, "desc_act": False, "sym": False,
-              "checkpoint_format": "gptq"}
+              "checkpoint_format": "gptq_v2" if v2 else "gptq"}
     return Format(config, quantize)
 

@@ -17,6 +17,8 @@ CASES = {  # name: (format, implementation, the first q / qkv layer's stored sha
                          {"qweight": (8, 128), "qzeros": (4, 16), "scales": (4, 128), "g_idx": (64,)}),
     "gptq8-channel": (gptq(8, -1), "transformers", {"qweight": (16, 64), "qzeros": (1, 16), "scales": (1, 64),
                                                     "g_idx": (64,)}),
+    "gptq4-v2": (gptq(4, 32, v2=True), "transformers", {"qweight": (8, 64), "qzeros": (2, 8), "scales": (2, 64),
+                                                        "g_idx": (64,)}),
 }
 
 

@@ -139,3 +139,13 @@ def test_cli_flags_and_inspect(fp8_dir, capsys):
 def test_dummy_weights_do_not_apply_to_quantized_checkpoints(fp8_dir):
     with pytest.raises(ValueError, match=r"no quantized linear was built .*load_format='dummy' builds plain random"):
         LLM(str(fp8_dir), dtype="float32", load_format="dummy", num_kv_blocks=8)
+
+
+def test_vllm_kernel_names_are_aliases_of_their_format(tmp_path):
+    from anymodel.native_overrides.quantization import resolve_quantization
+
+    config = tiny_config("llama")
+    config.quantization_config = {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False}
+    assert resolve_quantization(config, "gptq_marlin", tmp_path).method == "gptq"
+    with pytest.raises(ValueError, match=r"quantization='awq_marlin' contradicts .* \(quant_method 'gptq'\)"):
+        resolve_quantization(config, "awq_marlin", tmp_path)
