@@ -44,3 +44,8 @@ def unmarked_quantized_tensors(model_dir) -> list[str]:
         if dtype in _FLOAT8 or int_weight or quant_name:
             found.append((not (dtype in _FLOAT8 or int_weight), f"{name} ({dtype})"))
     return [text for _, text in sorted(found)]  # quantized weights first, then scales / zero points
+
+
+def kv_scale_tensors(model_dir) -> list[str]:
+    """Per-layer KV-cache scales a checkpoint carries (k_scale / v_scale / kv_scale, vLLM's names)."""
+    return [n for n in tensor_headers(model_dir) if n.rpartition(".")[2] in ("k_scale", "v_scale", "kv_scale")]

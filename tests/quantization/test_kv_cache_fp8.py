@@ -49,3 +49,15 @@ def test_fp8_cache_needs_the_torch_backend_and_a_paged_cache(tmp_path):
     compat, _, _ = greedy_case("bloom", tmp_path / "bloom", 1, n=1)
     with pytest.raises(ValueError, match=r"kv_cache_dtype='fp8' needs anymodel's paged KV cache"):
         LLM(str(compat), dtype="float32", kv_cache_dtype="fp8", num_kv_blocks=8)
+
+
+def test_checkpoint_kv_scales_are_refused_not_ignored(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path, _, _ = greedy_case("llama", tmp_path, 1, n=1)
+    tensors = load_file(path / "model.safetensors")
+    tensors["model.layers.0.self_attn.k_scale"] = torch.tensor(0.5)
+    save_file(tensors, path / "model.safetensors")
+    with pytest.raises(ValueError, match=r"kv_cache_dtype='fp8': the checkpoint carries per-layer KV scales "
+                                         r"\(model.layers.0.self_attn.k_scale"):
+        LLM(str(path), dtype="float32", kv_cache_dtype="fp8", model_impl="transformers", num_kv_blocks=8)
