@@ -51,8 +51,10 @@ _INFERRED_PAIRS = (
 )
 
 
-def load_parallel_causal_lm(cls, has_lm_head: bool, model_dir, config, dtype: torch.dtype, state=None):
-    """This rank's part of the model: its pipeline stage, its tensor-parallel shards."""
+def load_parallel_causal_lm(cls, has_lm_head: bool, model_dir, config, dtype: torch.dtype, state=None,
+                            quant_method=None):
+    """This rank's part of the model: its pipeline stage, its tensor-parallel shards; with
+    `quant_method` (a QuantMethod), the checkpoint's quantized linears stay quantized (also on one rank)."""
     state = state or dist.get_parallel_state()
     hf = build_on_meta(cls, config, dtype)
     if not has_lm_head:  # a base-only class (custom AutoModel): the head joins it for loading
@@ -60,7 +62,7 @@ def load_parallel_causal_lm(cls, has_lm_head: bool, model_dir, config, dtype: to
         hf.lm_head = nn.Linear(embed.weight.shape[1], embed.weight.shape[0], bias=False, dtype=dtype, device="meta")
     head_name = _name_of(hf, hf.lm_head if not has_lm_head else hf.get_output_embeddings())
     tied = tied_parameters(hf, head_name)
-    _cut_and_load(hf, head_name, model_dir, dtype, tied, state)
+    _cut_and_load(hf, head_name, model_dir, dtype, tied, state, quant_method)
     head = hf.get_submodule(head_name)
     if not has_lm_head:
         del hf.lm_head
@@ -82,11 +84,17 @@ def load_parallel_pooling_model(cls, model_dir, config, dtype: torch.dtype, stat
     return hf
 
 
-def _cut_and_load(hf: nn.Module, head_name: str | None, model_dir, dtype: torch.dtype, tied, state) -> None:
-    """Pipeline stage, then tensor-parallel shards, then this rank's weights. `head_name`: the LM
-    head, vocab-parallel and on the last stage only; None (pooling): no head is cut or dropped."""
+def _cut_and_load(hf: nn.Module, head_name: str | None, model_dir, dtype: torch.dtype, tied, state,
+                  quant_method=None) -> None:
+    """Pipeline stage, then quantized linears, then tensor-parallel shards, then this rank's weights.
+    `head_name`: the LM head, vocab-parallel and on the last stage only; None (pooling): no head is
+    cut or dropped."""
     if state.pp_size > 1:
         apply_pipeline_plan(hf, head_name, state, dtype)
+    if quant_method is not None:
+        from anymodel.adapters.quantized_loading import quantize_hf_linears
+
+        quantize_hf_linears(hf, quant_method, model_dir, staged=state.pp_size > 1)
     specs = apply_tensor_plan(hf, resolve_tp_plan(hf, head_name), state) if state.tp_size > 1 else {}
     load_sharded(hf, model_dir, specs, dtype, tied)
     _share_tied(hf, tied, specs)

@@ -18,7 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from anymodel.adapters.quantized_loading import is_placeholder, load_quantized_linears
 from anymodel.adapters.tensor_parallel import ShardSpec
+from anymodel.native_overrides.quantization.methods import refuse_as_plain
 
 
 class MissingTensorsError(ValueError):
@@ -102,7 +104,7 @@ def model_names(hf_model, checkpoint_names) -> dict[str, str]:
     return found
 
 
-def _read(f, key: str, spec: ShardSpec | None) -> torch.Tensor:
+def read_part(f, key: str, spec: ShardSpec | None) -> torch.Tensor:
     if spec is None:
         return f.get_tensor(key)
     piece = f.get_slice(key)
@@ -131,9 +133,10 @@ def load_sharded(model: nn.Module, model_dir, specs: dict[str, ShardSpec], dtype
     (embed_tokens.weight): it is read from that tensor, cut by its own spec."""
     files = checkpoint_files(model_dir)
     sources = model_names(model, files)
-    wanted = _tensors_to_load(model)
+    wanted = {n: v for n, v in _tensors_to_load(model).items() if not is_placeholder(v[0], v[1])}
     plan: dict[Path, list[tuple[str, str]]] = defaultdict(list)
     missing = []
+    load_quantized_linears(model, files, sources, specs, missing)  # their stored tensors, cut on their grids
     for name, (module, attr, is_param) in wanted.items():
         key = sources.get(name) or sources.get(tied.get(name, ""))
         if key is not None:
@@ -146,7 +149,8 @@ def load_sharded(model: nn.Module, model_dir, specs: dict[str, ShardSpec], dtype
         with open_checkpoint(file) as f:
             for name, key in items:
                 module, attr, is_param = wanted[name]
-                tensor = _read(f, key, specs.get(name))
+                tensor = read_part(f, key, specs.get(name))
+                refuse_as_plain(key, tensor, module._parameters[attr].dtype if is_param else tensor.dtype)
                 tensor = tensor.to(dtype) if tensor.is_floating_point() else tensor
                 _assign(module, attr, tensor, is_param)
 

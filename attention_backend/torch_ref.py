@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from anymodel.attention_backend.forward_context import forward_scratch
+from anymodel.attention_backend.kv_dtype import write_rows
 from anymodel.attention_backend.metadata import AttentionMetadata
 
 
@@ -44,8 +45,8 @@ def store_kv(
     if slot_mapping.numel() and int(slot_mapping.min()) < 0:
         keep = slot_mapping >= 0
         key, value, slot_mapping = key[keep], value[keep], slot_mapping[keep]
-    key_cache.view(-1, *key_cache.shape[2:]).index_copy_(0, slot_mapping, key.to(key_cache.dtype))
-    value_cache.view(-1, *value_cache.shape[2:]).index_copy_(0, slot_mapping, value.to(value_cache.dtype))
+    write_rows(key_cache, slot_mapping, key)
+    write_rows(value_cache, slot_mapping, value)
 
 
 @dataclass
@@ -74,9 +75,11 @@ class _Group:
             self.masks[key] = allowed
         return self.masks[key]
 
-    def gather(self, cache: torch.Tensor) -> torch.Tensor:
-        """[N, B, Hkv, D] cache -> [S, L, Hkv, D] context of each request of the group."""
-        return cache.index_select(0, self.blocks).view(self.num_reqs, -1, *cache.shape[2:])
+    def gather(self, cache: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """[N, B, Hkv, D] cache -> [S, L, Hkv, D] context of each request of the group, in `dtype`
+        (an FP8 cache is dequantized here, on read)."""
+        context = cache.index_select(0, self.blocks).view(self.num_reqs, -1, *cache.shape[2:])
+        return context if context.dtype == dtype else context.to(dtype)
 
 
 def paged_attention(
@@ -99,7 +102,7 @@ def paged_attention(
     for g in plan:
         q = query[g.rows].view(g.num_reqs, -1, *query.shape[1:])  # [S, Q, Hq, D]
         bias = None if alibi_slopes is None else alibi_bias(alibi_slopes, g.q_pos, g.k_pos[None])
-        o = attend(q, g.gather(key_cache), g.gather(value_cache), g.allowed(causal, sliding_window),
+        o = attend(q, g.gather(key_cache, q.dtype), g.gather(value_cache, q.dtype), g.allowed(causal, sliding_window),
                    scale, softcap, sinks, bias).reshape(-1, *query.shape[1:])  # [S * Q, Hq, D]
         if out is None:  # one group holds every token, in order (all decode, or one prefill)
             return o

@@ -19,6 +19,17 @@ from anymodel.native_overrides.layers import ParallelLMHead, softcapped, unsuppo
 from anymodel.native_overrides.weights import iter_checkpoint, load_weights, random_fill_
 
 
+def quantize_checkpoint_linears(model: nn.Module, config, model_dir) -> None:
+    """A quantized checkpoint's linears keep their quantized storage (quantization/native.py)."""
+    from anymodel.native_overrides.quantization.config import resolve_quantization
+    from anymodel.native_overrides.quantization.methods import method_for
+    from anymodel.native_overrides.quantization.native import quantize_native
+
+    quant = resolve_quantization(config, None, model_dir)
+    if quant is not None and quantize_native(model, method_for(quant), model_dir) == 0:
+        raise ValueError(f"the {quant.method} checkpoint quantizes none of the native model's linears")
+
+
 def head_dim_of(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
@@ -47,8 +58,6 @@ class NativeForCausalLM(nn.Module):
     def unsupported(cls, config) -> str | None:
         """Why this class cannot reproduce `config` exactly (the Transformers backend runs it then)."""
         text = text_config_of(config)
-        if getattr(config, "quantization_config", None) or getattr(text, "quantization_config", None):
-            return "quantized checkpoints"
         return unsupported_rope(text, cls.rope_layer_types(text))
 
     @classmethod
@@ -61,6 +70,7 @@ class NativeForCausalLM(nn.Module):
         if reason is not None:
             raise ValueError(f"{cls.__name__} does not support {reason}; use model_impl='transformers'")
         model = cls(text_config_of(config), dtype)
+        quantize_checkpoint_linears(model, config, model_dir)
         load_weights(model, iter_checkpoint(model_dir), skip=model.skipped_checkpoint_names())
         return model.eval()
 

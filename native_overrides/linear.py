@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anymodel import distributed as dist
+from anymodel.native_overrides.quantization.methods import Cut, QuantMethod
 
 # ANYMODEL_CPU_PACKED_GEMM=0 turns the oneDNN packed weights off (A/B measurements, debugging).
 _PACK_ENV = "ANYMODEL_CPU_PACKED_GEMM"
@@ -96,33 +97,52 @@ class LinearBase(nn.Module):
             if p is not None:
                 p.weight_loader = self.weight_loader
         self.packed: torch.Tensor | None = None  # oneDNN blocked copy of `weight` (CPU float32)
+        # set by quantization.native.quantize_linear: the stored tensors replace `weight`
+        self.quant_method: QuantMethod | None = None
+        self.logical_shape = (out_features, in_features)
+
+    def cut(self, shard_id=None) -> Cut | None:
+        """This rank's (and this fused slice's) part of a checkpoint weight; None: all of it."""
+        return None
 
     def weight_loader(self, param: torch.Tensor, loaded: torch.Tensor, shard_id=None) -> None:
-        _copy(param, loaded)
+        cut = self.cut(shard_id)
+        if cut is None:
+            return _copy(param, loaded)
+        _copy(param.narrow(cut.dim, cut.dst, cut.length), loaded.narrow(cut.dim, cut.src, cut.length))
 
     def prepare(self) -> None:
         """Once per device placement: pack the weight for the CPU GEMM, or drop a stale packing."""
-        self.packed = prepare_cpu_weight(self.weight)
+        self.packed = None if self.quant_method is not None else prepare_cpu_weight(self.weight)
 
     def _apply(self, fn, recurse=True):
         self.packed = None  # moved or cast: the packed copy no longer matches `weight`
         return super()._apply(fn, recurse)
 
     def gemm(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.quant_method is not None:
+            tensors = {s.name: getattr(self, s.name) for s in self.quant_method.stored()}
+            return self.quant_method.apply(tensors, self.logical_shape, x, bias)
         return packed_or_plain_linear(x, self.weight, self.packed, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.gemm(x, self.bias)
 
     def extra_repr(self) -> str:
-        return f"in={self.weight.shape[1]}, out={self.weight.shape[0]}, tp={self.tp_rank}/{self.tp_size}"
+        quant = f", {self.quant_method.name}" if self.quant_method is not None else ""
+        return f"in={self.logical_shape[1]}, out={self.logical_shape[0]}, tp={self.tp_rank}/{self.tp_size}{quant}"
 
 
 class ColumnParallelLinear(LinearBase):
     def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype) -> None:
         super().__init__(in_features, _divide(out_features, dist.tp_size(), "output size"), bias, dtype)
 
+    def cut(self, shard_id=None) -> Cut:
+        size = self.logical_shape[0]
+        return Cut(0, 0, self.tp_rank * size, size)
+
     def weight_loader(self, param, loaded, shard_id=None) -> None:
+        # sized by `param` (not the layer): LoRA loads its [out, r] B matrices through it too
         size = param.shape[0]
         _copy(param, loaded.narrow(0, self.tp_rank * size, size))
 
@@ -135,10 +155,9 @@ class MergedColumnParallelLinear(LinearBase):
         self.local_sizes = [_divide(n, tp, "output size") for n in out_sizes]
         super().__init__(in_features, sum(self.local_sizes), bias, dtype)
 
-    def weight_loader(self, param, loaded, shard_id: int) -> None:
+    def cut(self, shard_id: int) -> Cut:
         size = self.local_sizes[shard_id]
-        offset = sum(self.local_sizes[:shard_id])
-        _copy(param.narrow(0, offset, size), loaded.narrow(0, self.tp_rank * size, size))
+        return Cut(0, sum(self.local_sizes[:shard_id]), self.tp_rank * size, size)
 
 
 class QKVParallelLinear(LinearBase):
@@ -163,24 +182,25 @@ class QKVParallelLinear(LinearBase):
         """Local widths of q, k, v: split the fused output [T, q + k + v] with these."""
         return [self.num_heads * self.head_dim] + [self.num_kv_heads * self.head_dim] * 2
 
-    def weight_loader(self, param, loaded, shard_id: str) -> None:
+    def cut(self, shard_id: str) -> Cut:
         q, kv = self.sizes[0], self.sizes[1]
         if shard_id == "q":
-            dst, src = param.narrow(0, 0, q), loaded.narrow(0, self.tp_rank * q, q)
-        else:
-            offset = q if shard_id == "k" else q + kv
-            dst, src = param.narrow(0, offset, kv), loaded.narrow(0, self.kv_head_start * self.head_dim, kv)
-        _copy(dst, src)
+            return Cut(0, 0, self.tp_rank * q, q)
+        return Cut(0, q if shard_id == "k" else q + kv, self.kv_head_start * self.head_dim, kv)
 
 
 class RowParallelLinear(LinearBase):
     def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype) -> None:
         super().__init__(_divide(in_features, dist.tp_size(), "input size"), out_features, bias, dtype)
 
+    def cut(self, shard_id=None) -> Cut:
+        size = self.logical_shape[1]
+        return Cut(1, 0, self.tp_rank * size, size)
+
     def weight_loader(self, param, loaded, shard_id=None) -> None:
         if param.ndim == 1:  # the bias is added once, after the reduction
             return _copy(param, loaded)
-        size = param.shape[1]
+        size = param.shape[1]  # sized by `param`: LoRA loads its [r, in] A matrices through it too
         _copy(param, loaded.narrow(1, self.tp_rank * size, size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from anymodel.native_overrides.linear import default_weight_loader
+from anymodel.native_overrides.quantization.methods import refuse_as_plain
 
 # (fused parameter name part, checkpoint name part, shard id)
 STACKED = (
@@ -122,6 +123,7 @@ def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]], 
             unexpected.append(name)
             continue
         param = params[target]
+        refuse_as_plain(name, tensor, param.dtype)
         loader = getattr(param, "weight_loader", None)
         if shard is None:
             (loader or default_weight_loader)(param, tensor)

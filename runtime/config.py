@@ -18,6 +18,7 @@ LOAD_FORMATS = ("auto", "safetensors", "pt", "dummy")
 TOKENIZER_MODES = ("auto", "slow")
 ATTENTION_BACKENDS = ("auto", "triton", "torch", "flash_attn")
 EXECUTOR_BACKENDS = (None, "uni", "mp", "ray")
+KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")  # vLLM's (fp8: the torch attention backend)
 
 
 def _choice(name: str, value, allowed) -> None:
@@ -84,6 +85,8 @@ class EngineArgs:
     swap_space: float = 4  # GiB; accepted for any value: preemption recomputes, nothing is swapped (as vLLM V1)
     cpu_offload_gb: float = 0  # > 0 is refused: weights stay on the device
     compilation_config: int | dict | None = None  # only "no compilation" (None, 0, {}, {"level": 0}) is accepted
+    quantization: str | None = None  # names the checkpoint's quant_method (checked at load: model_loader rules)
+    kv_cache_dtype: str = "auto"  # "auto": the model's dtype; "fp8" (e4m3) / "fp8_e5m2": one byte per element
     # structured outputs: {"backend": "auto"|"xgrammar", "disable_any_whitespace": ...} (structured_output/config.py)
     structured_outputs_config: Any = None
     guided_decoding_backend: str | None = None  # vLLM's older spelling of structured_outputs_config["backend"]
@@ -135,6 +138,9 @@ class EngineArgs:
         if self.cpu_offload_gb != 0:
             raise ValueError(f"cpu_offload_gb={self.cpu_offload_gb!r} is not supported (weights stay on the device); "
                              "pass cpu_offload_gb=0")
+        if not (self.quantization is None or isinstance(self.quantization, str)):
+            raise ValueError(f"quantization must be None or a method name, got {self.quantization!r}")
+        _choice("kv_cache_dtype", self.kv_cache_dtype, KV_CACHE_DTYPES)
         if self.compilation_config not in (None, 0, {}, {"level": 0}, {"mode": 0}):
             raise ValueError(f"compilation_config={self.compilation_config!r} is not supported: anymodel does not "
                              "compile the model (CUDA graphs: enforce_eager=False); pass compilation_config=None")

@@ -155,7 +155,7 @@ def describe(llm) -> str:
         f"attention     backend {first.backend} on {first.device}",
         f"layout        tensor_parallel_size={args.tensor_parallel_size} pipeline_parallel_size="
         f"{args.pipeline_parallel_size} ({len(ranks)} worker{'s' if len(ranks) > 1 else ''})",
-        "quantization  none",
+        f"quantization  {_quantization_line(decision.facts.quantization)}",
         _lora_line(args),
         f"max_model_len {engine.max_model_len}",
         _kv_line(engine, ranks),
@@ -163,6 +163,12 @@ def describe(llm) -> str:
     for facts in ranks:
         lines += _rank_lines(facts, len(ranks) > 1)
     return "\n".join(lines)
+
+
+def _quantization_line(quant) -> str:
+    from anymodel.native_overrides.quantization import describe as describe_quantization
+
+    return describe_quantization(quant)
 
 
 def _lora_line(args) -> str:

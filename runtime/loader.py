@@ -41,6 +41,10 @@ def resolve_model_dir(model: str | None, revision: str | None = None, download_d
     path = Path(model).expanduser()
     if path.is_dir():
         return path
+    from anymodel.gguf_model import gguf_model_dir, is_gguf
+
+    if is_gguf(model):  # dequantized once into a plain model directory (gguf_model.py)
+        return gguf_model_dir(model)
     if path.exists() or not _REPO_ID.match(model) or model.startswith((".", "/", "~")):
         raise ValueError(f"model {model!r}: no such directory (expected a local model directory or a Hub repo id)")
     if use_modelscope():

@@ -15,8 +15,9 @@ import sys
 from dataclasses import fields
 
 from anymodel.bench import KINDS, run_bench
-from anymodel.config import (ATTENTION_BACKENDS, CONVERTS, DTYPE_ALIASES, DTYPES, EXECUTOR_BACKENDS, LOAD_FORMATS,
-                              MODEL_IMPLS, RUNNERS, TASKS, TOKENIZER_MODES, EngineArgs)
+from anymodel.config import (ATTENTION_BACKENDS, CONVERTS, DTYPE_ALIASES, DTYPES, EXECUTOR_BACKENDS,
+                              KV_CACHE_DTYPES, LOAD_FORMATS, MODEL_IMPLS, RUNNERS, TASKS, TOKENIZER_MODES,
+                              EngineArgs)
 
 from .request_fields import MAX_PROMPTS_PER_REQUEST
 
@@ -124,6 +125,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--load-format", choices=LOAD_FORMATS,
                    help="auto | safetensors | pt (a .bin-only checkpoint) | dummy (random weights) (default: auto)")
     g.add_argument("--seed", type=int, help="default: 0")
+    g.add_argument("--quantization", "-q", metavar="METHOD",
+                   help="the checkpoint's quant_method (default: read from config.json; fp8, compressed-tensors)")
+    g.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, help="auto (the model's dtype) or fp8 / fp8_e4m3 / fp8_e5m2 (torch attention backend)")
     g.add_argument("--device", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
 
 
@@ -246,6 +250,7 @@ def _add_inspect_parser(sub) -> None:
                    help="run models our attention cannot reach through their own forward (default: on)")
     p.add_argument("--hf-overrides", type=_json_dict, metavar="JSON", help="config.json entries to override")
     p.add_argument("--revision", help="Hub revision of the model")
+    p.add_argument("--quantization", "-q", metavar="METHOD", help="the checkpoint's quant_method (default: config.json's)")
 
 
 # ---------------------------------------------------------------------------- commands

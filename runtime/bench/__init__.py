@@ -2,7 +2,8 @@
 `python -m anymodel.bench KIND ...`. throughput|latency (generation.py, against plain Transformers
 in the same process; the systems it times are in systems.py), attention (attention.py: the paged
 kernels against SDPA, GPU), serve (serve.py: load any OpenAI-compatible server, as vLLM's
-`bench serve`), structured (structured.py: JSON-schema requests against the same unconstrained)."""
+`bench serve`), structured (structured.py: JSON-schema requests against the same unconstrained),
+quant (quant.py: weight bytes and tokens/s per quantization format against float32)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ KINDS: dict[str, tuple[str, bool]] = {
     "serve": ("anymodel.bench.serve", False),
     "lora": ("anymodel.bench.lora", False),
     "structured": ("anymodel.bench.structured", False),
+    "quant": ("anymodel.bench.quant", False),
 }
 
 

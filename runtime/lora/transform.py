@@ -99,7 +99,7 @@ def _native_layer(name: str, module: nn.Module, state: LoRAState) -> LoRALinear 
     if not isinstance(module, nl.LinearBase):
         return None
     tp = module.tp_size
-    local_out, local_in = module.weight.shape
+    local_out, local_in = module.logical_shape  # a quantized layer has no float `weight`
     prefix, _, last = name.rpartition(".")
     parts = [(part, shard) for fused, part, shard in STACKED if fused == last]
     if isinstance(module, nl.QKVParallelLinear):

@@ -15,6 +15,7 @@ import torch
 
 from anymodel import loader
 from anymodel.distributed import ParallelState
+from anymodel.model_loader import quantization  # noqa: F401  (registers the quantization transform)
 from anymodel.lora.transform import LoRAConfig  # also registers the LoRA transform
 from anymodel.model_loader.rules import Decision, decide
 from anymodel.model_loader.transforms import TransformContext, apply_transforms
@@ -42,7 +43,9 @@ def build(decision: Decision, args, device: torch.device, backend) -> torch.nn.M
         return _dummy(decision, args, device, backend, context)
     if decision.impl == "native":
         return _native(decision, args, device, backend, context)
-    rebuild = None if decision.impl == "pooling" else _compat_rebuild(decision, device, context)
+    # a quantized model has no plain fallback: the compat path would load its checkpoint as plain weights
+    plain_fallback = decision.impl != "pooling" and facts.quantization is None
+    rebuild = _compat_rebuild(decision, device, context) if plain_fallback else None
     # passed on, not kept here: a fallback frees the first copy before loading the second
     built = _BUILDERS[decision.impl]
     return self_checked(apply_transforms(built(decision, args, dtype).to(device), context), args, facts.state, backend,
@@ -82,10 +85,11 @@ def _dummy(decision: Decision, args, device, backend, context: TransformContext)
 
 def _transformers(decision: Decision, args, dtype: torch.dtype) -> torch.nn.Module:
     f, spec = decision.facts, decision.facts.hf
-    if f.state.world_size > 1:
+    if f.state.world_size > 1 or f.quantization is not None:  # quantized: built on meta, read tensor by tensor
         from anymodel.adapters.parallel import load_parallel_causal_lm
 
-        return load_parallel_causal_lm(spec.cls, spec.has_lm_head, f.model_dir, f.config, dtype, f.state)
+        method = quantization.method_of(f.quantization)
+        return load_parallel_causal_lm(spec.cls, spec.has_lm_head, f.model_dir, f.config, dtype, f.state, method)
     from anymodel.adapters.causal_lm import load_causal_lm
 
     return load_causal_lm(spec.cls, spec.has_lm_head, f.model_dir, f.config, dtype)

@@ -24,6 +24,7 @@ class Request:
     model_impl: str
     trust_remote_code: bool
     enable_compat_path: bool
+    quantization: str | None = None  # LLM(quantization=...): must agree with the checkpoint
 
     @classmethod
     def from_args(cls, args, config, model_dir: Path) -> "Request":
@@ -31,7 +32,8 @@ class Request:
 
         # The engine resolved it already (then this returns it as is); `inspect` passes "auto".
         task = resolve_task(args.task, config, model_dir, args.runner)
-        return cls(task, args.model_impl, bool(args.trust_remote_code), bool(args.enable_compat_path))
+        return cls(task, args.model_impl, bool(args.trust_remote_code), bool(args.enable_compat_path),
+                   getattr(args, "quantization", None))
 
 
 @dataclass
@@ -44,6 +46,36 @@ class LoadFacts:
     @cached_property
     def arch(self) -> str:
         return architecture_of(self.config)
+
+    # ---- quantization ---------------------------------------------------------------------------
+    @cached_property
+    def _quantization(self) -> tuple[object, str | None]:
+        from anymodel.native_overrides.quantization import resolve_quantization
+
+        try:
+            return resolve_quantization(self.config, self.request.quantization, self.model_dir), None
+        except ValueError as e:  # unsupported method, a contradiction, quantized tensors without a config
+            return None, str(e)
+
+    @property
+    def quantization(self):
+        """The checkpoint's QuantConfig (None: plain weights)."""
+        return self._quantization[0]
+
+    @property
+    def quantization_refusal(self) -> str | None:
+        if self._quantization[1] is None and self.quantization is not None and self.request.task != "generate":
+            return (f"task {self.request.task!r}: quantized checkpoints ({self.quantization.method}) are served for "
+                    "generation only; pooling models load plain weights")
+        return self._quantization[1]
+
+    @property
+    def quantization_summary(self) -> str:
+        from anymodel.native_overrides.quantization import describe
+
+        if self.quantization is None:
+            return "plain weights (no quantization_config, no quantized tensors)"
+        return f"{describe(self.quantization)}: stays quantized in memory, dequantized per forward on CPU"
 
     # ---- native ---------------------------------------------------------------------------------
     @cached_property

@@ -2,6 +2,7 @@
 wins; `inspect` prints every rule with its verdict, the start-up log prints the winner.
 
     rule                 impl          applies when
+    quantization         refuse        a quantized checkpoint anymodel cannot load exactly (method, tensors, task)
     pooling              pooling       the task is embed / classify / score / reward
     native-missing       refuse        model_impl="native", no native class for the architecture
     native-parallel      refuse        model_impl="native", the native class cannot shard this way
@@ -9,6 +10,7 @@ wins; `inspect` prints every rule with its verdict, the start-up log prints the 
     encoder-decoder      refuse        the config has an encoder (no causal LM to serve)
     no-causal-lm         refuse        Transformers has no causal-LM class for it
     transformers         transformers  the HF class meets the backend's contract (paged attention)
+    compat-quantized     refuse        not backend-compatible, and a quantized checkpoint (compat loads plain)
     compat-parallel      refuse        not backend-compatible, and several ranks (compat runs in one)
     compat               compat        not backend-compatible: it runs through its own attention
     incompatible         refuse        not backend-compatible, and the compat path is off
@@ -135,6 +137,10 @@ def _no_class_or(text: str) -> Callable[[LoadFacts], str]:
 
 
 RULES: tuple[Rule, ...] = (
+    Rule("quantization", impl="refuse",
+         applies=lambda f: f.quantization_refusal is not None,
+         reason="{f.quantization_refusal}",
+         why_not=lambda f: f.quantization_summary),
     Rule("pooling", impl="pooling",
          applies=lambda f: f.request.task != "generate",
          reason="task {f.request.task!r}: {f.pooling_class_name} under a pooler (adapters/pooling_loader.py)",
@@ -166,6 +172,11 @@ RULES: tuple[Rule, ...] = (
          applies=_compatible,
          reason="Transformers backend: {f.hf_name} with anymodel's paged attention{f.ranks}",
          why_not=_no_class_or("{f.incompatibility}")),
+    Rule("compat-quantized", impl="refuse",
+         applies=lambda f: _incompatible(f) and f.quantization is not None,
+         reason="{f.hf_name} is not compatible with the Transformers backend, and its compat path (the model's own "
+                "from_pretrained) cannot load the {f.quantization.method} checkpoint's quantized linears",
+         why_not=lambda f: "plain weights" if f.quantization is None else _no_class_or("{f.hf_name} is backend-compatible")(f)),
     Rule("compat-parallel", impl="refuse",
          applies=lambda f: _incompatible(f) and f.state.world_size > 1,
          reason="{f.hf_name} is not compatible with the Transformers backend, and its compat path runs in one "

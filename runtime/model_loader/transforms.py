@@ -9,7 +9,10 @@
 Each is a registration (`register(Transform(...))`), not a branch in the loader: a feature adds
 its transform under its stage, and `apply_transforms` runs those that apply, stage by stage, in
 registration order within a stage. Tensor/pipeline sharding happens while loading
-(adapters/parallel.py, native linears); LoRA registers itself from anymodel/lora/transform.py.
+(adapters/parallel.py, native linears); so does the replacement of a quantized checkpoint's
+linears (on the meta device, before sharding cuts them: no weight is ever held unquantized), whose
+registered transform (model_loader/quantization.py) checks the result and logs the weight bytes;
+LoRA registers itself from anymodel/lora/transform.py.
 """
 
 from __future__ import annotations

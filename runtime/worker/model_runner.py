@@ -65,7 +65,7 @@ class ModelRunner:
     produces_output = True  # False on pipeline stages before the last: no LM head, nothing to sample
 
     def __init__(self, model: torch.nn.Module, device: torch.device, block_size: int, backend, seed: int = 0,
-                 graph_spec: GraphSpec | None = None, lora=None) -> None:
+                 graph_spec: GraphSpec | None = None, lora=None, kv_cache_dtype: torch.dtype | None = None) -> None:
         self.model = model
         self.lora = lora  # anymodel.lora.slots.LoRASlots when enable_lora
         self.device = device
@@ -75,6 +75,7 @@ class ModelRunner:
         self.generator = torch.Generator().manual_seed(seed)
         self.graph_spec = graph_spec  # decode graphs are captured once the KV cache exists
         self.graphs: DecodeGraphs | None = None
+        self.kv_cache_dtype = kv_cache_dtype  # None: each layer's K/V dtype (kv_cache_dtype="auto")
 
     # ---- KV cache -------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -85,6 +86,8 @@ class ModelRunner:
                             self._metadata([2], [2], [[0]], positions)).to(self.device)
         with ForwardContext.discovery(inputs.meta, self.backend) as forward:
             self.model(inputs.input_ids, inputs.positions, inputs.meta)
+        if self.kv_cache_dtype is not None:  # the cache stores them in this dtype (kv_cache_dtype="fp8"...)
+            return [(h, d, self.kv_cache_dtype) for h, d, _ in forward.discovered]
         return forward.discovered
 
     def bytes_per_block(self, layers) -> int:

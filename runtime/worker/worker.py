@@ -36,7 +36,8 @@ class Worker:
         spec = decode_graph_spec(args, config, self.device, self.model, backend, self.state)
         self.lora = LoRASlots(self.model, args.max_cpu_loras or args.max_loras) if args.enable_lora else None
         self.runner = ModelRunner(self.model, self.device, args.block_size, backend, seed=args.seed, graph_spec=spec,
-                                  lora=self.lora)
+                                  lora=self.lora,
+                                  kv_cache_dtype=kv_cache_dtype_for(args.kv_cache_dtype, backend, self.model, model_dir))
         # Only the last pipeline stage has the LM head: earlier stages run the forward and stop.
         self.runner.produces_output = self.state.is_last_stage
 
@@ -54,6 +55,30 @@ class Worker:
         if self.lora is None:
             raise ValueError("LoRA is not enabled; pass enable_lora=True (--enable-lora)")
         return self.lora
+
+
+def kv_cache_dtype_for(name: str, backend, model, model_dir=None) -> torch.dtype | None:
+    """The KV cache's storage dtype; FP8 is read by the torch backend only (the Triton and
+    flash-attn kernels do not dequantize FP8 blocks yet), and only a paged KV cache has one."""
+    from anymodel.attention_backend import torch_ref
+    from anymodel.attention_backend.kv_dtype import kv_cache_torch_dtype
+
+    dtype = kv_cache_torch_dtype(name)
+    if dtype is not None and backend is not torch_ref:
+        raise ValueError(f"kv_cache_dtype={name!r} needs attention_backend='torch' (the {backend.__name__} kernels "
+                         "do not read FP8 KV blocks yet); pass kv_cache_dtype='auto' or attention_backend='torch'")
+    if dtype is not None and model_dir is not None:
+        from anymodel.native_overrides.quantization.checkpoint import kv_scale_tensors
+
+        scales = kv_scale_tensors(model_dir)
+        if scales:
+            raise ValueError(f"kv_cache_dtype={name!r}: the checkpoint carries per-layer KV scales ({scales[0]}, ...), "
+                             "which anymodel does not apply yet (it would store K/V with scale 1.0); pass "
+                             "kv_cache_dtype='auto'")
+    if dtype is not None and not traits_of(model).paged_kv_cache:
+        raise ValueError(f"kv_cache_dtype={name!r} needs anymodel's paged KV cache; {type(model).__name__} keeps its "
+                         "own cache (compat path); pass kv_cache_dtype='auto'")
+    return dtype
 
 
 def decode_graph_spec(args, config, device: torch.device, model, backend, state: ParallelState) -> GraphSpec | None:

@@ -34,7 +34,7 @@ def test_native_llama(tmp_path):
     d = decided(config_of("llama", "LlamaForCausalLM"), tmp_path)
     assert (d.impl, d.rule, d.cls) == ("native", "native", native_overrides.native_class("LlamaForCausalLM"))
     assert d.reason.startswith("native LlamaForCausalLM")
-    assert [v.rule.name for v in d.passed] == ["pooling", "native-missing", "native-parallel"]
+    assert [v.rule.name for v in d.passed] == ["quantization", "pooling", "native-missing", "native-parallel"]
     assert d.log_line == f"anymodel: native for LlamaForCausalLM: {d.reason}"
 
 
@@ -51,10 +51,11 @@ def test_backend_compatible_hf_model(tmp_path):
 
 
 def test_a_config_the_native_class_refuses_runs_on_the_backend(tmp_path):
-    config = config_of("llama", "LlamaForCausalLM", quantization_config={"quant_method": "fp8"})
+    config = config_of("llama", "LlamaForCausalLM",
+                       rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})
     d = decided(config, tmp_path)
     assert d.impl == "transformers"
-    assert dict((v.rule.name, v.reason) for v in d.passed)["native"].endswith("does not support quantized checkpoints")
+    assert dict((v.rule.name, v.reason) for v in d.passed)["native"].endswith("(frequencies change with the sequence length)")
     assert decided(config, tmp_path, model_impl="native").impl == "native"  # from_pretrained says why
 
 
@@ -153,6 +154,13 @@ def test_transform_registry_refuses_unknown_stages_and_duplicates(registry):
     registry.register(registry.Transform("q", "quantization", lambda ctx: True, lambda m, ctx: m))
     with pytest.raises(ValueError, match="already registered"):
         registry.register(registry.Transform("q", "lora", lambda ctx: True, lambda m, ctx: m))
+
+
+def test_the_quantization_transform_is_registered():
+    assert [(t.name, t.stage) for t in transforms.TRANSFORMS if t.stage == "quantization"] == [
+        ("quantized-linears", "quantization")]
+    [quant] = [t for t in transforms.TRANSFORMS if t.stage == "quantization"]
+    assert not quant.applies(transforms.TransformContext("transformers", None, torch.float32, ONE))
 
 
 def test_the_lora_transform_is_registered_and_applies_only_with_enable_lora():
