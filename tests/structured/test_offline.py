@@ -157,11 +157,11 @@ def test_vocabulary_that_cannot_express_the_constraint_fails_the_request_alone(t
     assert err.value.outputs[0] is None and err.value.outputs[1].outputs[0].finish_reason == "length"
 
 
-def test_padded_vocab_and_tensor_parallel(tmp_path):
+def test_padded_vocab_and_tensor_and_pipeline_parallel(tmp_path):
     """TinyPlan: logits 385 wide over a 384-token tokenizer (the mask never allows the padding),
-    remote code with its own TP plan and uneven vocab shards. Under TP=2 (one process per rank)
-    every rank masks with the bitmask from the scheduler output: the constrained tokens equal the
-    single process's, and every stopped output is valid."""
+    remote code with its own TP / PP plans and uneven vocab shards. Under TP=2 and PP=2 (one process
+    per rank) every sampling rank masks with the bitmask from the scheduler output: the constrained
+    tokens equal the single process's, and every stopped output is valid."""
     model = build_tiny_model("tinyplan", tmp_path)
     so = StructuredOutputsParams(json=SCHEMA, disable_any_whitespace=True)
     params = [SamplingParams(temperature=1.0, seed=s, max_tokens=48, structured_outputs=so) for s in range(4)]
@@ -170,12 +170,13 @@ def test_padded_vocab_and_tensor_parallel(tmp_path):
     single = LLM(str(model), **engine).generate(prompts, params, use_tqdm=False)
     assert _check_outputs("json", single) >= 1
     assert all(t < 384 for o in single for t in o.outputs[0].token_ids)
-    tp = LLM(str(model), tensor_parallel_size=2, **engine)
-    try:
-        outs = tp.generate(prompts, params, use_tqdm=False)
-    finally:
-        tp.engine.shutdown()
-    assert [o.outputs[0].token_ids for o in outs] == [o.outputs[0].token_ids for o in single]
+    for layout in (dict(tensor_parallel_size=2), dict(pipeline_parallel_size=2)):  # PP: the last stage samples
+        parallel = LLM(str(model), **layout, **engine)
+        try:
+            outs = parallel.generate(prompts, params, use_tqdm=False)
+        finally:
+            parallel.engine.shutdown()
+        assert [o.outputs[0].token_ids for o in outs] == [o.outputs[0].token_ids for o in single], layout
 
 
 def _forcing(token_ids: list[int]):
