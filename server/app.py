@@ -177,13 +177,18 @@ def _add_openai_routes(app: FastAPI, completions: CompletionHandler, chat: ChatH
     """The two routes; returns them for /invocations (kind -> (request model, endpoint))."""
     @app.post("/v1/completions")
     async def create_completion(body: CompletionRequest, raw: Request):
-        return await unless_disconnected(raw, completions.create(body))
+        return await unless_disconnected(raw, completions.create(body, _client_id(raw)))
 
     @app.post("/v1/chat/completions")
     async def create_chat_completion(body: ChatCompletionRequest, raw: Request):
-        return await unless_disconnected(raw, chat.create(body))
+        return await unless_disconnected(raw, chat.create(body, _client_id(raw)))
 
     return {"completions": (CompletionRequest, create_completion), "chat": (ChatCompletionRequest, create_chat_completion)}
+
+
+def _client_id(raw: Request) -> str | None:
+    """The client's X-Request-Id (server/request_tracking.py), if it sent one."""
+    return getattr(raw.state, "client_request_id", None)
 
 
 def _with_head(app: FastAPI, path: str, endpoint: Callable) -> None:

@@ -64,14 +64,15 @@ class ChatHandler(GenerationHandler):
         self.chat_template = chat_template  # None: the tokenizer's own
         self.options = options or ChatOptions()  # tool-call and reasoning parsers
 
-    async def create(self, req: ChatCompletionRequest) -> Response:
+    async def create(self, req: ChatCompletionRequest, client_id: str | None = None) -> Response:
+        """`client_id`: the X-Request-Id header, which names the response before the body's request_id."""
         lora = self.check_model(req.model)
         req.check_prompt_logprobs()
         top_k = req.num_logprobs()
         plan = ChatOutputPlan.for_request(req, self.options, self.tokenizer)
         params = plan.constrain(self.make_params(req, req.max_new_tokens(), top_k, req.prompt_logprobs))
         prompt = render_chat_request(self.tokenizer, req, self.chat_template)
-        request_id = random_id("chatcmpl")
+        request_id = random_id("chatcmpl", client_id or req.request_id)
         if req.use_beam_search:
             merged = await self.start_beam(request_id, [prompt], req, req.max_new_tokens(), lora, params)
         else:

@@ -39,13 +39,14 @@ class Echo:
 
 
 class CompletionHandler(GenerationHandler):
-    async def create(self, req: CompletionRequest) -> Response:
+    async def create(self, req: CompletionRequest, client_id: str | None = None) -> Response:
+        """`client_id`: the X-Request-Id header, which names the response before the body's request_id."""
         lora = self.check_model(req.model)
         _reject_unsupported(req)
         req.check_prompt_logprobs()
         echo_only = req.echo and req.max_tokens == 0  # one token is generated, then dropped
         params = self.make_params(req, 1 if echo_only else req.max_tokens, req.logprobs, _prompt_logprobs(req))
-        request_id = random_id("cmpl")
+        request_id = random_id("cmpl", client_id or req.request_id)
         check_prompt_count(len(req.prompts()), self.max_prompts, "prompt")  # before tokenizing them all
         prompts = [self._tokenized(p, req.add_special_tokens) for p in req.prompts()]
         if req.use_beam_search:

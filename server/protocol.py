@@ -23,8 +23,9 @@ from .structured import StructuredFields
 from .tool_protocol import DeltaToolCall, NamedToolChoice, ToolCallOut
 
 
-def random_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
+def random_id(prefix: str, given: str | None = None) -> str:
+    """`prefix-<id>`: the client's id (X-Request-Id, else the body's request_id, as vLLM) or a new one."""
+    return f"{prefix}-{given or uuid.uuid4().hex}"
 
 
 # ----------------------------------------------------------------------------------------- common
@@ -96,6 +97,7 @@ class SamplingRequest(APIRequest, StructuredFields):
     min_tokens: int = Field(0, ge=0)
     priority: int = 0  # lower runs first, with --scheduling-policy priority (vLLM's); non-zero under fcfs: 400
     return_token_ids: bool = False  # vLLM extra: prompt_token_ids and each choice's token_ids in the response
+    request_id: Optional[str] = None  # vLLM extra: the response's id (after its prefix); X-Request-Id wins
     return_tokens_as_token_ids: bool = False  # vLLM extra: logprob tokens as "token_id:N"
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False

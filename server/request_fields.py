@@ -60,7 +60,6 @@ GENERATION: dict[str, Unsupported] = {
                                      "(SamplingParams.logits_processors)", (None, [])),
     "kv_transfer_params": Unsupported("disaggregated prefill (KV transfer) is not implemented yet"),
     "cache_salt": Unsupported("per-request prefix-cache salts are not implemented yet"),
-    "request_id": Unsupported("client-chosen request ids are not implemented yet"),
     "vllm_xargs": Unsupported("vllm_xargs (custom extension arguments) are not implemented yet"),
     "mm_processor_kwargs": Unsupported("multimodal inputs are not implemented yet", (None, {})),
     "service_tier": Unsupported("service tiers do not exist here", (None, "auto", "default")),
@@ -98,7 +97,8 @@ TOKENIZE: dict[str, Unsupported] = {**_CHAT_TEMPLATE_INPUTS}
 POOLING: dict[str, Unsupported] = {
     "priority": Unsupported("a pooling request's priority is not served yet (completions and chat take one "
                             "with --scheduling-policy priority)", (None, 0)),
-    "request_id": GENERATION["request_id"],
+    "request_id": Unsupported("client-chosen ids of pooling requests are not implemented yet (completions and "
+                              "chat take one)"),
     "mm_processor_kwargs": GENERATION["mm_processor_kwargs"],
     "cache_salt": GENERATION["cache_salt"],
     "messages": Unsupported("chat-style input (messages) is served by /v1/embeddings only"),

@@ -38,8 +38,10 @@ class RequestTracker:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = dict(scope["headers"]).get(HEADER, b"").decode("latin-1") or uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        client_id = dict(scope["headers"]).get(HEADER, b"").decode("latin-1")
+        request_id = client_id or uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"], state["client_request_id"] = request_id, client_id or None
         counted = scope["path"] not in PROBES
         start, status = time.perf_counter(), 500
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 import logging
 from typing import Any, AsyncIterator
 
@@ -191,7 +192,8 @@ async def add_all(engine: AsyncEngine, request_id: str, prompts: list, params: A
 
     The adds go out together: one engine-loop round trip, not one per prompt (each would wait for
     the step in progress)."""
-    adds = [asyncio.ensure_future(engine.add(f"{request_id}-{i}", p, params, lora_request, priority))
+    unique = uuid.uuid4().hex[:8]  # a client may send one request_id / X-Request-Id twice: engine ids stay apart
+    adds = [asyncio.ensure_future(engine.add(f"{request_id}-{unique}-{i}", p, params, lora_request, priority))
             for i, p in enumerate(prompts)]
     try:
         await asyncio.wait(adds)

@@ -122,3 +122,17 @@ def test_tokenizer_info_only_when_enabled(named_server):
         tokens = httpx.post(f"{server.url}/tokenize", json={"prompt": "12+34="}).json()
     assert info["vocab_size"] == 16 and info["tokenizer_class"]  # the demo model's 16 tokens
     assert info["eos_token"] and info["chat_template"] and info["model_max_length"] == tokens["max_model_len"]
+
+
+def test_client_request_ids_name_the_response(named_server):
+    """vLLM's rule: X-Request-Id, else the body's request_id, else a new id, after the endpoint's prefix;
+    the same id sent twice at once still runs as two requests."""
+    by_body = _complete(named_server, request_id="mine").json()
+    assert by_body["id"] == "cmpl-mine"
+    headed = httpx.post(f"{named_server}/v1/chat/completions", timeout=60,
+                        headers={**AUTH, "X-Request-Id": "hdr"},
+                        json={"messages": [{"role": "user", "content": "12+34"}], "max_tokens": 2, "request_id": "x"})
+    assert headed.json()["id"] == "chatcmpl-hdr" and headed.headers["x-request-id"] == "hdr"
+    twice = _complete(named_server, request_id="dup", prompt=["12+34=", "7+8="], n=2).json()
+    assert twice["id"] == "cmpl-dup" and len(twice["choices"]) == 4
+    assert len(_complete(named_server).json()["id"]) == len("cmpl-") + 32  # a new one
