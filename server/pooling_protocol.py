@@ -94,7 +94,19 @@ class PoolingResponse(BaseModel):
 
 
 # ---- /classify ---------------------------------------------------------------------------------------
-class ClassificationRequest(_Request):
+class _Activation(BaseModel):
+    """vLLM's per-request switch of the model's activation (softmax / sigmoid) on classify and score."""
+
+    use_activation: Optional[bool] = None  # None: the model's default
+    activation: Optional[bool] = None  # vLLM's older name of use_activation
+
+    def activation_kwargs(self) -> dict:
+        """The switches sent, for PoolingParams (which refuses the two disagreeing)."""
+        return {k: v for k, v in (("use_activation", self.use_activation), ("activation", self.activation))
+                if v is not None}
+
+
+class ClassificationRequest(_Request, _Activation):
     input: Union[str, list[str]]
 
 
@@ -115,7 +127,7 @@ class ClassificationResponse(BaseModel):
 
 
 # ---- /score, /rerank ---------------------------------------------------------------------------------
-class ScoreRequest(_Request):
+class ScoreRequest(_Request, _Activation):
     text_1: Union[str, list[str]]
     text_2: Union[str, list[str]]
 
@@ -135,7 +147,7 @@ class ScoreResponse(BaseModel):
     usage: PoolingUsage
 
 
-class RerankRequest(_Request):
+class RerankRequest(_Request, _Activation):
     query: str
     documents: list[str]
     top_n: Optional[int] = Field(None, ge=0)  # None or 0: every document

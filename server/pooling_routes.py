@@ -85,14 +85,18 @@ class PoolingHandler:
         params.task = "embed"
         return [out.outputs.data for out in await self.run(prompts, params)]
 
-    async def scores(self, text_1, text_2, truncate: int | None = None,
-                     param: str = "text_2") -> tuple[list[float], int]:
-        """(scores, prompt tokens) of the pairs, by cross-encoder or by embedding cosine."""
+    async def scores(self, text_1, text_2, truncate: int | None = None, param: str = "text_2",
+                     activation: dict | None = None) -> tuple[list[float], int]:
+        """(scores, prompt tokens) of the pairs, by cross-encoder or by embedding cosine; `activation`:
+        the request's use_activation / activation (cross-encoders only)."""
         from anymodel.pooling.offline import _pairs
 
         left, right = _pairs(text_1, text_2)
         check_prompt_count(len(left), self.max_prompts, param)
         if self.task == "embed":
+            if activation:
+                raise ValueError(f"{next(iter(activation))} applies to a cross-encoder's score; this model scores "
+                                 "by embedding cosine similarity")
             params = PoolingParams(task="embed", truncate_prompt_tokens=truncate)
             outs = await self.run(list(left) + list(right), params)
             n = len(left)
@@ -102,7 +106,7 @@ class PoolingHandler:
         if self.task != "score":
             raise ValueError(f"score needs a cross-encoder (task 'score') or an embedding model (task 'embed'); "
                              f"this model runs task {self.task!r}")
-        params = PoolingParams(task="score", truncate_prompt_tokens=truncate)
+        params = PoolingParams(task="score", truncate_prompt_tokens=truncate, **(activation or {}))
         outs = await self.run([self._pair(a, b) for a, b in zip(left, right)], params)
         values = []
         for out in outs:
@@ -188,7 +192,8 @@ async def create_classify(body: ClassificationRequest, raw: Request):
 
 async def _classify(h: PoolingHandler, body: ClassificationRequest) -> Response:
     check_model(body.model, h.served_names)
-    params = PoolingParams(task="classify", truncate_prompt_tokens=body.truncate_prompt_tokens)
+    params = PoolingParams(task="classify", truncate_prompt_tokens=body.truncate_prompt_tokens,
+                           **body.activation_kwargs())
     outs = await h.run(h.inputs(body.input), params)
     labels = getattr(h.config, "id2label", None) or {}
     data = []
@@ -207,7 +212,8 @@ async def create_score(body: ScoreRequest, raw: Request):
 
 async def _score(h: PoolingHandler, body: ScoreRequest) -> Response:
     check_model(body.model, h.served_names)
-    values, tokens = await h.scores(body.text_1, body.text_2, body.truncate_prompt_tokens)
+    values, tokens = await h.scores(body.text_1, body.text_2, body.truncate_prompt_tokens,
+                                    activation=body.activation_kwargs())
     data = [ScoreData(index=i, score=v) for i, v in enumerate(values)]
     return json_response(ScoreResponse(model=h.model_name, data=data, usage=_usage(tokens)))
 
@@ -225,7 +231,8 @@ async def _rerank(h: PoolingHandler, body: RerankRequest) -> Response:
         raise ValueError("documents must not be empty")
     if body.top_n is not None and body.top_n < 0:
         raise ValueError(f"top_n must be None or an integer >= 0, got {body.top_n}")
-    values, tokens = await h.scores(body.query, body.documents, body.truncate_prompt_tokens, "documents")
+    values, tokens = await h.scores(body.query, body.documents, body.truncate_prompt_tokens, "documents",
+                                    body.activation_kwargs())
     order = sorted(range(len(values)), key=lambda i: -values[i])[: body.top_n or None]
     results = [RerankResult(index=i, relevance_score=values[i],
                             document=RerankDocument(text=body.documents[i]) if body.return_documents else None)

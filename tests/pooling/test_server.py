@@ -154,3 +154,32 @@ def test_chat_style_embeddings(minilm_dir, minilm_llm):
         assert embed(messages=messages) != pytest.approx(embed(input=text), abs=1e-3)
         both = httpx.post(f"{server.url}/v1/embeddings", json={"messages": messages, "input": "x"}, timeout=60)
     assert both.status_code == 400 and "exactly one of `input` or `messages`" in both.json()["error"]["message"]
+
+
+def test_activation_switch_per_request(score_server, embed_server):
+    """use_activation (and its older name activation) per request: raw logits without the sigmoid."""
+    url, path = score_server
+    logits = hf_logits(path, "BertForSequenceClassification", PAIRS)[:, 0].tolist()
+    pairs = {"text_1": [a for a, _ in PAIRS], "text_2": [b for _, b in PAIRS]}
+    for switch in ({"use_activation": False}, {"activation": False}):
+        raw = httpx.post(f"{url}/score", json={**pairs, **switch}).json()
+        assert [d["score"] for d in raw["data"]] == pytest.approx(logits, abs=1e-4)
+    ranked = httpx.post(f"{url}/rerank", json={"query": PAIRS[0][0], "documents": [PAIRS[0][1]],
+                                               "use_activation": False}).json()
+    assert ranked["results"][0]["relevance_score"] == pytest.approx(logits[0], abs=1e-4)
+    probs = httpx.post(f"{url}/classify", json={"input": "paris", "use_activation": True}).json()["data"][0]["probs"]
+    raw = httpx.post(f"{url}/classify", json={"input": "paris", "use_activation": False}).json()["data"][0]["probs"]
+    assert probs == pytest.approx(torch.sigmoid(torch.tensor(raw)).tolist(), abs=1e-5)
+    clash = httpx.post(f"{url}/score", json={**pairs, "use_activation": True, "activation": False})
+    assert clash.status_code == 400 and "use_activation" in clash.json()["error"]["message"]
+    by_cosine = httpx.post(f"{embed_server}/score", json={"text_1": "a", "text_2": "b", "use_activation": False})
+    assert by_cosine.status_code == 400 and "embedding cosine" in by_cosine.json()["error"]["message"]
+
+
+def test_empty_inputs_are_400(score_server):
+    url, _ = score_server
+    # (an empty string is a prompt: the tokenizer's [CLS] [SEP], as in vLLM)
+    for path, body in (("/classify", {"input": []}), ("/rerank", {"query": "q", "documents": []}),
+                       ("/score", {"text_1": [], "text_2": []})):
+        response = httpx.post(f"{url}{path}", json=body)
+        assert response.status_code == 400, (path, body, response.text)
