@@ -60,14 +60,26 @@ class RoutedPairs:
     segments: tuple[tuple[int, int, int], ...]  # (expert, start, end) rows of each expert with tokens
 
 
+HOST_SORT_MAX_PAIRS = 512  # up to this many (token, expert) pairs the sort runs on the host: fewer tensor ops
+
+
 def sort_by_expert(top_k_index: torch.Tensor, top_k_weights: torch.Tensor, num_experts: int) -> RoutedPairs:
-    """top_k_index / top_k_weights [T, K] -> the pairs sorted by expert; ids outside
-    [0, num_experts) (identity/zero expert, EP sentinels) are dropped."""
+    """top_k_index / top_k_weights [T, K] -> the pairs sorted by expert (stable: token order kept
+    within an expert); ids outside [0, num_experts) (identity/zero expert, EP sentinels) are dropped.
+    Decode steps route few pairs: a host-side sort there costs one copy instead of ~10 small ops."""
     k = top_k_index.shape[-1]
-    flat = top_k_index.reshape(-1)
-    flat = torch.where((flat >= 0) & (flat < num_experts), flat, num_experts)  # invalid -> one tail bucket
-    order = torch.argsort(flat, stable=True)
-    counts = torch.bincount(flat, minlength=num_experts + 1)[:num_experts].tolist()  # one host sync
+    if top_k_index.numel() <= HOST_SORT_MAX_PAIRS:
+        ids = top_k_index.reshape(-1).tolist()
+        order_list = sorted((i for i, e in enumerate(ids) if 0 <= e < num_experts), key=ids.__getitem__)
+        order = torch.tensor(order_list, dtype=torch.long, device=top_k_index.device)
+        counts = [0] * num_experts
+        for i in order_list:
+            counts[ids[i]] += 1
+    else:
+        flat = top_k_index.reshape(-1)
+        flat = torch.where((flat >= 0) & (flat < num_experts), flat, num_experts)  # invalid -> one tail bucket
+        order = torch.argsort(flat, stable=True)
+        counts = torch.bincount(flat, minlength=num_experts + 1)[:num_experts].tolist()  # one host sync
     segments, start = [], 0
     for expert, count in enumerate(counts):
         if count:

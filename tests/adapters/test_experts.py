@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS, use_experts_implementation
 
+from anymodel.adapters import experts
 from anymodel.adapters.experts import (
     EXPERTS_IMPLEMENTATION, anymodel_experts_forward, experts_implementation, experts_paths,
     reference_experts_forward, register_experts, sort_by_expert,
@@ -63,7 +64,7 @@ def test_matches_reference_and_transformers(flags):
     torch.manual_seed(0)
     register_experts()
     module = _experts_class(*flags)(SimpleNamespace(_experts_implementation=EXPERTS_IMPLEMENTATION))
-    for tokens, k, seed in [(9, 3, 1), (1, 2, 2), (0, 2, 3), (17, 1, 4)]:
+    for tokens, k, seed in [(9, 3, 1), (1, 2, 2), (0, 2, 3), (17, 1, 4), (100, 6, 5)]:  # 600 pairs: the device sort
         x, idx, w = _routing(tokens, k, seed)
         with torch.no_grad():
             ours = module(x, idx, w)  # through the decorator's dispatch
@@ -86,7 +87,9 @@ def test_identity_expert_contributes_nothing():
         assert torch.equal(anymodel_experts_forward(module, x, only_identity, torch.ones(3, 2)), torch.zeros(3, H))
 
 
-def test_sort_by_expert_segments():
+@pytest.mark.parametrize("host_max", [0, 512], ids=["device-sort", "host-sort"])
+def test_sort_by_expert_segments(host_max, monkeypatch):
+    monkeypatch.setattr(experts, "HOST_SORT_MAX_PAIRS", host_max)
     idx = torch.tensor([[2, 0], [5, 2], [0, -1]])
     routed = sort_by_expert(idx, torch.arange(6.0).reshape(3, 2), num_experts=5)
     assert routed.segments == ((0, 0, 2), (2, 2, 4))
