@@ -19,7 +19,7 @@ from anymodel.config import (ATTENTION_BACKENDS, CONVERTS, DTYPE_ALIASES, DTYPES
 
 from .request_fields import MAX_PROMPTS_PER_REQUEST
 
-BENCHES = ("attention", "throughput", "latency")
+BENCHES = ("attention", "throughput", "latency", "moe")
 EXAMPLES = """examples:
   anymodel serve                                      # the embedded demo model on :8000
   anymodel serve ./my-model --model-impl transformers --trust-remote-code
@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--temperature", type=float, default=0.0, metavar="T", help="default: 0 (greedy)")
     s.add_argument("--top-p", type=float, default=1.0, metavar="P", help="default: 1")
     _add_inspect_parser(sub)
-    bench = sub.add_parser("bench", help="benchmarks: attention | throughput | latency",
+    bench = sub.add_parser("bench", help="benchmarks: attention | throughput | latency | moe",
                            description="Run a benchmark; arguments after KIND go to it (try `anymodel bench KIND --help`).")
     bench.add_argument("kind", choices=BENCHES)
     bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own arguments")
@@ -294,6 +294,8 @@ def _bench(kind: str, rest: list[str]) -> int:
     try:
         if kind == "attention":
             from anymodel.bench.attention import main as bench_main
+        elif kind == "moe":
+            from anymodel.bench.moe import main as bench_main
         else:
             from anymodel.bench.generation import main as bench_main
 

@@ -142,10 +142,14 @@ def print_report(report: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    return run_and_report(parse_args(list(sys.argv[1:] if argv is None else argv)), run, print_report)
+
+
+def run_and_report(args: argparse.Namespace, run_fn, print_fn) -> int:
+    """A benchmark's `run_fn(args, workdir) -> report` in a temporary dir, printed, and written to `--json`."""
     with tempfile.TemporaryDirectory(prefix="anymodel-bench-") as tmp:
-        report = run(args, Path(tmp))
-    print_report(report)
+        report = run_fn(args, Path(tmp))
+    print_fn(report)
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(report, indent=2))
     return 0
