@@ -115,6 +115,8 @@ def ratios(results: dict) -> dict:
 
 
 def print_report(report: dict) -> None:
+    from anymodel.bench.generation import print_ratios, token_match_text
+
     c = report["config"]
     print(f"\nmoe: Qwen3-MoE layout, {c['experts']} experts top-{c['top_k']}, hidden {c['hidden']}, expert intermediate "
           f"{c['moe_intermediate']}, {c['layers']} layers, fp32, median of {report['repeats']}, {report['threads']} threads")
@@ -123,11 +125,9 @@ def print_report(report: dict) -> None:
     header = f"{'workload / experts path':<26}{'out tok/s':>11}{'ITL ms':>9}{'decode tok/s':>14}  tokens"
     print(header + "\n" + "-" * len(header))
     for name, r in report["results"].items():
-        t = r["tokens"]
-        match = f"{t['matching_prompts']}/{t['num_prompts']} = anymodel"
+        match = token_match_text(r["tokens"], "anymodel")
         print(f"{name:<26}{r['output_tok_s']:>11.1f}{r['itl_ms']:>9.2f}{r['decode_tok_s']:>14.1f}  {match}")
-    for name, r in report["ratios"].items():
-        print(f"{name:<32} throughput x{r['output_tok_s']:.2f}   per-request decode x{r['decode_tok_s']:.2f}")
+    print_ratios(report["ratios"], 32)
 
 
 def main(argv: list[str] | None = None) -> int:
