@@ -8,6 +8,9 @@ of every layer are switched between
     grouped_mm   Transformers' grouped_mm experts function (its default)
     eager        Transformers' per-expert loop (the class's own forward)
 
+and beside them a dense Qwen3 with the same active parameters (one MLP top_k x the expert width),
+whose decode the MoE's should approach.
+
 for two workloads: 16 requests x 64 in / 64 out (throughput) and 1 request x 64 / 64 (b=1 decode).
 Everything else (attention, scheduler, sampler) is the same code, so the ratios are the experts
 paths'. Runs are round-robin over repeats (median kept); greedy tokens of every path are checked
@@ -22,6 +25,7 @@ import sys
 from pathlib import Path
 
 PATHS = ("anymodel", "grouped_mm", "eager")
+DENSE = "dense"  # the dense model with the same active parameters (its own tokens)
 WORKLOADS = {"b16": dict(num_prompts=16, input_len=64, output_len=64), "b1": dict(num_prompts=1, input_len=64, output_len=64)}
 
 
@@ -59,42 +63,65 @@ def moe_config(args: argparse.Namespace):
         pad_token_id=0)
 
 
+def dense_config(args: argparse.Namespace):
+    """The dense model with the MoE's active parameters: one MLP of top_k x the expert's width."""
+    from transformers import Qwen3Config
+
+    moe = moe_config(args)
+    return Qwen3Config(**{k: getattr(moe, k) for k in (
+        "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size",
+        "max_position_embeddings", "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id")},
+        intermediate_size=args.top_k * args.moe_intermediate)
+
+
 def run(args: argparse.Namespace, workdir: Path) -> dict:
     import torch
 
-    from anymodel.adapters.experts import select_experts
     from anymodel.bench.generation import make_prompts, summarize, token_check
-    from anymodel.bench.systems import AnymodelSystem, write_random_checkpoint, write_word_tokenizer
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model_dir = workdir / "model"
-    write_random_checkpoint(moe_config(args), model_dir, args.seed)
-    write_word_tokenizer(args.vocab, model_dir)
-    biggest = max(w["num_prompts"] for w in WORKLOADS.values())
-    system = AnymodelSystem(model_dir, None, "transformers", biggest, 64 + args.output_len)
     prompts = {name: make_prompts(w["num_prompts"], w["input_len"], args.vocab, args.seed) for name, w in WORKLOADS.items()}
-    runs = {(w, p): [] for w in WORKLOADS for p in PATHS}
-    for path in PATHS:  # warm-up
-        system.llm.apply_model(functools.partial(select_experts, name=path))
-        system.run([q[:8] for q in prompts["b16"][:2]], 4)
+    moe, dense = _system(moe_config(args), workdir / "moe", args), _system(dense_config(args), workdir / "dense", args)
+    runs = {(w, p): [] for w in WORKLOADS for p in (*PATHS, DENSE)}
+    for path in (*PATHS, DENSE):  # warm-up
+        _select(moe, dense, path).run([q[:8] for q in prompts["b16"][:2]], 4)
     for _ in range(args.repeats):  # round-robin: machine noise hits every path alike
         for workload in WORKLOADS:
-            for path in PATHS:
-                system.llm.apply_model(functools.partial(select_experts, name=path))
-                runs[(workload, path)].append(system.run(prompts[workload], args.output_len))
-    system.llm.apply_model(functools.partial(select_experts, name=PATHS[0]))
-    paths_seen = system.llm.apply_model(_paths)[0]
-    system.close()
+            for path in (*PATHS, DENSE):
+                runs[(workload, path)].append(_select(moe, dense, path).run(prompts[workload], args.output_len))
+    _select(moe, dense, PATHS[0])
+    paths_seen = moe.llm.apply_model(_paths)[0]
+    moe.close()
+    dense.close()
     results = {}
     for (workload, path), rs in runs.items():
-        n = WORKLOADS[workload]["num_prompts"]
-        figures = summarize(rs, n, WORKLOADS[workload]["input_len"])
-        figures["tokens"] = token_check(rs[-1].tokens, runs[(workload, "anymodel")][-1].tokens)
+        figures = summarize(rs, WORKLOADS[workload]["num_prompts"], WORKLOADS[workload]["input_len"])
+        reference = runs[(workload, DENSE if path == DENSE else PATHS[0])][-1].tokens  # the dense model is another model
+        figures["tokens"] = token_check(rs[-1].tokens, reference)
         results[f"{workload} {path}"] = figures
     return {"config": {k: getattr(args, k) for k in ("experts", "top_k", "hidden", "moe_intermediate", "layers", "vocab")},
-            "output_len": args.output_len, "repeats": args.repeats, "threads": torch.get_num_threads(), "experts_modules": paths_seen,
-            "results": results, "ratios": ratios(results)}
+            "output_len": args.output_len, "repeats": args.repeats, "threads": torch.get_num_threads(),
+            "experts_modules": paths_seen, "results": results, "ratios": ratios(results)}
+
+
+def _system(config, model_dir: Path, args: argparse.Namespace):
+    from anymodel.bench.systems import AnymodelSystem, write_random_checkpoint, write_word_tokenizer
+
+    write_random_checkpoint(config, model_dir, args.seed)
+    write_word_tokenizer(args.vocab, model_dir)
+    biggest = max(w["num_prompts"] for w in WORKLOADS.values())
+    return AnymodelSystem(model_dir, None, "transformers", biggest, 64 + args.output_len)
+
+
+def _select(moe, dense, path: str):
+    """The system that runs `path`, its experts switched to it."""
+    from anymodel.adapters.experts import select_experts
+
+    if path == DENSE:
+        return dense
+    moe.llm.apply_model(functools.partial(select_experts, name=path))
+    return moe
 
 
 def _paths(model) -> dict:
@@ -104,11 +131,11 @@ def _paths(model) -> dict:
 
 
 def ratios(results: dict) -> dict:
-    """anymodel's throughput over each Transformers path, per workload."""
+    """anymodel's throughput over each Transformers path and over the dense model, per workload."""
     out = {}
     for workload in WORKLOADS:
         ours = results[f"{workload} anymodel"]
-        for path in PATHS[1:]:
+        for path in (*PATHS[1:], DENSE):
             theirs = results[f"{workload} {path}"]
             out[f"{workload}: anymodel / {path}"] = {k: ours[k] / theirs[k] for k in ("output_tok_s", "decode_tok_s")}
     return out
@@ -125,7 +152,7 @@ def print_report(report: dict) -> None:
     header = f"{'workload / experts path':<26}{'out tok/s':>11}{'ITL ms':>9}{'decode tok/s':>14}  tokens"
     print(header + "\n" + "-" * len(header))
     for name, r in report["results"].items():
-        match = token_match_text(r["tokens"], "anymodel")
+        match = "another model" if name.endswith(DENSE) else token_match_text(r["tokens"], "anymodel")
         print(f"{name:<26}{r['output_tok_s']:>11.1f}{r['itl_ms']:>9.2f}{r['decode_tok_s']:>14.1f}  {match}")
     print_ratios(report["ratios"], 32)
 

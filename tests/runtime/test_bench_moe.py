@@ -3,7 +3,7 @@ itself is never asserted (benchmarks print ratios, tests check structure and tok
 
 import json
 
-from anymodel.bench.moe import PATHS, WORKLOADS, main
+from anymodel.bench.moe import DENSE, PATHS, WORKLOADS, main
 
 
 def test_moe_paths_compared_in_one_process(tmp_path, capsys):
@@ -12,12 +12,12 @@ def test_moe_paths_compared_in_one_process(tmp_path, capsys):
             "--output-len", "3", "--repeats", "1", "--json", str(out)]
     assert main(argv) == 0
     report = json.loads(out.read_text())
-    assert list(report["results"]) == [f"{w} {p}" for w in WORKLOADS for p in PATHS]
+    assert list(report["results"]) == [f"{w} {p}" for w in WORKLOADS for p in (*PATHS, DENSE)]
     for name, result in report["results"].items():
         assert result["output_tok_s"] > 0 and result["decode_tok_s"] > 0, name
         assert result["tokens"]["first_mismatch"] is None, name  # every path: the same greedy tokens
     assert report["experts_modules"] == {"Qwen3MoeExperts: anymodel experts function": 1}
-    assert set(report["ratios"]) == {f"{w}: anymodel / {p}" for w in WORKLOADS for p in PATHS[1:]}
+    assert set(report["ratios"]) == {f"{w}: anymodel / {p}" for w in WORKLOADS for p in (*PATHS[1:], DENSE)}
     assert "b16: anymodel / eager" in capsys.readouterr().out
 
 
