@@ -107,3 +107,30 @@ def test_paths_are_reported_and_switchable():
     with experts_implementation(model, "eager"):
         assert experts_paths(model) == {"Experts: Transformers eager loop": 2}
     assert experts_paths(model) == {"Experts: anymodel experts function": 2}
+
+
+@pytest.mark.parametrize("transposed,bias", list(itertools.product([False, True], repeat=2)))
+def test_torch_grouped_mm_path_equals_segment_loop(transposed, bias):
+    """The CUDA half-precision path (torch's grouped_mm) checked on CPU float32, where torch has it too."""
+    if not hasattr(torch.nn.functional, "grouped_mm"):
+        pytest.skip("this torch has no grouped_mm")
+    g = torch.Generator().manual_seed(7)
+    weight = torch.randn((E, H, I) if transposed else (E, I, H), generator=g)
+    b = torch.randn(E, I, generator=g) if bias else None
+    _, idx, w = _routing(11, 2, 8)
+    routed = sort_by_expert(idx, w, E)
+    x = torch.randn(routed.tokens.shape[0], H, generator=g)
+    want = experts.grouped_linear(x, weight, b, routed, transposed)  # CPU: the segment loop
+    torch.testing.assert_close(experts._torch_grouped_linear(x, weight, b, routed, transposed), want)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("flags", FLAGS[:4], ids=lambda f: "".join("gbtni"[i] if v else "-" for i, v in enumerate(f)))
+def test_cuda_bfloat16_matches_reference(flags):
+    module = _experts_class(*flags)(SimpleNamespace(_experts_implementation=EXPERTS_IMPLEMENTATION))
+    module = module.to("cuda", torch.bfloat16)
+    x, idx, w = _routing(33, 2, 9)
+    with torch.no_grad():
+        ours = anymodel_experts_forward(module, x.cuda().bfloat16(), idx.cuda(), w.cuda().bfloat16())
+        want = reference_experts_forward(module.float().cpu(), x, idx, w)
+    torch.testing.assert_close(ours.float().cpu(), want, atol=0.15, rtol=0.05)
