@@ -26,7 +26,11 @@ logger = logging.getLogger("anymodel")
 
 def load_pretrained(cls: type, model_dir, config, dtype: torch.dtype, **kwargs) -> tuple[nn.Module, dict]:
     """`cls.from_pretrained(...)` in eval mode with its computed constants restored; returns
-    (model, loading info)."""
+    (model, loading info). MoE experts classes that use Transformers' experts interface run ours
+    (adapters/experts.py) unless the caller names another."""
+    from anymodel.adapters.experts import register_experts
+
+    kwargs.setdefault("experts_implementation", register_experts())
     model, info = cls.from_pretrained(model_dir, config=config, dtype=dtype, output_loading_info=True, **kwargs)
     model.eval()
     restore_computed_buffers(model, cls, set(info.get("missing_keys", ())), dtype)

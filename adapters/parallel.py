@@ -103,11 +103,12 @@ def _cut_and_load(hf: nn.Module, head_name: str | None, model_dir, dtype: torch.
 def build_on_meta(cls, config, dtype: torch.dtype) -> nn.Module:
     from accelerate import init_empty_weights
 
+    from anymodel.adapters.experts import register_experts
     from anymodel.attention_backend.interface import register
 
-    attn = register()
+    attn, experts = register(), register_experts()
     with init_empty_weights(include_buffers=False):
-        return cls._from_config(config, dtype=dtype, attn_implementation=attn)
+        return cls._from_config(config, dtype=dtype, attn_implementation=attn, experts_implementation=experts)
 
 
 def _name_of(root: nn.Module, target: nn.Module) -> str:

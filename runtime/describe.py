@@ -5,6 +5,7 @@
                                     remote code), its pipeline stage, tensor-parallel styles
     attention                       the attention calls each worker's model made through our paged
                                     attention (discovered at start-up: one KV cache per call)
+    MoE experts                     which experts path each experts module runs (adapters/experts.py)
     KV cache                        the tensors the workers allocated: blocks, block size, bytes, dtype
 
 Each worker reports with `rank_facts` (a collective_rpc); the engine process writes the text.
@@ -46,6 +47,7 @@ class RankFacts:
     groups: list[LayerGroup]
     attention_calls: int  # KV caches allocated: one per attention call through our function
     kv: dict | None  # num_blocks, block_size, bytes_per_block, dtype
+    experts: dict[str, int] = field(default_factory=dict)  # "Class: experts path" -> modules (adapters/experts.py)
 
 
 def rank_facts(worker) -> RankFacts:
@@ -67,7 +69,14 @@ def rank_facts(worker) -> RankFacts:
         backend=getattr(runner.backend, "__name__", str(runner.backend)).rsplit(".", 1)[-1],
         layers_path=path, num_layers=len(layers), owned=(owned[0], owned[-1] + 1) if owned else None,
         groups=list(groups.values()), attention_calls=len(runner.kv_caches), kv=_kv_facts(runner.kv_caches),
+        experts=_experts_facts(model),
     )
+
+
+def _experts_facts(model: nn.Module) -> dict[str, int]:
+    from anymodel.adapters.experts import experts_paths
+
+    return experts_paths(model)
 
 
 def _decoder_layers(model: nn.Module) -> tuple[str | None, list]:
@@ -212,4 +221,5 @@ def _rank_lines(f: RankFacts, several: bool) -> list[str]:
         lines.append(f"  {g.count} x {g.type_name} ({g.code})")
         if g.tp_styles:
             lines.append("    tensor-parallel: " + ", ".join(f"{k} {v}" for k, v in g.tp_styles.items()))
+    lines += [f"  MoE experts: {n} x {path}" for path, n in f.experts.items()]
     return lines

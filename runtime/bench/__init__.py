@@ -3,7 +3,8 @@
 in the same process; the systems it times are in systems.py), attention (attention.py: the paged
 kernels against SDPA, GPU), serve (serve.py: load any OpenAI-compatible server, as vLLM's
 `bench serve`), structured (structured.py: JSON-schema requests against the same unconstrained),
-quant (quant.py: weight bytes and tokens/s per quantization format against float32)."""
+quant (quant.py: weight bytes and tokens/s per quantization format against float32), moe (moe.py:
+anymodel's experts function against Transformers' grouped_mm and eager)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ KINDS: dict[str, tuple[str, bool]] = {
     "lora": ("anymodel.bench.lora", False),
     "structured": ("anymodel.bench.structured", False),
     "quant": ("anymodel.bench.quant", False),
+    "moe": ("anymodel.bench.moe", False),
 }
 
 

@@ -142,14 +142,23 @@ def print_report(report: dict) -> None:
     header = f"{'system':<24}{'out tok/s':>11}{'total tok/s':>13}{'TTFT ms':>10}{'ITL ms':>9}{'decode tok/s':>14}  tokens"
     print(header + "\n" + "-" * len(header))
     for name, r in report["results"].items():
-        t = r["tokens"]
-        match = f"{t['matching_prompts']}/{t['num_prompts']} = {report['reference']}"
-        if t["first_mismatch"]:
-            match += f" (first mismatch: prompt {t['first_mismatch']['prompt']}, token {t['first_mismatch']['position']})"
+        match = token_match_text(r["tokens"], report["reference"])
         print(f"{name:<24}{r['output_tok_s']:>11.1f}{r['total_tok_s']:>13.1f}{r['ttft_ms']:>10.1f}{r['itl_ms']:>9.2f}"
               f"{r['decode_tok_s']:>14.1f}  {match}")
-    for name, r in report["ratios"].items():
-        print(f"{name:<44} throughput x{r['output_tok_s']:.2f}   per-request decode x{r['decode_tok_s']:.2f}")
+    print_ratios(report["ratios"], 44)
+
+
+def token_match_text(t: dict, reference: str) -> str:
+    """A `token_check` result as the report prints it."""
+    match = f"{t['matching_prompts']}/{t['num_prompts']} = {reference}"
+    if t["first_mismatch"]:
+        match += f" (first mismatch: prompt {t['first_mismatch']['prompt']}, token {t['first_mismatch']['position']})"
+    return match
+
+
+def print_ratios(ratios: dict, width: int) -> None:
+    for name, r in ratios.items():
+        print(f"{name:<{width}} throughput x{r['output_tok_s']:.2f}   per-request decode x{r['decode_tok_s']:.2f}")
 
 
 def run_report(args: argparse.Namespace, run_fn, print_fn) -> int:

@@ -12,9 +12,10 @@ import json
 import pytest
 
 from anymodel import LLM
+from anymodel.adapters import experts
 from tests.models.zoo import (
-    COMPAT_ARCHS, CUSTOM_ARCH, RECURRENT_ARCHS, SELF_CHECK_COMPAT_ARCHS, UNSUPPORTED_ZOO, ZOO, build_tiny_model,
-    cached_model,
+    COMPAT_ARCHS, CUSTOM_ARCH, EXPERTS_INTERFACE_ARCHS, OWN_EXPERTS_ARCHS, RECURRENT_ARCHS, SELF_CHECK_COMPAT_ARCHS,
+    UNSUPPORTED_ZOO, ZOO, build_tiny_model, cached_model,
 )
 from tests.reference import greedy_case, llm_greedy
 
@@ -43,8 +44,9 @@ def arch_case(request, tmp_path_factory):
     return (arch, *greedy_case(arch, tmp_path_factory.mktemp(arch), MAX_TOKENS))
 
 
-def test_greedy_matches_transformers(arch_case):
+def test_greedy_matches_transformers(arch_case, monkeypatch):
     arch, path, prompts, reference = arch_case
+    calls = _count_experts_calls(monkeypatch)
     llm = LLM(model=str(path), model_impl="transformers", dtype="float32", seed=0,
               trust_remote_code=arch == CUSTOM_ARCH)
     path_kind = "compat" if arch in COMPAT_ARCHS | SELF_CHECK_COMPAT_ARCHS else "attention interface"
@@ -52,6 +54,32 @@ def test_greedy_matches_transformers(arch_case):
     assert llm.apply_model(lambda m: type(m).__name__) == [expected_class], f"{arch} should take the {path_kind} path"
     got = llm_greedy(llm, prompts, MAX_TOKENS)
     assert got == reference, f"{arch} ({path_kind}): {_first_mismatch(got, reference)}"
+    _check_experts_path(arch, llm, calls)
+
+
+def _count_experts_calls(monkeypatch) -> list[int]:
+    """Count the calls of our experts function (the engine registers it at load; in-process executor)."""
+    calls, forward = [0], experts.anymodel_experts_forward
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(experts, "anymodel_experts_forward", counted)
+    return calls
+
+
+def _check_experts_path(arch: str, llm, calls: list[int]) -> None:
+    """Which experts path each MoE arch ran (printed: `pytest -s` lists them)."""
+    paths = llm.apply_model(experts.experts_paths)[0]
+    print(f"\n{arch}: experts {paths or 'none (dense)'}, {calls[0]} calls of anymodel's experts function")
+    ran = {key.split(": ", 1)[1] for key in paths}
+    if arch in EXPERTS_INTERFACE_ARCHS:
+        assert ran == {"anymodel experts function"} and calls[0] > 0, (arch, paths, calls)
+    elif arch in OWN_EXPERTS_ARCHS:
+        assert ran == {"own code (no experts interface)"} and calls[0] == 0, (arch, paths, calls)
+    else:
+        assert not paths and calls[0] == 0, (arch, paths, calls)
 
 
 def test_recurrent_archs_are_detected():

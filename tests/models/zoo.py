@@ -260,6 +260,17 @@ COMPAT_ARCHS = RECURRENT_ARCHS | OWN_ATTENTION_ARCHS | frozenset({"bloom", "falc
 # path: Doge hands the attention function a dynamic mask of its own, which the paged kernels cannot apply.
 SELF_CHECK_COMPAT_ARCHS = frozenset({"doge"})
 
+# Zoo MoE archs whose experts class uses Transformers' experts interface (`@use_experts_implementation`):
+# they run anymodel's registered experts function (adapters/experts.py), on the paged and compat paths.
+EXPERTS_INTERFACE_ARCHS = frozenset({
+    "mixtral", "qwen2_moe", "gpt_oss", "qwen3_moe", "olmoe", "granitemoe", "granitemoeshared", "phimoe",
+    "hunyuan_v1_moe", "ernie4_5_moe", "deepseek_v2", "deepseek_v3", "deepseek_v32", "glm4_moe", "glm4_moe_lite",
+    "dots1", "flex_olmo", "minimax_m2", "exaone_moe", "cohere2_moe", "solar_open", "mellum", "afmoe", "jamba",
+    "granitemoehybrid", "qwen3_next", "minimax",
+})
+# Zoo MoE archs whose experts are their own code (no interface in transformers 5.24): they keep it.
+OWN_EXPERTS_ARCHS = frozenset({"dbrx", "jetmoe", "llama4_text"})
+
 # Target architectures anymodel refuses (tests/adapters/test_zoo_consistency.py KNOWN_UNSUPPORTED
 # says why): built like the zoo, with the task they were made for, to check the error.
 UNSUPPORTED_ZOO: dict[str, Callable[[], PretrainedConfig]] = {

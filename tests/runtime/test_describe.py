@@ -45,6 +45,13 @@ def test_transformers_backend(tiny_model_dir):
     assert f"model         {tiny_model_dir} (revision default), LlamaForCausalLM, task generate" in text
 
 
+def test_moe_experts_path_is_listed(tmp_path):
+    """Each experts module's path: ours for a class on Transformers' experts interface."""
+    path = build_tiny_model("qwen3_moe", tmp_path / "qwen3_moe")
+    text = LLM(str(path), dtype="float32", model_impl="transformers", num_kv_blocks=32).describe()
+    assert "  MoE experts: 2 x Qwen3MoeExperts: anymodel experts function" in text
+
+
 def test_compat_path_says_the_model_keeps_its_own_attention(tmp_path):
     path = build_tiny_model("bloom", tmp_path / "bloom")
     llm = LLM(str(path), dtype="float32", num_kv_blocks=16)
