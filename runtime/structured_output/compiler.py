@@ -24,7 +24,7 @@ COMPILE_THREADS = 2
 def grammar_vocab_size(tokenizer, model_vocab_size: int) -> int:
     """The vocabulary the masks cover: the model's logits width (padded past the tokenizer's
     tokens, which the grammar never allows), or the tokenizer's if it holds more."""
-    return max(model_vocab_size, len(tokenizer))
+    return max(model_vocab_size, len(tokenizer) if tokenizer is not None else 0)
 
 
 class GrammarCompiler:

@@ -70,6 +70,9 @@ class StructuredOutputManager:
         """The request's constraint with the engine's defaults applied; parsed now (ValueError for an
         invalid one), its compile started."""
         check_backend(params.backend, "structured_outputs.backend")
+        if self.tokenizer is None:
+            raise ValueError("structured_outputs match text, and this engine has no tokenizer "
+                             "(skip_tokenizer_init=True)")
         cfg = self.config
         if cfg is not None and (cfg.disable_any_whitespace or cfg.disable_additional_properties):
             params = replace(params, disable_any_whitespace=params.disable_any_whitespace or cfg.disable_any_whitespace,

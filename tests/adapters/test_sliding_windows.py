@@ -10,7 +10,8 @@ from transformers import PretrainedConfig
 
 from anymodel import LLM
 from anymodel.adapters.sliding_windows import kernel_windows, layer_windows
-from tests.models.zoo import COMPAT_ARCHS, WINDOW_SUFFIX, build_tiny_model, save_random_model, tiny_config, windowed_zoo
+from tests.models.zoo import (COMPAT_ARCHS, SELF_CHECK_COMPAT_ARCHS, WINDOW_SUFFIX, build_tiny_model, save_random_model,
+                              tiny_config, windowed_zoo)
 from tests.reference import hf_greedy, llm_greedy
 
 WINDOW = 5
@@ -58,7 +59,7 @@ def test_small_windows_match_transformers(windowed_case):
     windows = layer_windows(tiny_config(name))
     assert any(w is not None and w < len(PROMPTS[0]) for w in windows), f"{name}: no window binds"
     llm = LLM(model=str(path), model_impl="transformers", dtype="float32", seed=0)
-    compat = name.removesuffix(WINDOW_SUFFIX) in COMPAT_ARCHS
+    compat = name.removesuffix(WINDOW_SUFFIX) in COMPAT_ARCHS | SELF_CHECK_COMPAT_ARCHS
     assert llm.apply_model(lambda m: type(m).__name__) == ["CompatCausalLM" if compat else "TransformersForCausalLM"]
     assert llm_greedy(llm, PROMPTS, MAX_TOKENS) == reference, name
 

@@ -63,6 +63,8 @@ def test_skip_tokenizer_init_runs_token_ids_only(model_dir):
         llm.generate([PROMPT], SamplingParams(stop=["x"]), use_tqdm=False)
     with pytest.raises(ValueError, match="skip_tokenizer_init"):
         llm.chat([{"role": "user", "content": "hi"}])
+    with pytest.raises(ValueError, match="structured_outputs match text.*skip_tokenizer_init"):
+        llm.generate([PROMPT], SamplingParams(structured_outputs={"regex": "[0-9]+"}), use_tqdm=False)
 
 
 def test_skip_tokenizer_init_is_offline_only():
