@@ -12,3 +12,8 @@ os.environ.setdefault("ANYMODEL_CPU_PACK_MIN_NUMEL", "0")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+# Without CUDA, Triton kernels run in Triton's interpreter. Triton picks the mode when it is first
+# imported (its own @jit helpers, tl.zeros and tl.sum among them, are decorated then), and libraries
+# import it early: Transformers' MoE integration, xgrammar. So it is chosen here, before any of them.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -96,7 +96,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     dense.close()
     results = {}
     for (workload, path), rs in runs.items():
-        figures = summarize(rs, WORKLOADS[workload]["num_prompts"], WORKLOADS[workload]["input_len"])
+        figures = summarize(rs, WORKLOADS[workload]["num_prompts"] * WORKLOADS[workload]["input_len"])
         reference = runs[(workload, DENSE if path == DENSE else PATHS[0])][-1].tokens  # the dense model is another model
         figures["tokens"] = token_check(rs[-1].tokens, reference)
         results[f"{workload} {path}"] = figures

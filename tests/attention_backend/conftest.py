@@ -1,9 +1,7 @@
 """Shared fixtures for the attention tests: the device, the Triton modules, and a paged batch builder.
 
-Without CUDA the Triton kernels run in Triton's interpreter. It is chosen when a kernel is
-decorated (`@triton.jit` reads TRITON_INTERPRET then), so it is set here, before any test module
-imports `anymodel.attention_backend.triton`; on a CPU-only machine nothing else runs Triton, so the
-variable is harmless to the other tests. On a GPU the same tests run compiled.
+Without CUDA the Triton kernels run in Triton's interpreter (TRITON_INTERPRET=1, set by
+tests/conftest.py before anything imports Triton); on a GPU the same tests run compiled.
 """
 
 from __future__ import annotations
@@ -16,8 +14,6 @@ import pytest
 import torch
 
 HAS_CUDA = torch.cuda.is_available()
-if not HAS_CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from anymodel.attention_backend.metadata import AttentionMetadata  # noqa: E402
 
