@@ -64,8 +64,9 @@ class ChatHandler(GenerationHandler):
         self.chat_template = chat_template  # None: the tokenizer's own
         self.options = options or ChatOptions()  # tool-call and reasoning parsers
 
-    async def create(self, req: ChatCompletionRequest, client_id: str | None = None) -> Response:
-        """`client_id`: the X-Request-Id header, which names the response before the body's request_id."""
+    async def create(self, req: ChatCompletionRequest, client_id: str | None = None, access=None) -> Response:
+        """`client_id`: the X-Request-Id header, which names the response before the body's request_id;
+        `access`: the access line's record of tokens and finish reasons."""
         lora = self.check_model(req.model)
         req.check_prompt_logprobs()
         top_k = req.num_logprobs()
@@ -79,9 +80,12 @@ class ChatHandler(GenerationHandler):
             merged = await self.start(request_id, [prompt], params, lora, req.priority)
         if not req.stream:
             finals = await self.collect(merged)
-            return json_response(self._response(request_id, req, finals[0], top_k, plan))
+            response = self._response(request_id, req, finals[0], top_k, plan)
+            self.note(access, response.usage.prompt_tokens, response.usage.completion_tokens,
+                      [c.finish_reason for c in response.choices])
+            return json_response(response)
         events = await self.first_then_rest(merged)
-        return self.sse(self._chunks(request_id, req, events, top_k, plan), merged)
+        return self.sse(self._chunks(request_id, req, events, top_k, plan, access), merged)
 
     def _response(self, request_id: str, req: ChatCompletionRequest, final: RequestDelta, top_k: int | None,
                   plan: ChatOutputPlan) -> ChatCompletionResponse:
@@ -117,7 +121,7 @@ class ChatHandler(GenerationHandler):
         return ChatTopLogprob(token=token, logprob=clamp(logprob), bytes=list(token.encode()))
 
     async def _chunks(self, request_id: str, req: ChatCompletionRequest, events: AsyncIterator,
-                      top_k: int | None, plan: ChatOutputPlan) -> AsyncIterator[str]:
+                      top_k: int | None, plan: ChatOutputPlan, access=None) -> AsyncIterator[str]:
         created = int(time.time())
 
         def chunk(choices: list, usage: UsageInfo | None = None, prompt_ids: list[int] | None = None) -> str:
@@ -133,6 +137,7 @@ class ChatHandler(GenerationHandler):
         streams = [plan.stream() for _ in range(req.n)]
         held: list[list[int]] = [[] for _ in range(req.n)]  # token ids of held-back deltas (return_token_ids)
         prompt_sent = False  # return_token_ids: prompt_token_ids go once, with the first chunk that has tokens
+        reasons = []
         async for _, delta in events:
             prompt_tokens = len(delta.prompt_token_ids)
             for s in delta.samples.values():
@@ -142,6 +147,7 @@ class ChatHandler(GenerationHandler):
                 logprobs = self._logprobs(s, top_k, req.return_tokens_as_token_ids)
                 if message is None and finish_reason is None and logprobs is None:
                     continue  # held back (a marker may be starting)
+                reasons.append(finish_reason)
                 choice = ChatCompletionStreamChoice(
                     index=s.index, delta=message or DeltaMessage(), logprobs=logprobs,
                     finish_reason=finish_reason, stop_reason=s.stop_reason)
@@ -151,6 +157,7 @@ class ChatHandler(GenerationHandler):
                     prompt_ids, prompt_sent = (None if prompt_sent else delta.prompt_token_ids), True
                 usage = UsageInfo.of(prompt_tokens, completion_tokens) if req.continuous_usage else None
                 yield chunk([choice], usage, prompt_ids)
+        self.note(access, prompt_tokens, completion_tokens, reasons)
         if self.include_usage(req):
             yield chunk([], UsageInfo.of(prompt_tokens, completion_tokens))
 

@@ -39,8 +39,9 @@ class Echo:
 
 
 class CompletionHandler(GenerationHandler):
-    async def create(self, req: CompletionRequest, client_id: str | None = None) -> Response:
-        """`client_id`: the X-Request-Id header, which names the response before the body's request_id."""
+    async def create(self, req: CompletionRequest, client_id: str | None = None, access=None) -> Response:
+        """`client_id`: the X-Request-Id header, which names the response before the body's request_id;
+        `access`: the access line's record of tokens and finish reasons."""
         lora = self.check_model(req.model)
         _reject_unsupported(req)
         req.check_prompt_logprobs()
@@ -57,9 +58,12 @@ class CompletionHandler(GenerationHandler):
             finals = await self.collect(merged)
             if echo_only:
                 finals = [_without_generation(f) for f in finals]
-            return json_response(self._response(request_id, req, finals))
+            response = self._response(request_id, req, finals)
+            self.note(access, response.usage.prompt_tokens, response.usage.completion_tokens,
+                      [c.finish_reason for c in response.choices])
+            return json_response(response)
         events = await self.first_then_rest(merged)
-        return self.sse(self._chunks(request_id, req, events, echo_only), merged)
+        return self.sse(self._chunks(request_id, req, events, echo_only, access), merged)
 
     def _echo(self, req: CompletionRequest, delta: RequestDelta) -> Echo | None:
         if not req.echo:
@@ -120,12 +124,12 @@ class CompletionHandler(GenerationHandler):
                                  if t == token_id or (lp.rank is not None and lp.rank <= k)})
 
     async def _chunks(self, request_id: str, req: CompletionRequest, events: AsyncIterator,
-                      echo_only: bool) -> AsyncIterator[str]:
+                      echo_only: bool, access=None) -> AsyncIterator[str]:
         created = int(time.time())
         offsets: dict[int, int] = {}  # choice index -> characters sent (logprobs text_offset)
         echoes: dict[int, Echo | None] = {}  # prompt index -> its echo, from its first delta (prompt logprobs)
         prompt_tokens: dict[int, int] = {}
-        completion_tokens = 0
+        completion_tokens, reasons = 0, []
         async for i, delta in events:
             prompt_tokens[i] = len(delta.prompt_token_ids)
             echoes.setdefault(i, self._echo(req, delta))
@@ -141,9 +145,11 @@ class CompletionHandler(GenerationHandler):
                     choice.prompt_token_ids = delta.prompt_token_ids if index not in offsets else None
                 offsets[index] = offsets.get(index, 0) + len(choice.text)
                 completion_tokens += len(sample.token_ids)
+                reasons.append(sample.finish_reason)
                 usage = UsageInfo.of(sum(prompt_tokens.values()), completion_tokens) if req.continuous_usage else None
                 yield sse_data(CompletionResponse(id=request_id, created=created, model=self.served_name(req),
                                                   choices=[choice], usage=usage))
+        self.note(access, sum(prompt_tokens.values()), completion_tokens, reasons)
         if self.include_usage(req):
             usage = UsageInfo.of(sum(prompt_tokens.values()), completion_tokens)
             yield sse_data(CompletionResponse(id=request_id, created=created, model=self.served_name(req),

@@ -48,6 +48,12 @@ class GenerationHandler:
     def include_usage(self, req: SamplingRequest) -> bool:
         return req.include_usage or self.force_include_usage
 
+    @staticmethod
+    def note(access, prompt_tokens: int, generated_tokens: int, finish_reasons) -> None:
+        """Tell the access line (server/request_tracking.AccessRecord) what the request did."""
+        if access is not None:
+            access.done(prompt_tokens, generated_tokens, finish_reasons)
+
     def __init__(self, engine: AsyncEngine, model_name: str, tokenizer: Any,
                  max_prompts: int = MAX_PROMPTS_PER_REQUEST):
         self.engine = engine

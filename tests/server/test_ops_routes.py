@@ -71,6 +71,21 @@ def test_request_id_is_echoed_and_logged(named_server, caplog):
     assert len(fresh.headers["x-request-id"]) == 32  # one made up when the client sends none
     lines = [r.getMessage() for r in caplog.records if r.name == "anymodel.access"]
     assert any(line.startswith("trace-42 POST /v1/completions 200 ") for line in lines), lines
+    assert any(line.startswith("trace-42 ") and line.endswith(" prompt=7 generated=1 finish=length")
+               for line in lines), lines
+
+
+def test_access_line_counts_streams_too(named_server, caplog):
+    with caplog.at_level(logging.INFO, logger="anymodel.access"):
+        for path, body in (("/v1/completions", {"prompt": "12+34="}),
+                           ("/v1/chat/completions", {"messages": [{"role": "user", "content": "12+34"}]})):
+            with httpx.stream("POST", f"{named_server}{path}", headers={**AUTH, "X-Request-Id": f"s{len(path)}"},
+                              json={**body, "max_tokens": 3, "ignore_eos": True, "stream": True}, timeout=60) as r:
+                r.read()
+    lines = [r.getMessage() for r in caplog.records if r.name == "anymodel.access"]
+    for path in ("/v1/completions", "/v1/chat/completions"):
+        line = next(line for line in lines if line.startswith(f"s{len(path)} POST {path} 200 "))
+        assert " generated=3 finish=length" in line and " prompt=" in line, line
 
 
 def test_every_served_name_is_accepted(named_server):
