@@ -22,6 +22,7 @@ import copy
 import logging
 import secrets
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from fastapi import FastAPI, Request
@@ -49,6 +50,7 @@ from .request_fields import MAX_PROMPTS_PER_REQUEST
 from .request_tracking import AccessRecord, RequestTracker, ServerLoad
 from .serving import check_model, json_response, served_names
 from .tokenization import TokenizationHandler
+from .tokenizer_thread import TokenizerThread
 
 logger = logging.getLogger("anymodel.server")
 
@@ -98,42 +100,65 @@ def _fatal_hook(on_fatal: Callable[[BaseException], None] | None) -> Callable[[B
     return hook
 
 
-def build_app(engine_args: EngineArgs | None = None, *, api_key: str | None = None, engine: Any = None,
-              max_prompts_per_request: int = MAX_PROMPTS_PER_REQUEST,
-              on_fatal: Callable[[BaseException], None] | None = None,
-              chat_options: ChatOptions | None = None,
-              lora_modules: list[LoRAModulePath] | None = None, metrics_prefix: str | None = None,
-              enable_tokenizer_info_endpoint: bool = False, enable_force_include_usage: bool = False) -> FastAPI:
-    """`engine`: an already-built Engine (tests pass fakes); by default one is built from engine_args.
-    `on_fatal(error)`: called once if the engine dies for good (`anymodel serve` exits then).
-    `chat_options`: tool-call and reasoning parsers for chat completions (chat_output.ChatOptions).
-    `lora_modules`: LoRA adapters served by name (needs enable_lora).
-    `metrics_prefix`: "anymodel" or "vllm" (/metrics names; default $ANYMODEL_METRICS_PREFIX or "anymodel").
-    `enable_tokenizer_info_endpoint`: serve GET /tokenizer_info (off by default, as in vLLM: it shows the chat template).
-    `enable_force_include_usage`: every stream ends with a usage chunk, asked for or not."""
+@dataclass
+class ServeOptions:
+    """build_app's options beyond the engine's (the `anymodel serve` flags that shape the HTTP side)."""
+
+    api_key: str | None = None
+    max_prompts_per_request: int = MAX_PROMPTS_PER_REQUEST
+    # called once if the engine dies for good (`anymodel serve` exits then)
+    on_fatal: Callable[[BaseException], None] | None = None
+    chat_options: ChatOptions = field(default_factory=ChatOptions)  # tool-call and reasoning parsers
+    lora_modules: list[LoRAModulePath] = field(default_factory=list)  # adapters served by name (enable_lora)
+    metrics_prefix: str | None = None  # "anymodel" or "vllm" (default $ANYMODEL_METRICS_PREFIX or "anymodel")
+    enable_tokenizer_info_endpoint: bool = False  # GET /tokenizer_info (off, as in vLLM: it shows the template)
+    enable_force_include_usage: bool = False  # every stream ends with a usage chunk, asked for or not
+
+
+def build_app(engine_args: EngineArgs | None = None, *, engine: Any = None, **options: Any) -> FastAPI:
+    """The server for `engine_args`; `engine`: an already-built Engine (tests pass fakes), by default
+    one is built from engine_args; `options`: ServeOptions' fields (a TypeError names an unknown one)."""
     engine_args = engine_args or EngineArgs()
-    if engine_args.skip_tokenizer_init:
-        raise ValueError("skip_tokenizer_init=True is offline-only (LLM(...)): the server tokenizes prompts, renders "
-                         "chat templates and returns text; serve without --skip-tokenizer-init")
-    if lora_modules and not engine_args.enable_lora:
-        raise ValueError("--lora-modules needs --enable-lora")
-    chat_options = chat_options or ChatOptions()
+    opts = ServeOptions(**{k: v for k, v in options.items() if v is not None})
+    _check_options(engine_args, opts)
     if engine is None:
         from anymodel.engine.engine import Engine
 
-        engine = Engine(chat_options.engine_args(engine_args))  # grammars start after the reasoning
+        engine = Engine(opts.chat_options.engine_args(engine_args))  # grammars start after the reasoning
     loras = ServedLoRAs(engine.model_name) if engine_args.enable_lora else None
     if loras is not None:
-        load_startup_loras(engine, loras, lora_modules or [])  # before the engine thread owns the engine
+        load_startup_loras(engine, loras, opts.lora_modules)  # before the engine thread owns the engine
+    async_engine = _start_engine(engine, engine_args, opts)
+    app, load = _new_app(async_engine, engine_args, opts)
+    _add_routes(app, engine, async_engine, engine_args, opts, loras)
+    _add_ops_routes(app, async_engine, load)
+    return app
+
+
+def _check_options(engine_args: EngineArgs, opts: ServeOptions) -> None:
+    if engine_args.skip_tokenizer_init:
+        raise ValueError("skip_tokenizer_init=True is offline-only (LLM(...)): the server tokenizes prompts, renders "
+                         "chat templates and returns text; serve without --skip-tokenizer-init")
+    if opts.lora_modules and not engine_args.enable_lora:
+        raise ValueError("--lora-modules needs --enable-lora")
+
+
+def _start_engine(engine: Any, engine_args: EngineArgs, opts: ServeOptions) -> AsyncEngine:
+    """The engine thread, with its metrics, stats line and fatal hook, started."""
     async_engine = AsyncEngine(engine)
-    async_engine.metrics = ServerMetrics(lambda: async_engine.stats, engine.model_name, metrics_prefix,
+    async_engine.metrics = ServerMetrics(lambda: async_engine.stats, engine.model_name, opts.metrics_prefix,
                                          engine.max_model_len)
-    async_engine.on_fatal = _fatal_hook(on_fatal)  # before start(): the engine thread may call it
+    async_engine.on_fatal = _fatal_hook(opts.on_fatal)  # before start(): the engine thread may call it
     if not engine_args.disable_log_stats:
         from .stats_logger import StatsLogger
 
         async_engine.stats_logger = StatsLogger()
     async_engine.start()
+    return async_engine
+
+
+def _new_app(async_engine: AsyncEngine, engine_args: EngineArgs, opts: ServeOptions) -> tuple[FastAPI, ServerLoad]:
+    """The FastAPI app: lifespan, shared state, error handling, schema and middleware."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -142,35 +167,40 @@ def build_app(engine_args: EngineArgs | None = None, *, api_key: str | None = No
 
     app = FastAPI(title="anymodel", description="OpenAI-compatible API", lifespan=lifespan)
     app.state.async_engine = async_engine
-    app.state.max_prompts_per_request = max_prompts_per_request
+    app.state.max_prompts_per_request = opts.max_prompts_per_request
     app.state.chat_template = engine_args.chat_template
     install_error_handlers(app)
     install_openapi(app)
-    if api_key:
-        app.add_middleware(APIKeyMiddleware, api_key=api_key)
+    if opts.api_key:
+        app.add_middleware(APIKeyMiddleware, api_key=opts.api_key)
     app.add_middleware(CatchAllMiddleware)  # it also covers the API-key check
     load = ServerLoad()
     app.add_middleware(RequestTracker, load=load)  # outermost: ids, /load and the access line see everything
+    return app, load
+
+
+def _add_routes(app: FastAPI, engine: Any, async_engine: AsyncEngine, engine_args: EngineArgs, opts: ServeOptions,
+                loras: ServedLoRAs | None) -> None:
+    """Completions, chat, models, tokenizer, LoRA, pooling and /invocations routes."""
     tokenizer = _server_tokenizer(engine.tokenizer)
     template = engine_args.chat_template
-    completions = CompletionHandler(async_engine, engine.model_name, tokenizer, max_prompts_per_request)
+    prep = TokenizerThread(tokenizer)  # tokenize and render off the event loop, on its own copy
+    completions = CompletionHandler(async_engine, engine.model_name, tokenizer, opts.max_prompts_per_request)
     chat = ChatHandler(async_engine, engine.model_name, tokenizer, chat_template=template,
-                       options=chat_options.for_engine(engine))
-    completions.loras = chat.loras = loras
-    completions.force_include_usage = chat.force_include_usage = enable_force_include_usage
+                       options=opts.chat_options.for_engine(engine))
+    for handler in (completions, chat):
+        handler.loras, handler.prep, handler.force_include_usage = loras, prep, opts.enable_force_include_usage
     generation_routes = _add_openai_routes(app, completions, chat)
     _add_model_routes(app, served_names(engine), engine_args.model or engine.model_name, engine.max_model_len, loras)
-    _add_tokenizer_routes(app, TokenizationHandler(tokenizer, engine.max_model_len, template), served_names(engine),
-                          loras)
-    if enable_tokenizer_info_endpoint:
-        handler = TokenizationHandler(tokenizer, engine.max_model_len, template)
-        app.add_api_route("/tokenizer_info", handler.info, methods=["GET"])
+    _add_tokenizer_routes(app, TokenizationHandler(prep.tokenizer, engine.max_model_len, template), prep,
+                          served_names(engine), loras)
+    if opts.enable_tokenizer_info_endpoint:
+        info = TokenizationHandler(tokenizer, engine.max_model_len, template)
+        app.add_api_route("/tokenizer_info", info.info, methods=["GET"])
     if loras is not None:
         add_lora_routes(app, loras, async_engine)
-    _add_ops_routes(app, async_engine, load)
     app.include_router(pooling_router)  # /v1/embeddings, /pooling, /classify, /score, /rerank
     add_invocations_route(app, {**generation_routes, **invocation_routes()}, engine.task)
-    return app
 
 
 def _add_openai_routes(app: FastAPI, completions: CompletionHandler, chat: ChatHandler) -> dict:
@@ -214,7 +244,7 @@ def _add_model_routes(app: FastAPI, names: tuple[str, ...], root: str, max_model
     _with_head(app, "/v1/models", list_models)
 
 
-def _add_tokenizer_routes(app: FastAPI, handler: TokenizationHandler, names: tuple[str, ...],
+def _add_tokenizer_routes(app: FastAPI, handler: TokenizationHandler, prep: TokenizerThread, names: tuple[str, ...],
                           loras: ServedLoRAs | None) -> None:
     def check(model: str | None) -> None:  # an adapter tokenizes as its base model
         loras.resolve(model) if loras is not None and model and model not in names else check_model(model, names)
@@ -222,12 +252,12 @@ def _add_tokenizer_routes(app: FastAPI, handler: TokenizationHandler, names: tup
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest):
         check(body.model)
-        return json_response(handler.tokenize(body))
+        return json_response(await prep.call(handler.tokenize, body))
 
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest):
         check(body.model)
-        return json_response(handler.detokenize(body))
+        return json_response(await prep.call(handler.detokenize, body))
 
 
 def _add_ops_routes(app: FastAPI, async_engine: AsyncEngine, load: ServerLoad) -> None:

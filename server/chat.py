@@ -72,7 +72,7 @@ class ChatHandler(GenerationHandler):
         top_k = req.num_logprobs()
         plan = ChatOutputPlan.for_request(req, self.options, self.tokenizer)
         params = plan.constrain(self.make_params(req, req.max_new_tokens(), top_k, req.prompt_logprobs))
-        prompt = render_chat_request(self.tokenizer, req, self.chat_template)
+        prompt = await self.prepared(render_chat_request, req, self.chat_template)
         request_id = random_id("chatcmpl", client_id or req.request_id)
         if req.use_beam_search:
             merged = await self.start_beam(request_id, [prompt], req, req.max_new_tokens(), lora, params)

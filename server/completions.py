@@ -23,7 +23,8 @@ from .delta import RequestDelta, SampleDelta, TokenLogprobs
 from .errors import APIError
 from .protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, UsageInfo,
                        random_id)
-from .serving import GenerationHandler, check_prompt_count, clamp, json_response, prompt_logprobs_field
+from .serving import (GenerationHandler, check_prompt_count, clamp, json_response, prompt_logprobs_field,
+                      tokenized_all)
 from .sse import sse_data
 
 _ALIGN_SLACK = 8  # characters a prompt token may sit past the cursor in the echoed text (see _aligned_offsets)
@@ -49,7 +50,7 @@ class CompletionHandler(GenerationHandler):
         params = self.make_params(req, 1 if echo_only else req.max_tokens, req.logprobs, _prompt_logprobs(req))
         request_id = random_id("cmpl", client_id or req.request_id)
         check_prompt_count(len(req.prompts()), self.max_prompts, "prompt")  # before tokenizing them all
-        prompts = [self._tokenized(p, req.add_special_tokens) for p in req.prompts()]
+        prompts = await self.prepared(tokenized_all, req.prompts(), req.add_special_tokens)
         if req.use_beam_search:
             merged = await self.start_beam(request_id, prompts, req, req.max_tokens, lora, params)
         else:

@@ -44,6 +44,13 @@ async def _with_first(first: Any, rest: AsyncIterator) -> AsyncIterator:
 class GenerationHandler:
     loras = None  # server/lora_models.ServedLoRAs: `model` may name a LoRA adapter
     force_include_usage = False  # --enable-force-include-usage: every stream ends with a usage chunk
+    prep = None  # server/tokenizer_thread.TokenizerThread: tokenize off the event loop (None: inline)
+
+    async def prepared(self, fn, *args):
+        """fn(tokenizer, *args): on the tokenizer thread when the app has one, else inline."""
+        if self.prep is None:
+            return fn(self.tokenizer, *args)
+        return await self.prep.run(fn, *args)
 
     def include_usage(self, req: SamplingRequest) -> bool:
         return req.include_usage or self.force_include_usage
@@ -129,14 +136,8 @@ class GenerationHandler:
         return BeamStreams(self.engine, request_id, prompts, beam_params(req, params.max_tokens,
                                                                          self.engine.max_model_len), self.tokenizer)
 
-    def _tokenized(self, prompt, add_special_tokens: bool = True) -> Any:
-        """Text prompts are tokenized here (as the engine would: `tokenizer.encode`), so that the
-        request's length is known before it is queued."""
-        if isinstance(prompt, str):
-            return {"prompt": prompt, "prompt_token_ids": self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)}
-        if isinstance(prompt, list):
-            return {"prompt_token_ids": prompt}
-        return prompt
+    def _tokenized(self, prompt) -> Any:
+        return tokenized(self.tokenizer, prompt)
 
     def _check_context(self, num_prompt_tokens: int, params: SamplingParams) -> None:
         """An explicit max_tokens that cannot fit beside the prompt is a 400 (vLLM's server rule);
@@ -268,3 +269,17 @@ async def _sse_body(chunks: AsyncIterator[str]) -> AsyncIterator[str]:
         yield sse_data(error_body(500, str(e)))
         return
     yield DONE
+
+
+def tokenized(tokenizer: Any, prompt, add_special_tokens: bool = True) -> Any:
+    """Text prompts are tokenized here (as the engine would: `tokenizer.encode`), so that the
+    request's length is known before it is queued; token ids and prompt dicts pass through."""
+    if isinstance(prompt, str):
+        return {"prompt": prompt, "prompt_token_ids": tokenizer.encode(prompt, add_special_tokens=add_special_tokens)}
+    if isinstance(prompt, list):
+        return {"prompt_token_ids": prompt}
+    return prompt
+
+
+def tokenized_all(tokenizer: Any, prompts: list, add_special_tokens: bool = True) -> list:
+    return [tokenized(tokenizer, p, add_special_tokens) for p in prompts]

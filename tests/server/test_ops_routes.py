@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import httpx
 import pytest
@@ -67,12 +68,10 @@ def test_request_id_is_echoed_and_logged(named_server, caplog):
         response = httpx.post(f"{named_server}/v1/completions", headers={**AUTH, "X-Request-Id": "trace-42"},
                               json={"prompt": "12+34=", "max_tokens": 1}, timeout=60)
         fresh = _complete(named_server)
+        line = _access_line(caplog, "trace-42 POST /v1/completions 200 ")
     assert response.headers["x-request-id"] == "trace-42"
     assert len(fresh.headers["x-request-id"]) == 32  # one made up when the client sends none
-    lines = [r.getMessage() for r in caplog.records if r.name == "anymodel.access"]
-    assert any(line.startswith("trace-42 POST /v1/completions 200 ") for line in lines), lines
-    assert any(line.startswith("trace-42 ") and line.endswith(" prompt=7 generated=1 finish=length")
-               for line in lines), lines
+    assert line.endswith(" prompt=7 generated=1 finish=length"), line
 
 
 def test_access_line_counts_streams_too(named_server, caplog):
@@ -82,10 +81,21 @@ def test_access_line_counts_streams_too(named_server, caplog):
             with httpx.stream("POST", f"{named_server}{path}", headers={**AUTH, "X-Request-Id": f"s{len(path)}"},
                               json={**body, "max_tokens": 3, "ignore_eos": True, "stream": True}, timeout=60) as r:
                 r.read()
-    lines = [r.getMessage() for r in caplog.records if r.name == "anymodel.access"]
-    for path in ("/v1/completions", "/v1/chat/completions"):
-        line = next(line for line in lines if line.startswith(f"s{len(path)} POST {path} 200 "))
-        assert " generated=3 finish=length" in line and " prompt=" in line, line
+        for path in ("/v1/completions", "/v1/chat/completions"):
+            line = _access_line(caplog, f"s{len(path)} POST {path} 200 ")
+            assert " generated=3 finish=length" in line and " prompt=" in line, line
+
+
+def _access_line(caplog, prefix: str) -> str:
+    """The access line starting with `prefix`: written once the response's last byte is sent, which
+    may be just after the client read it."""
+    for _ in range(200):
+        lines = [r.getMessage() for r in caplog.records if r.name == "anymodel.access"]
+        found = [line for line in lines if line.startswith(prefix)]
+        if found:
+            return found[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no access line starts with {prefix!r}: {lines}")
 
 
 def test_every_served_name_is_accepted(named_server):
@@ -151,3 +161,30 @@ def test_client_request_ids_name_the_response(named_server):
     twice = _complete(named_server, request_id="dup", prompt=["12+34=", "7+8="], n=2).json()
     assert twice["id"] == "cmpl-dup" and len(twice["choices"]) == 4
     assert len(_complete(named_server).json()["id"]) == len("cmpl-") + 32  # a new one
+
+
+def test_health_answers_while_a_prompt_is_tokenized(monkeypatch):
+    """Prompts are tokenized on the tokenizer thread (server/tokenizer_thread.py): while one is held
+    there, the event loop still answers /health, and the request completes once it is let go."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    app = build_app(EngineArgs(seed=0))
+    tokenizer_class = type(app.state.async_engine.engine.tokenizer)
+    original, entered, gate = tokenizer_class.encode, threading.Event(), threading.Event()
+
+    def held_encode(self, text, *args, **kwargs):
+        if text == "12+34=":
+            entered.set()
+            gate.wait(30)
+        return original(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(tokenizer_class, "encode", held_encode)
+    with ThreadedServer(app) as server, ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(httpx.post, f"{server.url}/v1/completions", timeout=60,
+                              json={"prompt": "12+34=", "max_tokens": 2})
+        assert entered.wait(30)
+        assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200  # the loop is not blocked
+        assert not pending.done()
+        gate.set()
+        assert pending.result().status_code == 200
