@@ -183,6 +183,10 @@ def _without_generation(delta: RequestDelta) -> RequestDelta:
 
 def _reject_unsupported(req: CompletionRequest) -> None:
     # fields not implemented at all (suffix, best_of > n, ...) were refused by the request model
+    if req.prompt_embeds is not None:
+        for name in ("echo", "use_beam_search"):  # no prompt text to echo; beams extend token ids
+            if getattr(req, name):
+                raise APIError(400, f"{name} is not supported with prompt_embeds", param=name)
     if req.max_tokens == 0 and not req.echo:
         raise APIError(400, "max_tokens must be None or an integer >= 1 (0 only with echo=true), got 0",
                        param="max_tokens")
