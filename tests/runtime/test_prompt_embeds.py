@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from anymodel import LLM, SamplingParams
+from anymodel.beam_search import BeamSearchParams
 from tests.models.zoo import build_tiny_model, mixed_prompts
 from tests.reference import llm_greedy
 
@@ -97,10 +98,29 @@ def test_refusals_name_the_field(case, tiny_llm):
         llm.generate({"prompt_embeds": e}, SamplingParams(prompt_logprobs=1), use_tqdm=False)
     with pytest.raises(ValueError, match="no other field"):
         llm.generate({"prompt_embeds": e, "prompt_token_ids": [5]}, use_tqdm=False)
+    with pytest.raises(ValueError, match="beam_search does not take prompt_embeds"):
+        llm.beam_search([{"prompt_embeds": e}], BeamSearchParams(beam_width=2, max_tokens=2))
+    with pytest.raises(ValueError, match="truncate_prompt_tokens"):
+        llm.generate({"prompt_embeds": e}, SamplingParams(truncate_prompt_tokens=1), use_tqdm=False)
     # a bad one alongside good ones fails before any runs; the engine goes on serving
     assert _greedy(llm, [{"prompt_embeds": e}]) == llm_greedy(llm, [prompts[0]], MAX_TOKENS)
 
 
-def test_engine_refusals():
+def test_engine_refusals(case, tmp_path):
     with pytest.raises(ValueError, match="enable_prompt_embeds.*tensor or pipeline"):
         LLM(None, enable_prompt_embeds=True, tensor_parallel_size=2)
+    with pytest.raises(ValueError, match="enable_prompt_embeds.*generating model"):
+        LLM(str(case[0]), task="embed", enable_prompt_embeds=True)
+    with pytest.raises(ValueError, match="enable_prompt_embeds.*compat path"):
+        LLM(str(build_tiny_model("bloom", tmp_path)), enable_prompt_embeds=True)
+
+
+def test_gemma3_scaled_lookup(tmp_path):
+    """Transformers' Gemma3 lookup includes the sqrt(H) scale: its backend takes it as is; the native
+    model (scale after the lookup) refuses rather than scale twice."""
+    path = build_tiny_model("gemma3_text", tmp_path)
+    ids = mixed_prompts(path, n=3, seed=1)[-1]
+    with pytest.raises(ValueError, match="model_impl='transformers'"):
+        LLM(str(path), dtype="float32", enable_prompt_embeds=True)
+    llm = LLM(str(path), dtype="float32", model_impl="transformers", enable_prompt_embeds=True)
+    assert _greedy(llm, [{"prompt_embeds": hf_lookup(path, ids)}]) == llm_greedy(llm, [ids], MAX_TOKENS)
