@@ -103,12 +103,16 @@ def input_embedding_module(model) -> torch.nn.Module:
 
 @contextmanager
 def replaced_embeddings(model, step: StepEmbeds | None):
-    """During one forward: the input embedding module's output [.., T, H] gets `step.values` at `step.rows`."""
+    """During one forward: the input embedding module's output [.., T, H] gets `step.values` at `step.rows`.
+    A forward that did not run the module exactly once (a lookup that bypasses it) is an error, not
+    a silent lookup of the placeholder ids."""
     if step is None:
         yield
         return
+    calls = []
 
     def overwrite(module, args, output: torch.Tensor) -> torch.Tensor:
+        calls.append(output.shape)
         flat = output.reshape(-1, output.shape[-1])  # [T, H] (a view of the fresh lookup)
         flat[step.rows.to(flat.device)] = step.values.to(flat.device, flat.dtype)
         return flat.view(output.shape)
@@ -118,6 +122,9 @@ def replaced_embeddings(model, step: StepEmbeds | None):
         yield
     finally:
         handle.remove()
+    if len(calls) != 1:
+        raise RuntimeError(f"{type(model).__name__}: the input embedding module ran {len(calls)} times in one "
+                           "forward; prompt embeddings replace exactly one lookup")
 
 
 def check_embeds_request(params, truncate_prompt_tokens) -> None:

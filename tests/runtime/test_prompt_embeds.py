@@ -124,3 +124,31 @@ def test_gemma3_scaled_lookup(tmp_path):
         LLM(str(path), dtype="float32", enable_prompt_embeds=True)
     llm = LLM(str(path), dtype="float32", model_impl="transformers", enable_prompt_embeds=True)
     assert _greedy(llm, [{"prompt_embeds": hf_lookup(path, ids)}]) == llm_greedy(llm, [ids], MAX_TOKENS)
+
+
+class _Lookups(torch.nn.Module):
+    """A model that runs its embedding module `times` times per forward."""
+
+    def __init__(self, times: int) -> None:
+        super().__init__()
+        self.embed, self.times = torch.nn.Embedding(10, 4), times
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def forward(self, ids):
+        return [self.embed(ids) for _ in range(self.times)]
+
+
+def test_overwrite_needs_exactly_one_lookup():
+    from anymodel.prompt_embeds import StepEmbeds, replaced_embeddings
+
+    step = StepEmbeds(torch.tensor([1, 2]), torch.ones(2, 4))
+    model = _Lookups(1)
+    with replaced_embeddings(model, step):
+        (h,) = model(torch.tensor([[0, 0, 0]]))
+    assert torch.equal(h[0, 1:], torch.ones(2, 4)) and torch.equal(h[0, 0], model.embed.weight[0])
+    for times in (0, 2):
+        model = _Lookups(times)
+        with pytest.raises(RuntimeError, match=f"ran {times} times"), replaced_embeddings(model, step):
+            model(torch.tensor([[0, 0, 0]]))
