@@ -47,8 +47,9 @@ class CompletionHandler(GenerationHandler):
         echo_only = req.echo and req.max_tokens == 0  # one token is generated, then dropped
         params = self.make_params(req, 1 if echo_only else req.max_tokens, req.logprobs, _prompt_logprobs(req))
         request_id = random_id("cmpl", client_id or req.request_id)
-        check_prompt_count(len(req.prompts()), self.max_prompts, "prompt")  # before tokenizing them all
-        prompts = [self._tokenized(p, req.add_special_tokens) for p in req.prompts()]
+        given = req.prompts()  # (prompt_embeds decoded once, here)
+        check_prompt_count(len(given), self.max_prompts, "prompt")  # before tokenizing them all
+        prompts = [self._tokenized(p, req.add_special_tokens) for p in given]
         if req.use_beam_search:
             merged = await self.start_beam(request_id, prompts, req, req.max_tokens, lora, params)
         else:

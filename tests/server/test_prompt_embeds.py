@@ -46,6 +46,10 @@ def test_embeds_complete_as_their_token_ids(embeds_server):
     # one string, beside a `prompt`: the embeddings come first (vLLM's order)
     both = _complete(url, prompt_embeds=encode_base64_embeds(embeds[1]), prompt=prompts[0], return_token_ids=True)
     assert [c["token_ids"] for c in both.json()["choices"]] == [c["token_ids"] for c in by_ids["choices"]][::-1]
+    # SageMaker's /invocations routes a prompt_embeds body to completions
+    body = {"prompt_embeds": encode_base64_embeds(embeds[0]), "max_tokens": 5, "temperature": 0, "ignore_eos": True}
+    routed = httpx.post(f"{url}/invocations", json=body, timeout=60)
+    assert routed.json()["choices"][0]["text"] == by_ids["choices"][0]["text"]
 
 
 def test_embeds_stream(embeds_server):
