@@ -49,6 +49,10 @@ class TransformersForCausalLM(nn.Module):
             self._fuse_once()
         return run_base_model(self.model, self.layer_windows, input_ids, positions, attn_metadata)
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The module whose output prompt embeddings replace (HF's own `get_input_embeddings()`)."""
+        return self.model.get_input_embeddings()
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head(hidden)
         if self.logit_scale is not None:

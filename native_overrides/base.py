@@ -101,6 +101,10 @@ class NativeForCausalLM(nn.Module):
             self.prepare()
         return self.model(input_ids[0], positions[0], attn_metadata)
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The token lookup whose output prompt embeddings replace (scales applied after it, as in HF)."""
+        return self.model.embed_tokens
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return softcapped(self.lm_head(hidden), self.final_logit_softcapping)
 

@@ -42,3 +42,9 @@ class Gemma3ForCausalLM(Gemma2ForCausalLM):
     @classmethod
     def rope_layer_types(cls, config) -> tuple:
         return tuple(dict.fromkeys(config.layer_types))
+
+    def get_input_embeddings(self):
+        # Transformers' Gemma3 lookup includes the sqrt(H) scale, ours applies it after: the rows a
+        # user computed with HF's get_input_embeddings() would be scaled twice here.
+        raise ValueError("prompt_embeds on Gemma3 need model_impl='transformers' (the native model scales "
+                         "its embeddings after the lookup, Transformers' get_input_embeddings() before)")

@@ -189,8 +189,10 @@ def run_offline(llm, prompts: list, params: BeamSearchParams, use_tqdm: bool = F
     engine = llm.engine
     if engine.tokenizer is None:  # as vLLM: the sequences' text needs it
         raise ValueError("beam search needs the tokenizer, and this LLM has none (skip_tokenizer_init=True)")
-    tokens = [engine.inputs.tokenize(p).token_ids for p in prompts]
-    instances = make_instances(tokens, params, engine.eos_token_ids, engine.max_model_len, engine.args.max_logprobs)
+    tokens = [engine.inputs.tokenize(p) for p in prompts]
+    if any(t.embeds is not None for t in tokens):  # their ids are placeholders: beams would extend those
+        raise ValueError("beam_search does not take prompt_embeds prompts")
+    instances = make_instances([t.token_ids for t in tokens], params, engine.eos_token_ids, engine.max_model_len, engine.args.max_logprobs)
     sampling = step_params(instances) if instances else None
     bar = tqdm(total=params.max_tokens, desc="Beam search", disable=not use_tqdm)
     while any(not inst.done for inst in instances):

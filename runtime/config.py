@@ -90,6 +90,7 @@ class EngineArgs:
     # structured outputs: {"backend": "auto"|"xgrammar", "disable_any_whitespace": ...} (structured_output/config.py)
     structured_outputs_config: Any = None
     guided_decoding_backend: str | None = None  # vLLM's older spelling of structured_outputs_config["backend"]
+    enable_prompt_embeds: bool = False  # {"prompt_embeds": tensor [T, H]} prompts (anymodel/prompt_embeds.py)
 
     def __post_init__(self) -> None:
         self.dtype = _dtype_name(self.dtype)
@@ -127,6 +128,8 @@ class EngineArgs:
             raise ValueError("pooler_config must be a dict, e.g. {'pooling_type': 'MEAN', 'normalize': true}")
         self.served_model_name = _served_names(self.served_model_name)
         self.structured_outputs_config = resolve_config(self.structured_outputs_config, self.guided_decoding_backend)
+        if self.enable_prompt_embeds and self.world_size > 1:
+            raise ValueError("enable_prompt_embeds=True is not supported with tensor or pipeline parallelism yet")
         if not isinstance(self.generation_config, str) or not self.generation_config:
             raise ValueError(f"generation_config must be 'auto', 'vllm' or a directory, got {self.generation_config!r}")
 

@@ -163,6 +163,8 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cpu-offload-gb", type=float, metavar="GiB", help="only 0 (weights stay on the device)")
     g.add_argument("--compilation-config", "-O", type=_compilation_config, metavar="LEVEL|JSON",
                    help="only 0 / {} (anymodel does not compile the model)")
+    g.add_argument("--enable-prompt-embeds", action="store_true", default=None,
+                   help="/v1/completions takes prompt_embeds (base64 of torch.save(tensor [T, hidden]))")
     g.add_argument("--disable-log-stats", action="store_true", default=None, help="no periodic engine stats line (throughput, requests, KV usage; every $ANYMODEL_LOG_STATS_INTERVAL s, default 10)")
     g.add_argument("--structured-outputs-config", type=_json_dict, metavar="JSON",
                    help='e.g. \'{"backend": "xgrammar", "disable_any_whitespace": true}\'')

@@ -49,8 +49,9 @@ class CompletionHandler(GenerationHandler):
         echo_only = req.echo and req.max_tokens == 0  # one token is generated, then dropped
         params = self.make_params(req, 1 if echo_only else req.max_tokens, req.logprobs, _prompt_logprobs(req))
         request_id = random_id("cmpl", client_id or req.request_id)
-        check_prompt_count(len(req.prompts()), self.max_prompts, "prompt")  # before tokenizing them all
-        prompts = await self.prepared(tokenized_all, req.prompts(), req.add_special_tokens)
+        given = req.prompts()  # (prompt_embeds decoded once, here)
+        check_prompt_count(len(given), self.max_prompts, "prompt")  # before tokenizing them all
+        prompts = await self.prepared(tokenized_all, given, req.add_special_tokens)
         if req.use_beam_search:
             merged = await self.start_beam(request_id, prompts, req, req.max_tokens, lora, params)
         else:
@@ -190,6 +191,10 @@ def _without_generation(delta: RequestDelta) -> RequestDelta:
 
 def _reject_unsupported(req: CompletionRequest) -> None:
     # fields not implemented at all (suffix, best_of > n, ...) were refused by the request model
+    if req.prompt_embeds is not None:
+        for name in ("echo", "use_beam_search"):  # no prompt text to echo; beams extend token ids
+            if getattr(req, name):
+                raise APIError(400, f"{name} is not supported with prompt_embeds", param=name)
     if req.max_tokens == 0 and not req.echo:
         raise APIError(400, "max_tokens must be None or an integer >= 1 (0 only with echo=true), got 0",
                        param="max_tokens")

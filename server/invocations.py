@@ -2,7 +2,7 @@
 takes it (vLLM serves it too):
 
     "messages"            -> /v1/chat/completions
-    "prompt"              -> /v1/completions
+    "prompt" / "prompt_embeds" -> /v1/completions
     "input"               -> /v1/embeddings (embedding models), /classify (classifiers), else /pooling
     "text_1" / "queries"  -> /score
     "query"+"documents"   -> /rerank
@@ -50,7 +50,7 @@ def _kind(body, task: str) -> str:
         raise APIError(400, "the request body must be a JSON object")
     if "messages" in body:
         return "chat"
-    if "prompt" in body:
+    if "prompt" in body or "prompt_embeds" in body:
         return "completions"
     if "input" in body:
         return {"embed": "embeddings", "classify": "classify"}.get(task, "pooling")

@@ -167,12 +167,20 @@ def logit_bias_ids(bias: Optional[dict[str, float]]) -> Optional[dict[int, float
 class CompletionRequest(SamplingRequest):
     unsupported: ClassVar[dict[str, Unsupported]] = request_fields.COMPLETION
 
-    prompt: Union[str, list[str], list[int], list[list[int]]]
+    prompt: Optional[Union[str, list[str], list[int], list[list[int]]]] = None  # None: prompt_embeds alone
+    # vLLM extra (--enable-prompt-embeds): base64 of torch.save(tensor [T, hidden]) bytes, one or a list
+    prompt_embeds: Optional[Union[str, list[str]]] = None
     max_tokens: Optional[int] = Field(16, ge=0)  # OpenAI's default for legacy completions; 0 only with echo
     logprobs: Optional[int] = Field(None, ge=-1)
     echo: bool = False
     add_special_tokens: bool = True  # vLLM: False leaves out the tokenizer's special tokens (BOS)
     best_of: Optional[int] = Field(None, ge=1)  # > n: the n best of best_of samples (by cumulative logprob)
+
+    @model_validator(mode="after")
+    def _check_prompt(self) -> "CompletionRequest":
+        if self.prompt is None and self.prompt_embeds is None:
+            raise ValueError("prompt: Field required (or prompt_embeds, with --enable-prompt-embeds)")
+        return self
 
     @model_validator(mode="after")
     def _check_best_of(self) -> "CompletionRequest":
@@ -184,7 +192,19 @@ class CompletionRequest(SamplingRequest):
         return {**super().sampling_kwargs(), "best_of": self.best_of}
 
     def prompts(self) -> list[str | dict]:
-        """Every prompt as the engine takes it: a string or {"prompt_token_ids": [...]}."""
+        """Every prompt as the engine takes it: a string, {"prompt_token_ids": [...]} or {"prompt_embeds":
+        tensor}; embeddings first, then `prompt` (vLLM's order)."""
+        if self.prompt_embeds is None:
+            return self._prompt_list()
+        from anymodel.prompt_embeds import decode_base64_embeds
+
+        data = [self.prompt_embeds] if isinstance(self.prompt_embeds, str) else self.prompt_embeds
+        if not data:
+            raise ValueError("prompt_embeds must not be empty")
+        embeds = [{"prompt_embeds": decode_base64_embeds(d)} for d in data]
+        return embeds + ([] if self.prompt is None else self._prompt_list())
+
+    def _prompt_list(self) -> list[str | dict]:
         p = self.prompt
         if isinstance(p, str):
             return [p]

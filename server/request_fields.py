@@ -70,7 +70,6 @@ GENERATION: dict[str, Unsupported] = {
 COMPLETION: dict[str, Unsupported] = {
     **GENERATION,
     "suffix": Unsupported("suffix (fill-in-the-middle) is not implemented yet", (None, "")),
-    "prompt_embeds": Unsupported("prompt embeddings are not implemented yet"),
 }
 
 _CHAT_TEMPLATE_INPUTS: dict[str, Unsupported] = {

@@ -103,8 +103,8 @@ class GenerationHandler:
                     priority: int = 0) -> MergedStreams:
         check_prompt_count(len(prompts), self.max_prompts, "prompt")
         prompts = [self._tokenized(p) for p in prompts]
-        for p in prompts:
-            self._check_context(len(p["prompt_token_ids"]), params)
+        for p in prompts:  # (a prompt_embeds tensor: one placeholder token per row)
+            self._check_context(len(p["prompt_token_ids"] if "prompt_embeds" not in p else p["prompt_embeds"]), params)
         await self._check_expressible(params)
         return MergedStreams(await add_all(self.engine, request_id, prompts, params, lora_request, priority))
 

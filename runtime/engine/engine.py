@@ -29,6 +29,7 @@ from anymodel.outputs import EngineStats, PoolingOutput, PoolingRequestOutput, R
 from anymodel.params import PoolingParams, SamplingParams
 from anymodel.pooling import tasks as pooling
 from anymodel.pooling.outputs import PoolingOutputs
+from anymodel import prompt_embeds
 from anymodel.structured_output.manager import StructuredOutputManager
 
 logger = logging.getLogger("anymodel")
@@ -68,6 +69,7 @@ class Engine:
         self.traits: ModelTraits = self.executor.apply_model(traits_of)[0]  # every rank builds the same class
         self.token_budget = args.max_num_batched_tokens or max(2048, self.max_model_len)  # tokens per step
         prefix_caching = args.enable_prefix_caching and self.traits.prefix_caching
+        prompt_embeds.check_engine_supports(args, self.task, self.paged, self.executor)
         layers = self.executor.discover_layers() if self.paged else []
         if self.paged and not layers:
             raise ValueError("the model made no attention call through the registered attention function")
@@ -112,6 +114,10 @@ class Engine:
                 params = params.clone(structured_outputs=self.structured.check(params.structured_outputs))
         tokens = self.inputs.tokenize(prompt)
         k = getattr(params, "truncate_prompt_tokens", None)
+        if tokens.embeds is not None:
+            tokens.embeds = prompt_embeds.check_prompt_embeds(tokens.embeds, self.args.enable_prompt_embeds,
+                                                              text_config_of(self.hf_config).hidden_size)
+            prompt_embeds.check_embeds_request(params, k)
         tokens = self.inputs.truncate(tokens, k, self.max_prompt_len(params), self.max_model_len)
         self._validate(tokens.token_ids, params)
         if isinstance(params, PoolingParams):
@@ -120,8 +126,10 @@ class Engine:
         children = [self._make_request(f"{request_id}#{i}", token_ids, params, i, priority)
                     for i in range(params.num_sequences)]
         self.outputs.add(RequestGroup(request_id, tokens.text, token_ids, params, children, self.tokenizer))
+        digest = None if tokens.embeds is None else prompt_embeds.embeds_digest(tokens.embeds)
         for child in children:
             child.lora_request = lora_request
+            child.prompt_embeds, child.prompt_embeds_digest = tokens.embeds, digest
             if not self.structured.park(child):  # a constrained one waits there for its grammar
                 self.scheduler.add(child)
         self._counters["prompt"] += len(token_ids)

@@ -1,7 +1,7 @@
 """Prompt processing, before a request exists: a prompt as the user gave it -> the tokens it runs.
 
-    "text" | [ids] | {"prompt": ..} | {"prompt_token_ids": .., "token_type_ids": ..}
-        -> PromptTokens(text, token_ids, token_type_ids)   -> truncated to truncate_prompt_tokens
+    "text" | [ids] | {"prompt": ..} | {"prompt_token_ids": .., "token_type_ids": ..} | {"prompt_embeds": [T, H]}
+        -> PromptTokens(text, token_ids, token_type_ids, embeds)   -> truncated to truncate_prompt_tokens
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ class PromptTokens:
     text: str | None
     token_ids: list[int]
     token_type_ids: list[int] | None = None  # segment ids of a cross-encoder pair, one per token
+    embeds: object = None  # {"prompt_embeds": tensor [T, H]} as given (checked by the engine); ids are placeholders
 
 
 class PromptProcessor:
@@ -32,6 +33,8 @@ class PromptProcessor:
     def tokenize(self, prompt) -> PromptTokens:
         if not isinstance(prompt, dict):
             return self._tokenize_plain(prompt)
+        if "prompt_embeds" in prompt:
+            return _embeds_prompt(prompt)
         if "prompt_token_ids" in prompt:
             tokens = PromptTokens(prompt.get("prompt"), list(prompt["prompt_token_ids"]))
         elif "prompt" in prompt:
@@ -98,6 +101,18 @@ def special_affixes(tokenizer) -> tuple[list[int], list[int]]:
         if full[i : i + len(plain)] == plain:
             return full[:i], full[i + len(plain) :]
     return [], []
+
+
+def _embeds_prompt(prompt: dict) -> PromptTokens:
+    """vLLM's EmbedsPrompt: {"prompt_embeds": tensor [T, H]} (+ "cache_salt" is not taken)."""
+    from anymodel.prompt_embeds import PLACEHOLDER_TOKEN_ID
+
+    others = sorted(set(prompt) - {"prompt_embeds"})
+    if others:
+        raise ValueError(f"a prompt_embeds prompt takes no other field, got {others}")
+    embeds = prompt["prompt_embeds"]
+    rows = embeds.shape[0] if getattr(embeds, "ndim", 0) >= 1 else 0
+    return PromptTokens(None, [PLACEHOLDER_TOKEN_ID] * rows, None, embeds)
 
 
 def _token_type_ids(prompt: dict, num_tokens: int) -> list[int] | None:

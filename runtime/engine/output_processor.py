@@ -52,9 +52,11 @@ class RequestGroup:
 
     def __post_init__(self) -> None:
         p = self.params
+        # a prompt given as embeddings has placeholder ids: no context for the first token's text
+        context = [] if any(c.prompt_embeds is not None for c in self.children) else self.prompt_token_ids
         for child in self.children:
             detok = (Detokenizer(self.tokenizer, p.skip_special_tokens, list(p.stop), p.include_stop_str_in_output,
-                                 prompt_ids=self.prompt_token_ids,
+                                 prompt_ids=context,
                                  spaces_between_special_tokens=p.spaces_between_special_tokens)
                      if p.detokenize and self.tokenizer is not None else NoDetokenizer())
             self.states.append(ChildState(child, detok, [] if p.logprobs is not None else None))

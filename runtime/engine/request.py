@@ -44,6 +44,9 @@ class Request:
     # Segment ids of a text pair (cross-encoder scoring), [num_prompt_tokens]; None: the model's default.
     token_type_ids: list[int] | None = None
     lora_request: object = None  # anymodel.LoRARequest: the adapter it runs with (None: the base model)
+    # {"prompt_embeds": [T, H]} (enable_prompt_embeds): the prompt's rows, its ids placeholders; see prompt_embeds.py
+    prompt_embeds: torch.Tensor | None = None
+    prompt_embeds_digest: str | None = None  # the prefix cache's key for them
 
     def __post_init__(self) -> None:
         self.all_token_ids = list(self.prompt_token_ids)

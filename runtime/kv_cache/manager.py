@@ -22,9 +22,12 @@ def hash_blocks(token_ids: list[int], block_size: int, start: int = 0, parent: i
 
 def _root(request: Request):
     """Block 0's parent: None for the base model; the adapter (id, name, path) otherwise, so that an id
-    reused for another adapter after its removal never meets the old adapter's blocks."""
+    reused for another adapter after its removal never meets the old adapter's blocks; with prompt
+    embeddings, their digest as well."""
     lora = request.lora_request
-    return None if lora is None else ("lora", lora.lora_int_id, lora.lora_name, lora.lora_path)
+    root = None if lora is None else ("lora", lora.lora_int_id, lora.lora_name, lora.lora_path)
+    # placeholder ids of a prompt given as embeddings: its blocks are the embeddings' own
+    return root if request.prompt_embeds_digest is None else (root, "embeds", request.prompt_embeds_digest)
 
 
 class KVCacheManager:

@@ -18,6 +18,7 @@ from anymodel.attention_backend.forward_context import ForwardContext
 from anymodel.attention_backend.metadata import AttentionMetadata
 from anymodel.lora.ops import LoRAMapping
 from anymodel.model_protocol import StatefulModel, traits_of
+from anymodel.prompt_embeds import StepEmbeds, replaced_embeddings
 from anymodel.worker.cuda_graph import DecodeGraphs, GraphSpec
 from anymodel.worker.kv_budget import measure_kv_budget
 from anymodel.engine.request import Request
@@ -49,6 +50,7 @@ class StepInputs:
     meta: AttentionMetadata
     token_type_ids: torch.Tensor | None = None  # [1, T], only when a request in the step has them
     lora: LoRAMapping | None = None  # each token's adapter slot (on the device); None: no adapter in the step
+    embeds: StepEmbeds | None = None  # rows given as prompt embeddings (enable_prompt_embeds); None: all looked up
 
     @property
     def model_kwargs(self) -> dict:
@@ -58,7 +60,8 @@ class StepInputs:
         if device.type == "cpu":
             return self
         types = None if self.token_type_ids is None else self.token_type_ids.to(device)
-        return StepInputs(self.input_ids.to(device), self.positions.to(device), self.meta.to(device), types, self.lora)
+        return StepInputs(self.input_ids.to(device), self.positions.to(device), self.meta.to(device), types, self.lora,
+                          self.embeds)
 
 
 class ModelRunner:
@@ -160,14 +163,16 @@ class ModelRunner:
         return out
 
     def _forward(self, inputs: StepInputs) -> torch.Tensor:
-        size = None if self.graphs is None else self.graphs.size_for(inputs.meta, inputs.token_type_ids is not None)
+        size = None if self.graphs is None or inputs.embeds is not None else self.graphs.size_for(
+            inputs.meta, inputs.token_type_ids is not None)
         if size is not None:
             return self.graphs.run(inputs.input_ids, inputs.positions, inputs.meta, size)
         inputs = inputs.to(self.device)
         if self.lora is not None:
             self.lora.state.mapping = inputs.lora  # read by every LoRALinear during this forward
         try:
-            with ForwardContext.paged(inputs.meta, self.kv_caches, self.backend):
+            with (ForwardContext.paged(inputs.meta, self.kv_caches, self.backend),
+                  replaced_embeddings(self.model, inputs.embeds)):
                 return self.model(inputs.input_ids, inputs.positions, inputs.meta, **inputs.model_kwargs)
         finally:
             if self.lora is not None:
@@ -187,7 +192,7 @@ class ModelRunner:
         pos = torch.tensor(positions, dtype=torch.long)
         meta = self._metadata(qlens, seq_lens, tables, pos, tuple(s.request.request_id for s in sched.scheduled))
         return StepInputs(torch.tensor([ids], dtype=torch.long), pos[None], meta, self._token_type_ids(sched),
-                          self._lora_mapping(sched))
+                          self._lora_mapping(sched), StepEmbeds.build(sched.scheduled))
 
     def _lora_mapping(self, sched: SchedulerOutput) -> LoRAMapping | None:
         """Each token's adapter slot, the step's adapters loaded into slots first (LoRA only)."""
@@ -324,4 +329,5 @@ def _sampling_row(r: Request, grammar_bitmask=None) -> SamplingRow:
     if r.num_output_tokens < p.min_tokens:
         blocked = sorted(set(p.stop_token_ids) | (set() if p.ignore_eos else set(r.eos_token_ids)))
     mask = None if grammar_bitmask is None else grammar_bitmask.row_of(r.request_id)
-    return SamplingRow(p, r.prompt_token_ids, r.output_token_ids, blocked, r.generator, mask)
+    prompt_ids = r.prompt_token_ids if r.prompt_embeds is None else []  # embeds: no prompt tokens to penalize
+    return SamplingRow(p, prompt_ids, r.output_token_ids, blocked, r.generator, mask)

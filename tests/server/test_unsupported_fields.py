@@ -48,7 +48,6 @@ def test_openai_client_suffix_is_refused(openai_client):
     ("/v1/chat/completions", "guided_whitespace_pattern", r"\s*"),
     ("/v1/completions", "suffix", "!"),
     ("/v1/completions", "logits_processors", ["my_module.MyProcessor"]),
-    ("/v1/completions", "prompt_embeds", "AAAA"),
     ("/v1/embeddings", "priority", 1),
     ("/classify", "messages", CHAT),
     ("/pooling", "mm_processor_kwargs", {"a": 1}),
