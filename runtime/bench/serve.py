@@ -72,6 +72,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
+    p.add_argument("--probe-health", action="store_true",
+                   help="also time GET /health every 50 ms during the run (the server's responsiveness under load)")
     p.add_argument("--result-file", help="write the report as JSON here")
     args = p.parse_args(argv)
     _check_args(args)
@@ -220,7 +222,8 @@ async def _arrivals(n: int, rate: float, rng: random.Random):
             await asyncio.sleep(rng.expovariate(rate))
 
 
-async def run(args: argparse.Namespace, requests: list[BenchRequest]) -> tuple[list[RequestResult], float]:
+async def run(args: argparse.Namespace, requests: list[BenchRequest]) -> tuple[list[RequestResult], float, list[float]]:
+    """Every request's result, the run's duration, and the /health probe latencies (--probe-health)."""
     import httpx
 
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
@@ -233,11 +236,26 @@ async def run(args: argparse.Namespace, requests: list[BenchRequest]) -> tuple[l
             async with gate:
                 return await send(client, args, model, request)
 
-        start = time.perf_counter()
+        start, probes = time.perf_counter(), []
+        prober = asyncio.create_task(_probe_health(client, probes)) if args.probe_health else None
         tasks = [asyncio.create_task(one(requests[i])) async for i in _arrivals(len(requests), args.request_rate,
                                                                                   random.Random(args.seed + 1))]
         results = await asyncio.gather(*tasks)
-        return list(results), time.perf_counter() - start
+        if prober is not None:
+            prober.cancel()
+        return list(results), time.perf_counter() - start, probes
+
+
+async def _probe_health(client, latencies: list[float]) -> None:
+    """GET /health every 50 ms until cancelled; each answer's latency in seconds (a failure: inf)."""
+    while True:
+        start = time.perf_counter()
+        try:
+            ok = (await client.get("/health")).status_code == 200
+        except Exception:  # a timeout or a dropped connection counts as no answer
+            ok = False
+        latencies.append(time.perf_counter() - start if ok else math.inf)
+        await asyncio.sleep(0.05)
 
 
 async def _served_model(client) -> str:
@@ -282,6 +300,12 @@ def print_report(report: dict) -> None:
         print("{:-^60}".format(title))
         for stat in ("mean", "median", "p99"):
             print(f"{stat.capitalize() + ' ' + name.upper() + ' (ms)':<40}{report[f'{stat}_{name}_ms']:>20.2f}")
+    if "health_probes" in report:
+        print("{:-^60}".format("GET /health during the run"))
+        for stat in ("mean", "median", "p99"):
+            print(f"{stat.capitalize() + ' (ms)':<40}{report[f'{stat}_health_ms']:>20.2f}")
+        probes = f"{report['health_probes']} ({report['health_failures']})"
+        print(f"{'probes (unanswered)':<40}{probes:>20}")
     for error in report["errors"][:5]:
         print(f"error: {error}")
     print("=" * 60)
@@ -295,9 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     requests = DATASETS[args.dataset](args, _tokenizer(args.tokenizer))
     if not requests:
         raise SystemExit(f"dataset {args.dataset!r} gave no prompts")
-    results, duration = asyncio.run(run(args, requests))
+    results, duration, probes = asyncio.run(run(args, requests))
     config = {k: (str(v) if v == math.inf else v) for k, v in vars(args).items() if k != "api_key"}  # JSON has no inf
     report = {"config": config, **summarize(results, duration)}
+    if probes:
+        report.update(_stats("health", [p for p in probes if p != math.inf]))
+        report["health_probes"], report["health_failures"] = len(probes), sum(p == math.inf for p in probes)
     print_report(report)
     if args.result_file:
         Path(args.result_file).write_text(json.dumps(report, indent=2, default=str))

@@ -21,12 +21,14 @@ def _bench(tmp_path, *args: str) -> dict:
 
 def test_random_dataset_exact_lengths(demo_server, tmp_path, capsys):
     report = _bench(tmp_path, "--base-url", demo_server, "--num-prompts", "6", "--random-input-len", "8",
-                    "--random-output-len", "5", "--random-vocab-size", "16", "--ignore-eos", "--max-concurrency", "3")
+                    "--random-output-len", "5", "--random-vocab-size", "16", "--ignore-eos", "--max-concurrency", "3",
+                    "--probe-health")
     assert (report["completed"], report["failed"]) == (6, 0)
     assert report["total_output_tokens"] == 30 and report["total_input_tokens"] == 48
     assert 0 < report["median_ttft_ms"] <= report["median_e2el_ms"]
     assert report["mean_itl_ms"] > 0 and report["mean_tpot_ms"] > 0
     assert report["output_throughput"] > 0 and report["config"]["request_rate"] == "inf"
+    assert report["health_probes"] >= 1 and report["health_failures"] == 0 and report["p99_health_ms"] > 0
     assert "Serving Benchmark Result" in capsys.readouterr().out
 
 
