@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from anymodel.attention_backend.forward_context import forward_scratch
+from anymodel.attention_backend.forward_context import current_forward, forward_scratch
 from anymodel.attention_backend.kv_dtype import write_rows
 from anymodel.attention_backend.metadata import AttentionMetadata
 
@@ -42,11 +42,29 @@ def store_kv(
 ) -> None:
     """Write this step's K/V rows [T, Hkv, D] into the caches at `slot_mapping` [T]; rows with a
     negative slot (padding of a decode graph) are skipped."""
-    if slot_mapping.numel() and int(slot_mapping.min()) < 0:
-        keep = slot_mapping >= 0
+    keep = _kept_slots(slot_mapping)
+    if keep is not None:
         key, value, slot_mapping = key[keep], value[keep], slot_mapping[keep]
     write_rows(key_cache, slot_mapping, key)
     write_rows(value_cache, slot_mapping, value)
+
+
+def _kept_slots(slot_mapping: torch.Tensor) -> torch.Tensor | None:
+    """[T] bool of the rows with a slot, or None when every row has one. Looked at once per forward
+    (the forward's scratch, when `slot_mapping` is its metadata's), not once per layer: the check
+    reads the tensor's values, a host sync on a GPU. `_padding_rows` is the uncached reference."""
+    forward = current_forward()
+    if forward is None or forward.metadata.slot_mapping is not slot_mapping:
+        return _padding_rows(slot_mapping)
+    if "kept_slots" not in forward.scratch:
+        forward.scratch["kept_slots"] = _padding_rows(slot_mapping)
+    return forward.scratch["kept_slots"]
+
+
+def _padding_rows(slot_mapping: torch.Tensor) -> torch.Tensor | None:
+    if slot_mapping.numel() and int(slot_mapping.min()) < 0:
+        return slot_mapping >= 0
+    return None
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """`anymodel bench throughput|latency`: anymodel against plain Transformers, same process, same model.
 
     anymodel bench throughput --preset llama-125m --model-impl both --compare hf --json out.json
-    anymodel bench latency --preset llama-125m --compare hf          (batch 1: TTFT, ITL, decode tok/s)
+    anymodel bench latency --preset llama-125m --compare hf          (batch 1: TTFT, ITL, decode tok/s,
+                                                                      and the step against the bandwidth floor)
     python -m anymodel.bench throughput --preset tiny                (CI-sized)
 
 The model is a checkpoint dir (`--model`; random weights are written when it holds only a
@@ -21,9 +22,11 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
-from anymodel.bench.systems import RunResult, build_systems, prepare_model_dir
+from anymodel.bench.floor import Floor, decode_weight_bytes, measure_floor
+from anymodel.bench.systems import AnymodelSystem, RunResult, build_systems, prepare_model_dir
 
 PRESETS = {
     # 768 hidden, 12 layers, 12 heads / 4 KV heads, 2048 FFN, 32000 vocab (float32)
@@ -54,13 +57,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--json", dest="json_path", help="write every figure here")
+    p.add_argument("--bandwidth-mb", type=int, default=500,
+                   help="latency: MiB of the tensor whose x.sum() measures streaming bandwidth (500)")
     args = p.parse_args(argv)
     for key, value in MODES[args.mode].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.model is None and args.preset is None:
         args.preset = "llama-125m"
-    for key in ("num_prompts", "input_len", "output_len", "repeats"):
+    for key in ("num_prompts", "input_len", "output_len", "repeats", "bandwidth_mb"):
         if getattr(args, key) < 1:
             p.error(f"--{key.replace('_', '-')} must be >= 1")
     if not 0.0 <= args.random_range_ratio < 1.0:
@@ -107,6 +112,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     for _ in range(args.repeats):  # round-robin: noise from the machine hits every system alike
         for system in systems:
             runs[system.name].append(system.run(prompts, args.output_len))
+    floor = measure_step_floor(systems, args.bandwidth_mb) if args.mode == "latency" else None
     for system in systems:
         system.close()
     reference = runs[systems[0].name][-1].tokens
@@ -114,11 +120,21 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     for name, rs in runs.items():
         results[name] = summarize(rs, sum(len(p) for p in prompts))
         results[name]["tokens"] = token_check(rs[-1].tokens, reference)
+        if floor is not None:
+            results[name]["floor_fraction"] = floor.fraction(results[name]["itl_ms"])
     return {"mode": args.mode, "model": args.model or f"preset:{args.preset}", "num_prompts": args.num_prompts,
             "input_len": args.input_len, "random_range_ratio": args.random_range_ratio, "output_len": args.output_len,
             "repeats": args.repeats,
             "threads": torch.get_num_threads(), "reference": systems[0].name, "results": results,
-            "ratios": ratios(results)}
+            "ratios": ratios(results), "floor": None if floor is None else asdict(floor)}
+
+
+def measure_step_floor(systems: list, bandwidth_mb: int) -> Floor:
+    """The b=1 bandwidth floor (floor.py): the first anymodel system's weight matrices over the
+    streaming bandwidth measured now, in this process."""
+    ours = next(s for s in systems if isinstance(s, AnymodelSystem))
+    weight_bytes = ours.llm.apply_model(decode_weight_bytes)[0]
+    return measure_floor(weight_bytes, bandwidth_mb * 2**20)
 
 
 def ratios(results: dict) -> dict:
@@ -139,12 +155,18 @@ def print_report(report: dict) -> None:
     spread = f" (+-{report['random_range_ratio']:.0%})" if report["random_range_ratio"] else ""
     print(f"\n{report['mode']}: {report['model']}, {report['num_prompts']} prompts x {report['input_len']}{spread} in / "
           f"{report['output_len']} out, greedy, median of {report['repeats']}, {report['threads']} threads")
-    header = f"{'system':<24}{'out tok/s':>11}{'total tok/s':>13}{'TTFT ms':>10}{'ITL ms':>9}{'decode tok/s':>14}  tokens"
+    floor = report["floor"]
+    if floor:
+        print(f"weight matrices {floor['weight_bytes'] / 1e6:.1f} MB, streaming bandwidth {floor['bandwidth'] / 1e9:.1f} GB/s "
+              f"(best x.sum() now) -> bandwidth floor {floor['floor_ms']:.2f} ms per decode step")
+    header = f"{'system':<24}{'out tok/s':>11}{'total tok/s':>13}{'TTFT ms':>10}{'ITL ms':>9}{'decode tok/s':>14}"
+    header += f"{'floor/step':>12}  tokens" if floor else "  tokens"
     print(header + "\n" + "-" * len(header))
     for name, r in report["results"].items():
         match = token_match_text(r["tokens"], report["reference"])
+        fraction = f"{r['floor_fraction']:>12.2f}" if floor else ""
         print(f"{name:<24}{r['output_tok_s']:>11.1f}{r['total_tok_s']:>13.1f}{r['ttft_ms']:>10.1f}{r['itl_ms']:>9.2f}"
-              f"{r['decode_tok_s']:>14.1f}  {match}")
+              f"{r['decode_tok_s']:>14.1f}{fraction}  {match}")
     print_ratios(report["ratios"], 44)
 
 

@@ -83,6 +83,30 @@ def test_store_kv_writes_each_row_at_its_slot(paged_batch):
         assert torch.equal(b.value_cache[slot // 4, slot % 4], b.value[t])
 
 
+@pytest.mark.parametrize("pad", [False, True])
+def test_store_kv_in_a_forward_checks_padding_once_and_writes_as_outside(paged_batch, pad):
+    """Inside a forward the padding check is cached in the forward's scratch (once per forward,
+    not per layer); every layer still writes exactly what the uncached call writes."""
+    from dataclasses import replace
+
+    from anymodel.attention_backend.forward_context import ForwardContext
+
+    b = paged_batch([2, 3], [5, 3], block_size=4)
+    meta = replace(b.meta, slot_mapping=torch.tensor([-1, 5, 6, -1, 14])) if pad else b.meta
+    want_k, want_v = torch.zeros_like(b.key_cache), torch.zeros_like(b.value_cache)
+    torch_ref.store_kv(b.key, b.value, want_k, want_v, meta.slot_mapping)  # no forward: the reference
+    caches = [(torch.zeros_like(want_k), torch.zeros_like(want_v)) for _ in range(2)]
+    with ForwardContext.paged(meta, caches, torch_ref) as forward:
+        for k_cache, v_cache in caches:  # two layers, one check
+            torch_ref.store_kv(b.key, b.value, k_cache, v_cache, meta.slot_mapping)
+        cached = forward.scratch["kept_slots"]
+    assert (cached is not None) == pad
+    for k_cache, v_cache in caches:
+        assert torch.equal(k_cache, want_k) and torch.equal(v_cache, want_v)
+    if pad:  # padded rows wrote nothing
+        assert torch.count_nonzero(want_k.view(-1, *want_k.shape[2:]).abs().sum((1, 2))) == 3
+
+
 # ---- the registered attention function (interface.py) around the kernels
 
 def _call_interface(b, *, kv_caches, backend=torch_ref, value_dim=None, via_context=False, **kwargs):

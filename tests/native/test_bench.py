@@ -2,9 +2,13 @@
 is never asserted (benchmarks print ratios, tests check structure)."""
 
 import json
+import math
 import subprocess
 import sys
 
+import torch
+
+from anymodel.bench.floor import decode_weight_bytes
 from anymodel.bench.generation import FIGURES, main
 
 SYSTEMS = ["hf-generate", "anymodel-native", "anymodel-transformers", "hf-continuous-batching"]
@@ -18,6 +22,7 @@ def test_throughput_against_transformers(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert list(report["results"]) == SYSTEMS
     assert report["reference"] == "hf-generate"
+    assert report["floor"] is None  # the bandwidth floor is a batch-1 (latency) figure
     for name, result in report["results"].items():
         assert all(result[f] > 0 for f in FIGURES), name
         assert result["tokens"] == {"matching_prompts": 3, "num_prompts": 3, "first_mismatch": None}, name
@@ -27,12 +32,41 @@ def test_throughput_against_transformers(tmp_path, capsys):
     assert "anymodel-native / hf-generate" in printed and "TTFT ms" in printed
 
 
-def test_latency_batch_one(tmp_path):
+def test_latency_batch_one(tmp_path, capsys):
+    """Batch 1, with the bandwidth floor: the tiny preset's weight matrices (2 layers of q/k/v/o and
+    gate/up/down, and the LM head; no embedding table, no norms) over the bandwidth measured."""
     out = tmp_path / "latency.json"
-    assert main(["latency", "--preset", "tiny", "--output-len", "3", "--repeats", "2", "--json", str(out)]) == 0
+    argv = ["latency", "--preset", "tiny", "--output-len", "3", "--repeats", "2", "--bandwidth-mb", "8", "--json", str(out)]
+    assert main(argv) == 0
     report = json.loads(out.read_text())
     assert report["num_prompts"] == 1 and list(report["results"]) == ["anymodel-native"]
-    assert report["results"]["anymodel-native"]["decode_tok_s"] > 0
+    result = report["results"]["anymodel-native"]
+    assert result["decode_tok_s"] > 0
+    layer = 64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * 128  # q, o, k, v, gate, up, down
+    floor = report["floor"]
+    assert floor["weight_bytes"] == 4 * (2 * layer + 512 * 64)  # float32
+    assert floor["bandwidth"] > 0
+    assert math.isclose(floor["floor_ms"], 1e3 * floor["weight_bytes"] / floor["bandwidth"])
+    assert math.isclose(result["floor_fraction"], floor["floor_ms"] / result["itl_ms"])
+    assert "floor/step" in capsys.readouterr().out
+
+
+def test_decode_weight_bytes_counts_a_tied_head_once():
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(10, 4)
+            self.proj = torch.nn.Linear(4, 3)  # 12 weights; its 1-D bias is not a matrix
+            self.norm = torch.nn.LayerNorm(4)
+            self.head = torch.nn.Linear(4, 10, bias=False)
+            self.head.weight = self.embed.weight
+
+    assert decode_weight_bytes(Tied()) == 4 * (12 + 40)
+    untied = Tied()
+    untied.head.weight = torch.nn.Parameter(torch.zeros(10, 4))
+    assert decode_weight_bytes(untied) == 4 * (12 + 40)
+    del untied.head
+    assert decode_weight_bytes(untied) == 4 * 12  # the embedding alone is never streamed
 
 
 def test_module_entry_point():
