@@ -22,6 +22,8 @@ class _Request(APIRequest):
 
     model: Optional[str] = None
     truncate_prompt_tokens: Optional[int] = Field(None, ge=-1)  # vLLM: keep each prompt's last k tokens (-1: the most)
+    priority: int = 0  # lower runs first, with --scheduling-policy priority; non-zero under fcfs: 400
+    request_id: Optional[str] = None  # the response's id (after its prefix); X-Request-Id wins
 
 
 class PoolingUsage(BaseModel):

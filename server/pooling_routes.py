@@ -66,9 +66,9 @@ class PoolingHandler:
 
         return [render_chat_request(self.tokenizer, body, self.chat_template)]
 
-    async def run(self, prompts: list, params: PoolingParams) -> list:
+    async def run(self, prompts: list, params: PoolingParams, priority: int = 0) -> list:
         """Every prompt's PoolingRequestOutput, in order; aborts the rest if one fails."""
-        streams = await add_all(self.engine, random_id("pool"), prompts, params)
+        streams = await add_all(self.engine, random_id("pool"), prompts, params, priority=priority)
         try:
             results = []
             for stream in streams:
@@ -86,7 +86,7 @@ class PoolingHandler:
         return [out.outputs.data for out in await self.run(prompts, params)]
 
     async def scores(self, text_1, text_2, truncate: int | None = None, param: str = "text_2",
-                     activation: dict | None = None) -> tuple[list[float], int]:
+                     activation: dict | None = None, priority: int = 0) -> tuple[list[float], int]:
         """(scores, prompt tokens) of the pairs, by cross-encoder or by embedding cosine; `activation`:
         the request's use_activation / activation (cross-encoders only)."""
         from anymodel.pooling.offline import _pairs
@@ -98,7 +98,7 @@ class PoolingHandler:
                 raise ValueError(f"{next(iter(activation))} applies to a cross-encoder's score; this model scores "
                                  "by embedding cosine similarity")
             params = PoolingParams(task="embed", truncate_prompt_tokens=truncate)
-            outs = await self.run(list(left) + list(right), params)
+            outs = await self.run(list(left) + list(right), params, priority)
             n = len(left)
             sims = [torch.nn.functional.cosine_similarity(a.outputs.data, b.outputs.data, dim=0).item()
                     for a, b in zip(outs[:n], outs[n:])]
@@ -107,7 +107,7 @@ class PoolingHandler:
             raise ValueError(f"score needs a cross-encoder (task 'score') or an embedding model (task 'embed'); "
                              f"this model runs task {self.task!r}")
         params = PoolingParams(task="score", truncate_prompt_tokens=truncate, **(activation or {}))
-        outs = await self.run([self._pair(a, b) for a, b in zip(left, right)], params)
+        outs = await self.run([self._pair(a, b) for a, b in zip(left, right)], params, priority)
         values = []
         for out in outs:
             if out.outputs.data.numel() != 1:
@@ -121,6 +121,11 @@ class PoolingHandler:
         if enc.get("token_type_ids") is not None:
             prompt["token_type_ids"] = list(enc["token_type_ids"])
         return prompt
+
+
+def _client_id(raw: Request) -> str | None:
+    """The client's X-Request-Id (server/request_tracking.py): it names the response, before the body's request_id."""
+    return getattr(raw.state, "client_request_id", None)
 
 
 def _handler(raw: Request) -> PoolingHandler:
@@ -160,84 +165,90 @@ def _encode(data: torch.Tensor, fmt: str):
 # ---- routes ------------------------------------------------------------------------------------------
 @router.post("/v1/embeddings")
 async def create_embedding(body: EmbeddingRequest, raw: Request):
-    return await unless_disconnected(raw, _embeddings(_handler(raw), body))
+    return await unless_disconnected(raw, _embeddings(_handler(raw), body, _client_id(raw)))
 
 
-async def _embeddings(h: PoolingHandler, body: EmbeddingRequest) -> Response:
+async def _embeddings(h: PoolingHandler, body: EmbeddingRequest, client_id: str | None) -> Response:
     check_model(body.model, h.served_names)
     params = PoolingParams(dimensions=body.dimensions, normalize=body.normalize, task="embed",
                            truncate_prompt_tokens=body.truncate_prompt_tokens)
-    outs = await h.run(h.chat_input(body) if body.messages is not None else h.inputs(body.input, body), params)
+    prompts = h.chat_input(body) if body.messages is not None else h.inputs(body.input, body)
+    outs = await h.run(prompts, params, body.priority)
     data = [EmbeddingData(index=i, embedding=_encode(o.outputs.data, body.encoding_format)) for i, o in enumerate(outs)]
-    return json_response(EmbeddingResponse(model=h.model_name, data=data, usage=_usage(_tokens(outs))))
+    return json_response(EmbeddingResponse(id=random_id("embd", client_id or body.request_id), model=h.model_name,
+                                           data=data, usage=_usage(_tokens(outs))))
 
 
 @router.post("/pooling")
 async def create_pooling(body: PoolingRequest, raw: Request):
-    return await unless_disconnected(raw, _pooling(_handler(raw), body))
+    return await unless_disconnected(raw, _pooling(_handler(raw), body, _client_id(raw)))
 
 
-async def _pooling(h: PoolingHandler, body: PoolingRequest) -> Response:
+async def _pooling(h: PoolingHandler, body: PoolingRequest, client_id: str | None) -> Response:
     check_model(body.model, h.served_names)
     params = PoolingParams(task="encode", truncate_prompt_tokens=body.truncate_prompt_tokens)
-    outs = await h.run(h.inputs(body.input), params)
+    outs = await h.run(h.inputs(body.input), params, body.priority)
     data = [PoolingData(index=i, data=_encode(o.outputs.data, body.encoding_format)) for i, o in enumerate(outs)]
-    return json_response(PoolingResponse(model=h.model_name, data=data, usage=_usage(_tokens(outs))))
+    return json_response(PoolingResponse(id=random_id("pool", client_id or body.request_id), model=h.model_name,
+                                         data=data, usage=_usage(_tokens(outs))))
 
 
 @router.post("/classify")
 async def create_classify(body: ClassificationRequest, raw: Request):
-    return await unless_disconnected(raw, _classify(_handler(raw), body))
+    return await unless_disconnected(raw, _classify(_handler(raw), body, _client_id(raw)))
 
 
-async def _classify(h: PoolingHandler, body: ClassificationRequest) -> Response:
+async def _classify(h: PoolingHandler, body: ClassificationRequest, client_id: str | None) -> Response:
     check_model(body.model, h.served_names)
     params = PoolingParams(task="classify", truncate_prompt_tokens=body.truncate_prompt_tokens,
                            **body.activation_kwargs())
-    outs = await h.run(h.inputs(body.input), params)
+    outs = await h.run(h.inputs(body.input), params, body.priority)
     labels = getattr(h.config, "id2label", None) or {}
     data = []
     for i, o in enumerate(outs):
         probs = o.outputs.data.tolist()
         best = max(range(len(probs)), key=probs.__getitem__)
         data.append(ClassificationData(index=i, label=labels.get(best), probs=probs, num_classes=len(probs)))
-    return json_response(ClassificationResponse(model=h.model_name, data=data, usage=_usage(_tokens(outs))))
+    return json_response(ClassificationResponse(id=random_id("classify", client_id or body.request_id),
+                                                model=h.model_name, data=data, usage=_usage(_tokens(outs))))
 
 
 @router.post("/score")
 @router.post("/v1/score")
 async def create_score(body: ScoreRequest, raw: Request):
-    return await unless_disconnected(raw, _score(_handler(raw), body))
+    return await unless_disconnected(raw, _score(_handler(raw), body, _client_id(raw)))
 
 
-async def _score(h: PoolingHandler, body: ScoreRequest) -> Response:
+async def _score(h: PoolingHandler, body: ScoreRequest, client_id: str | None) -> Response:
     check_model(body.model, h.served_names)
     values, tokens = await h.scores(body.text_1, body.text_2, body.truncate_prompt_tokens,
-                                    activation=body.activation_kwargs())
+                                    activation=body.activation_kwargs(), priority=body.priority)
     data = [ScoreData(index=i, score=v) for i, v in enumerate(values)]
-    return json_response(ScoreResponse(model=h.model_name, data=data, usage=_usage(tokens)))
+    return json_response(ScoreResponse(id=random_id("score", client_id or body.request_id), model=h.model_name,
+                                       data=data, usage=_usage(tokens)))
 
 
 @router.post("/rerank")
 @router.post("/v1/rerank")
 @router.post("/v2/rerank")
 async def create_rerank(body: RerankRequest, raw: Request):
-    return await unless_disconnected(raw, _rerank(_handler(raw), body))
+    return await unless_disconnected(raw, _rerank(_handler(raw), body, _client_id(raw)))
 
 
-async def _rerank(h: PoolingHandler, body: RerankRequest) -> Response:
+async def _rerank(h: PoolingHandler, body: RerankRequest, client_id: str | None) -> Response:
     check_model(body.model, h.served_names)
     if not body.documents:
         raise ValueError("documents must not be empty")
     if body.top_n is not None and body.top_n < 0:
         raise ValueError(f"top_n must be None or an integer >= 0, got {body.top_n}")
     values, tokens = await h.scores(body.query, body.documents, body.truncate_prompt_tokens, "documents",
-                                    body.activation_kwargs())
+                                    body.activation_kwargs(), body.priority)
     order = sorted(range(len(values)), key=lambda i: -values[i])[: body.top_n or None]
     results = [RerankResult(index=i, relevance_score=values[i],
                             document=RerankDocument(text=body.documents[i]) if body.return_documents else None)
                for i in order]
-    return json_response(RerankResponse(id=random_id("rerank"), model=h.model_name, usage=_usage(tokens), results=results))
+    return json_response(RerankResponse(id=random_id("rerank", client_id or body.request_id), model=h.model_name,
+                                        usage=_usage(tokens), results=results))
 
 
 def invocation_routes() -> dict:

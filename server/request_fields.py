@@ -94,10 +94,6 @@ CHAT: dict[str, Unsupported] = {
 TOKENIZE: dict[str, Unsupported] = {**_CHAT_TEMPLATE_INPUTS}
 
 POOLING: dict[str, Unsupported] = {
-    "priority": Unsupported("a pooling request's priority is not served yet (completions and chat take one "
-                            "with --scheduling-policy priority)", (None, 0)),
-    "request_id": Unsupported("client-chosen ids of pooling requests are not implemented yet (completions and "
-                              "chat take one)"),
     "mm_processor_kwargs": GENERATION["mm_processor_kwargs"],
     "cache_salt": GENERATION["cache_salt"],
     "messages": Unsupported("chat-style input (messages) is served by /v1/embeddings only"),

@@ -183,3 +183,18 @@ def test_empty_inputs_are_400(score_server):
                        ("/score", {"text_1": [], "text_2": []})):
         response = httpx.post(f"{url}{path}", json=body)
         assert response.status_code == 400, (path, body, response.text)
+
+
+def test_pooling_priority_and_request_ids(embed_server, score_server):
+    """A pooling request's priority (a 400 under fcfs, as vLLM) and its id: X-Request-Id, else the body's request_id."""
+    body = {"model": _model(embed_server), "input": "A man is eating food."}
+    refused = httpx.post(f"{embed_server}/v1/embeddings", json={**body, "priority": 1})
+    assert refused.status_code == 400 and "Priority scheduling is not enabled" in refused.json()["error"]["message"]
+    assert httpx.post(f"{embed_server}/v1/embeddings", json={**body, "priority": 0}).status_code == 200
+    assert httpx.post(f"{embed_server}/v1/embeddings", json={**body, "request_id": "e1"}).json()["id"] == "embd-e1"
+    url, _ = score_server
+    named = httpx.post(f"{url}/rerank", headers={"X-Request-Id": "hdr"},
+                       json={"query": "q", "documents": ["a", "b"], "request_id": "body"}).json()
+    assert named["id"] == "rerank-hdr"
+    assert httpx.post(f"{url}/score", json={"text_1": "a", "text_2": "b", "request_id": "s"}).json()["id"] == "score-s"
+    assert httpx.post(f"{url}/classify", json={"input": "a", "request_id": "c"}).json()["id"] == "classify-c"

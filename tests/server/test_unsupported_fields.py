@@ -48,12 +48,8 @@ def test_openai_client_suffix_is_refused(openai_client):
     ("/v1/chat/completions", "guided_whitespace_pattern", r"\s*"),
     ("/v1/completions", "suffix", "!"),
     ("/v1/completions", "logits_processors", ["my_module.MyProcessor"]),
-    ("/v1/embeddings", "priority", 1),
     ("/classify", "messages", CHAT),
     ("/pooling", "mm_processor_kwargs", {"a": 1}),
-    ("/classify", "priority", 1),
-    ("/score", "priority", 1),
-    ("/rerank", "priority", 1),
     ("/tokenize", "chat_template", "{{ 1 }}"),
 ])
 def test_unimplemented_field_is_400_naming_it(demo_server, path, field, value):
