@@ -87,13 +87,9 @@ def _activation(path: str, where: str, trust_remote_code: bool) -> nn.Module:
 
 
 def _read_weights(folder: Path, where: str) -> dict[str, torch.Tensor]:
-    for name in _WEIGHT_FILES:
-        path = folder / name
-        if not path.exists():
-            continue
-        if name.endswith(".safetensors"):
-            from safetensors.torch import load_file
+    from anymodel.native_overrides.weights import read_first_weights
 
-            return load_file(str(path))
-        return torch.load(path, map_location="cpu", weights_only=True)
-    raise ValueError(f"{where}: no weights ({' or '.join(_WEIGHT_FILES)})")
+    state = read_first_weights(folder, _WEIGHT_FILES)
+    if state is None:
+        raise ValueError(f"{where}: no weights ({' or '.join(_WEIGHT_FILES)})")
+    return state

@@ -68,6 +68,22 @@ def iter_checkpoint(model_dir: str | Path) -> Iterator[tuple[str, torch.Tensor]]
             yield from torch.load(file, map_location="cpu", weights_only=True).items()
 
 
+def read_first_weights(folder: str | Path, names: Iterable[str]) -> dict[str, torch.Tensor] | None:
+    """The tensors of the first of `names` present in `folder` (a small single-file checkpoint: a
+    sentence-transformers Dense layer, a LoRA adapter): safetensors, or a pickle read with
+    weights_only=True (a refusal propagates, as in iter_checkpoint); None when none is there."""
+    for name in names:
+        file = Path(folder) / name
+        if not file.is_file():
+            continue
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(file))
+        return torch.load(file, map_location="cpu", weights_only=True)
+    return None
+
+
 def unsafe_pickle_error(file: Path, exc: BaseException) -> ValueError:
     """The one message for a refused pickle checkpoint (one line: the CLI prints it as it is)."""
     found = re.search(r"WeightsUnpickler error: (.*?)(?:\. |\.?\n|$)", str(exc))

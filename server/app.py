@@ -47,7 +47,7 @@ from .pooling_routes import router as pooling_router
 from .protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, ModelCard, ModelList,
                        TokenizeRequest)
 from .request_fields import MAX_PROMPTS_PER_REQUEST
-from .request_tracking import AccessRecord, RequestTracker, ServerLoad
+from .request_tracking import RequestTracker, ServerLoad, access_record, client_request_id
 from .serving import check_model, json_response, served_names
 from .tokenization import TokenizationHandler
 from .tokenizer_thread import TokenizerThread
@@ -207,23 +207,13 @@ def _add_openai_routes(app: FastAPI, completions: CompletionHandler, chat: ChatH
     """The two routes; returns them for /invocations (kind -> (request model, endpoint))."""
     @app.post("/v1/completions")
     async def create_completion(body: CompletionRequest, raw: Request):
-        return await unless_disconnected(raw, completions.create(body, _client_id(raw), _access(raw)))
+        return await unless_disconnected(raw, completions.create(body, client_request_id(raw), access_record(raw)))
 
     @app.post("/v1/chat/completions")
     async def create_chat_completion(body: ChatCompletionRequest, raw: Request):
-        return await unless_disconnected(raw, chat.create(body, _client_id(raw), _access(raw)))
+        return await unless_disconnected(raw, chat.create(body, client_request_id(raw), access_record(raw)))
 
     return {"completions": (CompletionRequest, create_completion), "chat": (ChatCompletionRequest, create_chat_completion)}
-
-
-def _client_id(raw: Request) -> str | None:
-    """The client's X-Request-Id (server/request_tracking.py), if it sent one."""
-    return getattr(raw.state, "client_request_id", None)
-
-
-def _access(raw: Request) -> AccessRecord | None:
-    """Where the handler notes tokens and finish reasons for the access line (server/request_tracking.py)."""
-    return getattr(raw.state, "access", None)
 
 
 def _with_head(app: FastAPI, path: str, endpoint: Callable) -> None:

@@ -29,6 +29,7 @@ from .pooling_protocol import (ClassificationData, ClassificationRequest, Classi
                                PoolingUsage, RerankDocument, RerankRequest, RerankResponse, RerankResult, ScoreData,
                                ScoreRequest, ScoreResponse)
 from .protocol import random_id
+from .request_tracking import client_request_id
 from .request_fields import MAX_PROMPTS_PER_REQUEST
 from .serving import add_all, check_model, check_prompt_count, json_response, served_names
 
@@ -123,11 +124,6 @@ class PoolingHandler:
         return prompt
 
 
-def _client_id(raw: Request) -> str | None:
-    """The client's X-Request-Id (server/request_tracking.py): it names the response, before the body's request_id."""
-    return getattr(raw.state, "client_request_id", None)
-
-
 def _handler(raw: Request) -> PoolingHandler:
     state = raw.app.state
     if getattr(state, "pooling_handler", None) is None:
@@ -165,7 +161,7 @@ def _encode(data: torch.Tensor, fmt: str):
 # ---- routes ------------------------------------------------------------------------------------------
 @router.post("/v1/embeddings")
 async def create_embedding(body: EmbeddingRequest, raw: Request):
-    return await unless_disconnected(raw, _embeddings(_handler(raw), body, _client_id(raw)))
+    return await unless_disconnected(raw, _embeddings(_handler(raw), body, client_request_id(raw)))
 
 
 async def _embeddings(h: PoolingHandler, body: EmbeddingRequest, client_id: str | None) -> Response:
@@ -181,7 +177,7 @@ async def _embeddings(h: PoolingHandler, body: EmbeddingRequest, client_id: str 
 
 @router.post("/pooling")
 async def create_pooling(body: PoolingRequest, raw: Request):
-    return await unless_disconnected(raw, _pooling(_handler(raw), body, _client_id(raw)))
+    return await unless_disconnected(raw, _pooling(_handler(raw), body, client_request_id(raw)))
 
 
 async def _pooling(h: PoolingHandler, body: PoolingRequest, client_id: str | None) -> Response:
@@ -195,7 +191,7 @@ async def _pooling(h: PoolingHandler, body: PoolingRequest, client_id: str | Non
 
 @router.post("/classify")
 async def create_classify(body: ClassificationRequest, raw: Request):
-    return await unless_disconnected(raw, _classify(_handler(raw), body, _client_id(raw)))
+    return await unless_disconnected(raw, _classify(_handler(raw), body, client_request_id(raw)))
 
 
 async def _classify(h: PoolingHandler, body: ClassificationRequest, client_id: str | None) -> Response:
@@ -216,7 +212,7 @@ async def _classify(h: PoolingHandler, body: ClassificationRequest, client_id: s
 @router.post("/score")
 @router.post("/v1/score")
 async def create_score(body: ScoreRequest, raw: Request):
-    return await unless_disconnected(raw, _score(_handler(raw), body, _client_id(raw)))
+    return await unless_disconnected(raw, _score(_handler(raw), body, client_request_id(raw)))
 
 
 async def _score(h: PoolingHandler, body: ScoreRequest, client_id: str | None) -> Response:
@@ -232,7 +228,7 @@ async def _score(h: PoolingHandler, body: ScoreRequest, client_id: str | None) -
 @router.post("/v1/rerank")
 @router.post("/v2/rerank")
 async def create_rerank(body: RerankRequest, raw: Request):
-    return await unless_disconnected(raw, _rerank(_handler(raw), body, _client_id(raw)))
+    return await unless_disconnected(raw, _rerank(_handler(raw), body, client_request_id(raw)))
 
 
 async def _rerank(h: PoolingHandler, body: RerankRequest, client_id: str | None) -> Response:

@@ -49,6 +49,16 @@ class AccessRecord:
                 f"finish={','.join(self.finish_reasons) or '-'}")
 
 
+def client_request_id(request) -> str | None:
+    """The client's X-Request-Id, if it sent one (a starlette Request whose scope this tracker saw)."""
+    return getattr(request.state, "client_request_id", None)
+
+
+def access_record(request) -> AccessRecord | None:
+    """Where a handler notes tokens and finish reasons for the access line."""
+    return getattr(request.state, "access", None)
+
+
 class RequestTracker:
     def __init__(self, app: ASGIApp, load: ServerLoad):
         self.app = app

@@ -74,16 +74,12 @@ def read_config(request: LoRARequest, path: Path) -> dict:
 
 
 def read_tensors(request: LoRARequest, path: Path) -> dict[str, torch.Tensor]:
-    for name in WEIGHT_FILES:
-        file = path / name
-        if not file.is_file():
-            continue
-        if name.endswith(".safetensors"):
-            from safetensors.torch import load_file
+    from anymodel.native_overrides.weights import read_first_weights
 
-            return load_file(str(file))
-        return torch.load(file, map_location="cpu", weights_only=True)  # never unpickles code
-    raise adapter_error(request, f"no adapter weights in {path}; expected one of {list(WEIGHT_FILES)}")
+    tensors = read_first_weights(path, WEIGHT_FILES)  # a pickle is read weights-only: never unpickles code
+    if tensors is None:
+        raise adapter_error(request, f"no adapter weights in {path}; expected one of {list(WEIGHT_FILES)}")
+    return tensors
 
 
 def _pattern_value(patterns: dict, module: str, default):
