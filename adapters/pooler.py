@@ -14,7 +14,7 @@ Every prompt is computed whole in one step (the scheduler never chunks a pooling
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Callable
 
 import torch

@@ -13,7 +13,6 @@ Each worker reports with `rank_facts` (a collective_rpc); the engine process wri
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
