@@ -91,3 +91,11 @@ def test_package_entry_point_lists_every_kind():
     assert done.returncode != 0 and "throughput" in done.stderr and "serve" in done.stderr
     done = subprocess.run([sys.executable, "-m", "anymodel.bench", "serve", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "--request-rate" in done.stdout
+
+
+def test_random_range_ratio_is_checked(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["throughput", "--preset", "tiny", "--random-range-ratio", "1.0"])
+    assert "--random-range-ratio must be in [0, 1), got 1.0" in capsys.readouterr().err

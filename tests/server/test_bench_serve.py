@@ -4,6 +4,7 @@ the lengths asked for, the latency figures are consistent, and failures are coun
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -66,3 +67,15 @@ def test_summary_statistics():
     assert report["request_throughput"] == 1.0 and report["total_token_throughput"] == 6.0
     assert abs(report["mean_tpot_ms"] - 200.0) < 1e-9  # (0.5 - 0.1) / (3 - 1); one-token requests have no TPOT
     assert abs(report["median_ttft_ms"] - 200.0) < 1e-9 and abs(report["p99_e2el_ms"] - 500.0) < 1e-9
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--num-prompts", "0"], "--num-prompts must be >= 1"),
+    (["--random-range-ratio", "1.5"], "--random-range-ratio must be in [0, 1)"),
+    (["--request-rate", "0"], "--request-rate must be > 0"),
+    (["--max-concurrency", "0"], "--max-concurrency must be >= 1"),
+    (["--dataset", "file"], "--dataset file needs --dataset-path"),
+])
+def test_bad_arguments_are_named(args, message):
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        run_bench("serve", ["--random-vocab-size", "16", *args])
